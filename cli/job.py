@@ -1,0 +1,422 @@
+"""``essaim job ...``: the researcher's commands.
+
+    essaim job init [--output FILE]          the documented example recipe (it validates as is)
+    essaim job validate FILE [--json]        every problem with its field path, value and expectation
+    essaim job submit FILE [--priority N]    uploads the recipe's files, prints the new job's id
+    essaim job list [--status S ...]         jobs as a table
+    essaim job status ID [--follow]          one job; --follow draws a live progress bar until it ends
+    essaim job cancel | approve | priority   change a job
+    essaim job download ID [--output DIR]    the artifact into DIR/artifact, provenance.json into DIR
+
+Mounted by :mod:`essaim.main`; remote commands get their client from :mod:`essaim.remote`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from essaim import output
+from essaim.output import console
+from essaim.protocol.errors import FailedPrecondition, InvalidArgument, RecipeError, Unavailable
+from essaim.protocol.recipe import example_recipe_text, load_recipe_file
+from essaim.protocol.types import FileKind, Job, JobStatus
+from essaim.remote import CoordinatorOption, TokenOption, client_from_options
+
+if TYPE_CHECKING:
+    from essaim.protocol.client import CoordinatorClient
+
+app = typer.Typer(
+    name="job",
+    help="Submit fine-tune jobs as recipes, follow them and download what they made.",
+    no_args_is_help=True,
+)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+JobIdArg = Annotated[str, typer.Argument(metavar="ID", help="The job id `essaim job submit` printed.")]
+
+STATUS_STYLE = {
+    JobStatus.AWAITING_APPROVAL: "magenta",
+    JobStatus.QUEUED: "blue",
+    JobStatus.RUNNING: "cyan",
+    JobStatus.PAUSED: "yellow",
+    JobStatus.COMPLETED: "green",
+    JobStatus.FAILED: "red",
+    JobStatus.CANCELLED: "yellow",
+    JobStatus.REJECTED: "red",
+}
+UNREACHABLE_GRACE_SECONDS = 300.0
+"""How long ``--follow`` keeps polling a coordinator that stopped answering before giving up."""
+
+
+def styled_status(status: JobStatus) -> str:
+    return f"[{STATUS_STYLE.get(status, 'white')}]{status.value}[/]"
+
+
+def metrics_line(job: Job) -> str:
+    """``loss 2.31 · 812 samples/s · eval loss 2.10 · 5 peers · ETA 1h 02m`` (what is known)."""
+    m = job.metrics
+    parts = []
+    if m.loss:
+        parts.append(f"loss {m.loss:.4g}")
+    if m.samples_per_second:
+        parts.append(f"{m.samples_per_second:,.1f} samples/s")
+    if m.eval_metric_name:
+        parts.append(f"eval {m.eval_metric_name} {m.eval_metric:.4g}")
+    if m.live_peers or job.status == JobStatus.RUNNING:
+        parts.append(f"{m.live_peers} peer{'s' if m.live_peers != 1 else ''}")
+    if m.eta_seconds and not job.status.is_final:
+        parts.append(f"ETA {output.duration(m.eta_seconds)}")
+    return " · ".join(parts)
+
+
+def epoch_text(job: Job) -> str:
+    m = job.metrics
+    return f"{m.epoch}/{m.target_epochs}" if m.target_epochs else str(m.epoch)
+
+
+def _show_job(job: Job) -> None:
+    grid = output.table("", "")
+    grid.show_header = False
+    m = job.metrics
+    status = styled_status(job.status)
+    if job.status_reason:
+        status += f" ({output.escape(job.status_reason)})"
+    rows = [
+        ("id", job.id),
+        ("name", output.escape(job.name)),
+        ("status", status),
+        ("owner", output.escape(job.owner) or "-"),
+        ("priority", str(job.priority)),
+        ("created", output.ago(job.created_at)),
+        ("updated", output.ago(job.updated_at)),
+        ("epoch", epoch_text(job)),
+        ("samples", f"{m.samples:,}"),
+        ("progress", metrics_line(job) or "-"),
+        ("files", f"{len(job.files)} ({output.human_bytes(sum(f.size for f in job.files))})"),
+        ("artifact", "ready: essaim job download " + job.id if job.has_artifact else "not yet"),
+    ]
+    for key, value in rows:
+        grid.add_row(f"[bold]{key}[/]", value)
+    console.print(grid)
+
+
+def _print_job(job: Job, as_json: bool, done: str) -> None:
+    if as_json:
+        output.print_json(job)
+    else:
+        output.notice(f"{done} job {output.escape(job.name)}: {styled_status(job.status)}")
+        output.plain(job.id)
+
+
+# ---- local commands ---------------------------------------------------------------------------
+
+
+@app.command("init")
+def init(
+    output_file: Annotated[
+        Path | None, typer.Option("--output", "-o", metavar="FILE", help="Write the recipe here instead of stdout.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite FILE if it exists.")] = False,
+) -> None:
+    """Print the documented example recipe, a starting point that validates as is."""
+    text = example_recipe_text()
+    if output_file is None:
+        typer.echo(text, nl=not text.endswith("\n"))
+        return
+    if output_file.exists() and not force:
+        raise InvalidArgument(f"{output_file} exists; pass --force to overwrite it, or choose another --output")
+    try:
+        output_file.parent.mkdir(parents=True, exist_ok=True)
+        output_file.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise InvalidArgument(f"cannot write {output_file}: {exc.strerror}") from None
+    output.notice(f"wrote {output_file}; edit it, then run `essaim job validate {output_file}`")
+
+
+@app.command("validate")
+def validate(
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="The recipe (YAML) to check.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Check a recipe: every problem is named with its field path, the value given and what is expected."""
+    try:
+        recipe = load_recipe_file(file)
+    except RecipeError as err:
+        if not as_json:
+            raise
+        output.print_json({"valid": False, "file": str(file), "problems": err.problems})
+        raise typer.Exit(err.exit_code) from None
+    files = recipe.referenced_files()
+    if as_json:
+        output.print_json({"valid": True, "file": str(file), "name": recipe.name, "files": files})
+        return
+    console.print(
+        f"[green]ok[/]: {output.escape(str(file))} is a valid recipe "
+        f"(job {output.escape(recipe.name)}, {len(files)} referenced file{'s' if len(files) != 1 else ''})",
+        soft_wrap=True,
+    )
+
+
+# ---- remote commands --------------------------------------------------------------------------
+
+
+@app.command("submit")
+def submit(
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="The recipe (YAML) to submit.")],
+    priority: Annotated[int, typer.Option("--priority", "-p", help="Higher runs first.")] = 0,
+    as_json: JsonOption = False,
+    coordinator: CoordinatorOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Validate a recipe, upload the files it references and submit it; prints the job id last."""
+    load_recipe_file(file)  # fail on a bad recipe before touching the network
+    with client_from_options(coordinator, token) as client, output.transfer_progress("uploading") as progress:
+        job = client.submit_recipe_file(file, priority=priority, progress=progress)
+    if as_json:
+        output.print_json(job)
+        return
+    output.notice(
+        f"submitted job {output.escape(job.name)}: {styled_status(job.status)}; "
+        f"follow it with `essaim job status {job.id} --follow`"
+    )
+    output.plain(job.id)
+
+
+@app.command("list")
+def list_jobs(
+    status: Annotated[
+        list[JobStatus] | None, typer.Option("--status", "-s", help="Only jobs in this status (repeatable).")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=0, help="At most this many (0: the server's default).")] = 0,
+    as_json: JsonOption = False,
+    coordinator: CoordinatorOption = None,
+    token: TokenOption = None,
+) -> None:
+    """List jobs, newest first."""
+    with client_from_options(coordinator, token) as client:
+        jobs = client.list_jobs(status or None, limit=limit)
+    if as_json:
+        output.print_json(jobs)
+        return
+    if not jobs:
+        output.notice("no jobs" + (f" with status {', '.join(s.value for s in status)}" if status else ""))
+        return
+    rows = output.table("ID", "NAME", "STATUS", "PRIO", "EPOCH", "LOSS", "SAMPLES/S", "PEERS", "CREATED")
+    for job in jobs:
+        m = job.metrics
+        rows.add_row(
+            job.id,
+            output.escape(job.name),
+            styled_status(job.status),
+            str(job.priority),
+            epoch_text(job),
+            output.number(m.loss, digits=4),
+            output.number(m.samples_per_second),
+            str(m.live_peers),
+            output.ago(job.created_at),
+        )
+    output.print_table(rows)
+
+
+@app.command("status")
+def status(
+    job_id: JobIdArg,
+    as_json: JsonOption = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Follow the job live until it ends (exit 0 if it completed).")
+    ] = False,
+    interval: Annotated[float, typer.Option("--interval", min=0.1, help="Seconds between polls with --follow.")] = 2.0,
+    coordinator: CoordinatorOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Show one job; with --follow, a live progress bar of epochs with loss, throughput, eval, peers and ETA."""
+    with client_from_options(coordinator, token) as client:
+        if not follow:
+            job = client.get_job(job_id)
+            output.print_json(job) if as_json else _show_job(job)
+            return
+        try:
+            job = _follow(client, job_id, interval=interval, as_json=as_json)
+        except KeyboardInterrupt:
+            output.notice(f"stopped following; job {job_id} goes on")
+            raise typer.Exit(130) from None
+    if job.status != JobStatus.COMPLETED:
+        raise typer.Exit(1)
+
+
+def _watch(client: CoordinatorClient, job_id: str, interval: float) -> Iterator[Job]:
+    """Each polled state of the job until it reaches a final status, riding out short outages."""
+    unreachable_since: float | None = None
+    while True:
+        try:
+            job = client.get_job(job_id)
+        except Unavailable as err:
+            now = time.monotonic()
+            if unreachable_since is None:
+                unreachable_since = now
+                output.notice(f"[yellow]{output.escape(str(err))}; still trying[/]")
+            elif now - unreachable_since > UNREACHABLE_GRACE_SECONDS:
+                raise
+            time.sleep(interval)
+            continue
+        if unreachable_since is not None:
+            output.notice("coordinator reachable again")
+            unreachable_since = None
+        yield job
+        if job.status.is_final:
+            return
+        time.sleep(interval)
+
+
+def _follow(client: CoordinatorClient, job_id: str, *, interval: float, as_json: bool) -> Job:
+    """Render the job's progress (JSON lines, a live bar, or a line per change) until it ends."""
+    last_seen: object = None
+    job: Job | None = None
+    if as_json or not console.is_terminal:
+        for job in _watch(client, job_id, interval):
+            key = (job.status, job.metrics.epoch, job.status_reason) if not as_json else output.to_jsonable(job)
+            if key != last_seen:
+                last_seen = key
+                if as_json:
+                    output.print_json(job, indent=None)
+                else:
+                    extra = metrics_line(job)
+                    console.print(
+                        f"{job.status.value}: epoch {epoch_text(job)}" + (f" · {extra}" if extra else ""),
+                        soft_wrap=True,
+                    )
+    else:
+        job = _follow_live(client, job_id, interval)
+    assert job is not None  # _watch yields at least once or raises
+    if not as_json:
+        _print_final(job)
+    return job
+
+
+def _follow_live(client: CoordinatorClient, job_id: str, interval: float) -> Job:
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(complete_style="cyan", finished_style="green"),
+        TextColumn("epoch {task.fields[epoch]}"),
+        TextColumn("{task.fields[details]}"),
+        console=console,
+        refresh_per_second=4,
+    )
+    job: Job | None = None
+    with bar:
+        task = bar.add_task("", total=None, epoch="", details="")
+        for job in _watch(client, job_id, interval):
+            m = job.metrics
+            bar.update(
+                task,
+                description=f"{output.escape(job.name)} {styled_status(job.status)}",
+                total=m.target_epochs or None,
+                completed=m.epoch,
+                epoch=epoch_text(job),
+                details=output.escape(metrics_line(job)),
+            )
+    assert job is not None
+    return job
+
+
+def _print_final(job: Job) -> None:
+    m = job.metrics
+    text = f"job {job.id} {styled_status(job.status)}"
+    if job.status_reason:
+        text += f": {output.escape(job.status_reason)}"
+    text += f" (epoch {epoch_text(job)}" + (f", loss {m.loss:.4g}" if m.loss else "") + ")"
+    if job.status == JobStatus.COMPLETED and job.has_artifact:
+        text += f"; download it with `essaim job download {job.id}`"
+    console.print(text, soft_wrap=True)
+
+
+@app.command("cancel")
+def cancel(
+    job_id: JobIdArg,
+    reason: Annotated[str, typer.Option("--reason", help="Why; shown on the job's page.")] = "",
+    as_json: JsonOption = False,
+    coordinator: CoordinatorOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Cancel a job; its volunteers stop at their next heartbeat."""
+    with client_from_options(coordinator, token) as client:
+        job = client.cancel_job(job_id, reason)
+    _print_job(job, as_json, "cancelled")
+
+
+@app.command("approve")
+def approve(
+    job_id: JobIdArg,
+    reject: Annotated[bool, typer.Option("--reject", help="Reject the job instead.")] = False,
+    reason: Annotated[str, typer.Option("--reason", help="Why; shown to the job's owner.")] = "",
+    as_json: JsonOption = False,
+    coordinator: CoordinatorOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Approve (or --reject) a job awaiting approval (admin)."""
+    with client_from_options(coordinator, token) as client:
+        job = client.approve_job(job_id, reject=reject, reason=reason)
+    _print_job(job, as_json, "rejected" if reject else "approved")
+
+
+@app.command("priority")
+def priority(
+    job_id: JobIdArg,
+    value: Annotated[int, typer.Argument(metavar="N", help="The new priority; higher runs first.")],
+    as_json: JsonOption = False,
+    coordinator: CoordinatorOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Set a job's priority (admin)."""
+    with client_from_options(coordinator, token) as client:
+        job = client.set_job_priority(job_id, value)
+    _print_job(job, as_json, f"priority {job.priority} for")
+
+
+@app.command("download")
+def download(
+    job_id: JobIdArg,
+    output_dir: Annotated[
+        Path | None, typer.Option("--output", "-o", metavar="DIR", help="Where to put it (default: ./ID).")
+    ] = None,
+    as_json: JsonOption = False,
+    coordinator: CoordinatorOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Download a finished job's artifact into DIR/artifact and its provenance.json into DIR."""
+    dest = output_dir or Path(job_id)
+    with client_from_options(coordinator, token) as client:
+        job = client.get_job(job_id)
+        if not job.has_artifact:
+            if job.status.is_final:
+                raise FailedPrecondition(f"job {job_id} is {job.status.value} and has no artifact to download")
+            raise FailedPrecondition(
+                f"job {job_id} ({job.status.value}) has no artifact yet; "
+                f"wait for it with `essaim job status {job_id} --follow`"
+            )
+        with output.transfer_progress("downloading") as progress:
+            artifact = client.download(job_id, FileKind.ARTIFACT, dest / "artifact", progress=progress)
+            provenance = client.download(job_id, FileKind.PROVENANCE, dest, progress=progress)
+    if as_json:
+        output.print_json(
+            {
+                "job_id": job_id,
+                "artifact_dir": dest / "artifact",
+                "artifact_files": artifact,
+                "provenance": provenance[0] if provenance else None,
+            }
+        )
+        return
+    size = sum(p.stat().st_size for p in artifact if p.exists())
+    output.notice(
+        f"downloaded {len(artifact)} artifact file{'s' if len(artifact) != 1 else ''} "
+        f"({output.human_bytes(size)}) to {output.escape(str(dest / 'artifact'))}"
+        + (f" and {output.escape(str(provenance[0]))}" if provenance else "")
+    )
+    output.plain(str(dest))

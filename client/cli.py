@@ -1,0 +1,267 @@
+"""The volunteer's commands: ``essaim run | status | pause | resume | finish | config``, and the tray.
+
+    essaim                          the tray (``tray_main``); says so where there is no display
+    essaim run [--headless] [--idle-minutes 5 --cpu-max-cores 2 ...]   one flag per setting
+    essaim status [--json]          state, reason, job, trainer pid (from the running app)
+    essaim pause [--for 1h] | resume | finish
+    essaim config show | set KEY VALUE
+
+``app`` is mounted at the top level of ``essaim`` by :mod:`essaim.main`. The flags of ``run`` are
+made from :data:`essaim.client.settings.SETTINGS`, so each setting has one. Commands other than
+``run`` talk to the running app over the local control endpoint (:mod:`essaim.client.control`);
+``config`` works on the file directly when the app is not running.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import inspect
+import json
+import logging
+import logging.handlers
+import os
+import signal
+import sys
+import threading
+from typing import Annotated, Any
+
+import typer
+from essaim.client import control
+from essaim.client.config import Paths, load_settings, render, save_value
+from essaim.client.errors import AppNotRunning, NoDisplay
+from essaim.client.settings import SETTINGS, parse_duration
+from essaim.protocol.errors import EssaimError
+
+logger = logging.getLogger(__name__)
+app = typer.Typer(help="The volunteer app.", no_args_is_help=True, add_completion=False)
+config_app = typer.Typer(help="Show or change the volunteer app's settings.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+def _log_to_file(paths: Paths) -> None:
+    """Entry points only: keep a rotating app.log that the tray's "Open logs" shows."""
+    paths.log_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.handlers.RotatingFileHandler(
+        paths.log_dir / "app.log", maxBytes=2_000_000, backupCount=3
+    )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+
+
+def serve(*, flags: dict[str, Any], tray: bool, paths: Paths | None = None) -> None:
+    """Start the app (supervisor + control endpoint, and the tray unless headless) until stopped."""
+    from essaim.client.supervisor import Supervisor
+
+    paths = paths or Paths.default()
+    paths.ensure()
+    _log_to_file(paths)
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` prints every thread's stack (a stuck app)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    supervisor = Supervisor(paths=paths, flags=flags)
+    server = control.ControlServer(paths.control_address, handler=supervisor.command)
+    server.start()
+    stop = threading.Event()
+    try:
+        if tray:
+            from essaim.client.tray import Tray
+
+            Tray(
+                supervisor, paths=paths, stop=stop, force_exit=True, on_exit=server.stop
+            ).run()  # main thread
+        else:
+            if threading.current_thread() is threading.main_thread():
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(sig, lambda *_: stop.set())
+            supervisor.run(stop)
+    finally:
+        stop.set()
+        server.stop()
+
+
+def _run(headless: bool, **options: Any) -> None:
+    flags = {key: options[_param(key)] for key in SETTINGS if options.get(_param(key)) is not None}
+    if not headless:
+        problem = display_problem()
+        if problem:
+            raise NoDisplay(problem)
+    serve(flags=flags, tray=not headless)
+
+
+def _param(key: str) -> str:
+    return key.replace(".", "__")
+
+
+def _build_run() -> Any:
+    """``run``'s signature: ``--headless`` plus one optional flag per setting."""
+    params = [
+        inspect.Parameter(
+            "headless",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=False,
+            annotation=Annotated[bool, typer.Option("--headless", help="No tray icon (servers, services).")],
+        )
+    ]
+    for spec in SETTINGS.values():
+        decl = f"{spec.flag}/--no-{spec.flag[2:]}" if spec.kind is bool else spec.flag
+        option = typer.Option(
+            decl, help=f"{spec.help}; config key {spec.key}", show_default=False, rich_help_panel=spec.table
+        )
+        params.append(
+            inspect.Parameter(
+                _param(spec.key),
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=Annotated[spec.kind | None, option],
+            )
+        )
+
+    def run(**kwargs: Any) -> None:
+        """Run the volunteer app: train when the machine is idle, within every limit you set."""
+        _run(**kwargs)
+
+    run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in params}
+    return run
+
+
+app.command("run")(_build_run())
+
+
+def _ask(message: dict[str, Any]) -> dict[str, Any]:
+    return control.request(Paths.default().control_address, message)
+
+
+@app.command()
+def status(
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """What the app is doing now, and why."""
+    try:
+        reply = _ask({"cmd": "status"})
+    except AppNotRunning as exc:
+        if json_output:
+            typer.echo(json.dumps({"state": "not-running", "reason": str(exc), "trainer_pid": None}))
+            raise typer.Exit(exc.exit_code) from None
+        raise
+    st = reply["status"]
+    if json_output:
+        typer.echo(json.dumps(st, indent=2, default=str))
+        return
+    typer.echo(format_status(st))
+
+
+def format_status(st: dict[str, Any]) -> str:
+    lines = [str(st.get("reason") or st.get("state", "?"))]
+    job, trainer = st.get("job"), st.get("trainer") or {}
+    if job:
+        pid = f", trainer pid {st['trainer_pid']} ({trainer.get('state')})" if st.get("trainer_pid") else ""
+        lines.append(f"job: {job.get('name') or job.get('id')}{pid}")
+    coordinator = st.get("coordinator")
+    if coordinator:
+        how = (
+            "connected"
+            if coordinator.get("connected")
+            else f"not connected: {coordinator.get('error') or '...'}"
+        )
+        lines.append(f"coordinator: {coordinator.get('address')} ({how})")
+    c = st.get("contribution") or {}
+    lines.append(
+        f"contribution: {c.get('samples', 0):,} samples, {c.get('compute_seconds', 0) / 3600:.2f} compute hours, "
+        f"{len(c.get('jobs', []))} job(s)"
+    )
+    for problem in st.get("config_problems") or []:
+        lines.append(f"config: {problem}")
+    return "\n".join(lines)
+
+
+@app.command()
+def pause(
+    duration: Annotated[
+        str | None, typer.Option("--for", help="e.g. 30m, 1h, 2h; default: until resume.")
+    ] = None,
+) -> None:
+    """Pause training now (for a while, with --for)."""
+    message: dict[str, Any] = {"cmd": "pause"}
+    if duration:
+        message["seconds"] = parse_duration(duration)
+    typer.echo(_ask(message)["status"]["reason"])
+
+
+@app.command()
+def resume() -> None:
+    """Resume after a pause or a finish."""
+    typer.echo(_ask({"cmd": "resume"})["status"]["reason"])
+
+
+@app.command()
+def finish() -> None:
+    """Complete the current epoch's averaging, then stop taking work."""
+    typer.echo(_ask({"cmd": "finish"})["status"]["reason"])
+
+
+@config_app.command("show")
+def config_show() -> None:
+    """Every setting, its value and where it comes from (file, env, flag)."""
+    try:
+        typer.echo(_ask({"cmd": "config_show"})["text"])
+    except AppNotRunning:
+        paths = Paths.default()
+        settings = load_settings(paths)
+        for problem in settings.problems:
+            typer.echo(f"# {problem}", err=True)
+        typer.echo(f"# {paths.config_file}")
+        typer.echo(render(settings))
+
+
+@config_app.command("set")
+def config_set(key: str, value: str) -> None:
+    """Change a setting in the config file (and in the running app)."""
+    try:
+        reply = _ask({"cmd": "config_set", "key": key, "value": value})
+        typer.echo(f"{key} = {reply['value']!r}")
+    except AppNotRunning:
+        parsed = save_value(Paths.default().config_file, key, value)
+        typer.echo(f"{key} = {parsed!r} (saved; the app is not running)")
+
+
+def display_problem() -> str:
+    """Why no tray icon can be shown here, or "" when one can."""
+    if sys.platform in ("win32", "darwin"):
+        return ""
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return "DISPLAY is not set"
+    try:
+        import pystray  # noqa: F401
+    except ImportError:
+        return "the tray needs pystray and Pillow: pip install 'essaim[tray]'"
+    except Exception as exc:  # pystray's backends raise on import when the display is unusable
+        return f"the display cannot be used ({exc})"
+    return ""
+
+
+def tray_main() -> None:
+    """``essaim`` with no arguments: the tray, or a clear message where there is no display."""
+    problem = display_problem()
+    if problem:
+        raise NoDisplay(problem)
+    serve(flags={}, tray=True)
+
+
+start_tray = tray_main
+"""The name :mod:`essaim.main` looks for."""
+
+
+def main() -> None:
+    """``python -m essaim.client.cli``: these commands alone (the light entry point for autostart)."""
+    try:
+        app(prog_name="essaim")
+    except EssaimError as err:  # raised outside a command's own handling
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(err.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,446 @@
+"""The trainer process: trains one job as one peer of its swarm, driven over a pipe by the app.
+
+    python -m essaim.client.trainer --assignment job.json --work-dir DIR [--coordinator HOST:PORT --token T]
+    python -m essaim.client.trainer --assignment job.json --work-dir DIR --headless
+
+It reads commands as JSON lines on stdin and writes events as JSON lines on stdout
+(:mod:`essaim.client.trainer_protocol`); logs go to stderr and ``DIR/trainer.log``, never stdout.
+Job files come from the coordinator into a content cache (sha256-checked), or from local paths
+named in the assignment (headless runs, tests). SIGTERM or SIGINT stop it gracefully; when driven
+by an app (not ``--headless``), the end of stdin means the app is gone and the trainer stops too.
+
+Exit status: 0 when it stopped, finished or completed the job; 1 on an error (an ``error`` event
+says which); 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from essaim.client.trainer_protocol import (
+    EpochEvent,
+    ErrorEvent,
+    FinishCommand,
+    JoinedEvent,
+    PauseCommand,
+    PausedEvent,
+    ProgressEvent,
+    ProtocolError,
+    ResumeCommand,
+    ResumedEvent,
+    StartedEvent,
+    StopCommand,
+    StoppedEvent,
+    ThrottleCommand,
+    TokenCommand,
+    TrainerAssignment,
+    encode,
+    parse_command,
+)
+from pydantic import BaseModel, ValidationError
+
+logger = logging.getLogger("essaim.client.trainer")
+
+STOP_GRACE_S = 1.0
+HARD_EXIT_S = 15.0
+HAND_OVER_S = 60.0  # after the last epoch, how long to wait for the keeper to take the final state
+TOKEN_FILE = "swarm_token"
+
+
+class EventWriter:
+    """Writes events as JSON lines to the real stdout (fd 1 itself is pointed at stderr)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+        self.stopped_sent = False
+
+    def send(self, message: BaseModel) -> None:
+        with self._lock:
+            if self.stopped_sent:
+                return  # "stopped" is the last event, whatever happens after it
+            self.stopped_sent = isinstance(message, StoppedEvent)
+            try:
+                self._stream.write(encode(message))
+                self._stream.flush()
+            except (OSError, ValueError):
+                pass  # the app is gone; the stdin watcher stops the trainer
+
+
+def _claim_stdout() -> IO[str]:
+    """Keep the real stdout for events and send everything else written to fd 1 to stderr."""
+    sys.stdout.flush()
+    events_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return os.fdopen(events_fd, "w", buffering=1, encoding="utf-8")
+
+
+class Trainer:
+    """Owns the build steps and the control state; the heavy imports happen in :meth:`run`."""
+
+    def __init__(self, assignment: TrainerAssignment, work_dir: Path, events: EventWriter, *,
+                 coordinator: str | None = None, token: str | None = None, headless: bool = False,
+                 cache_dir: Path | None = None, verbose: bool = False) -> None:
+        self.assignment, self.work_dir, self.events = assignment, work_dir, events
+        self.coordinator, self.token, self.headless = coordinator, token, headless
+        self.cache_dir = cache_dir or work_dir / "cache"
+        self.verbose = verbose
+        self.stop_requested = threading.Event()
+        self.stop_reason = "stopped"
+        self.peer: Any = None
+        self._pending: list[Any] = []
+        self._lock = threading.Lock()
+        self._exit_timer: threading.Timer | None = None
+
+    # ---- control (stdin thread, signal handler) ----
+    def handle(self, command: Any) -> None:
+        if isinstance(command, TokenCommand):
+            self._write_token(command.token)
+            return
+        if isinstance(command, StopCommand):
+            self.request_stop("stopped")
+            return
+        with self._lock:
+            peer = self.peer
+            if peer is None:
+                self._pending.append(command)
+                return
+        self._apply(peer, command)
+
+    def _apply(self, peer: Any, command: Any) -> None:
+        if isinstance(command, PauseCommand):
+            peer.pause()
+        elif isinstance(command, ResumeCommand):
+            peer.resume()
+        elif isinstance(command, FinishCommand):
+            peer.finish()
+        elif isinstance(command, ThrottleCommand):
+            peer.throttle(threads=command.threads, duty_cycle=command.duty_cycle)
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_requested.is_set():
+            return
+        self.stop_reason = reason
+        self.stop_requested.set()
+        with self._lock:
+            peer = self.peer
+        if peer is not None and not peer.stop(timeout=STOP_GRACE_S):
+            logger.info("the training loop is inside an averaging round; leaving without waiting for it")
+        self.arm_exit_timer()
+
+    def arm_exit_timer(self) -> None:
+        """Exit for sure within HARD_EXIT_S seconds, even if hivemind's shutdown hangs."""
+        with self._lock:
+            if self._exit_timer is not None:
+                return
+            self._exit_timer = threading.Timer(HARD_EXIT_S, self._hard_exit)
+            self._exit_timer.daemon = True
+            self._exit_timer.start()
+
+    def _hard_exit(self) -> None:
+        logger.warning("shutdown is taking too long; exiting now")
+        self.events.send(StoppedEvent(reason=self.stop_reason))
+        logging.shutdown()
+        os._exit(0)  # hivemind's helpers watch this process and leave with it
+
+    def _write_token(self, token: str) -> None:
+        path = self.work_dir / TOKEN_FILE
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(token)
+        tmp.chmod(0o600)
+        os.replace(tmp, path)
+        logger.info("received a fresh swarm token")
+
+    # ---- the job ----
+    def run(self) -> int:
+        from essaim.protocol.errors import EssaimError
+
+        try:
+            return self._run()
+        except EssaimError as exc:
+            logger.error("%s", exc)
+            self.events.send(ErrorEvent(message=str(exc), kind=type(exc).__name__))
+            self.events.send(StoppedEvent(reason="error"))
+            return 1
+        except Exception as exc:
+            logger.exception("the trainer failed")
+            self.events.send(ErrorEvent(message=f"{type(exc).__name__}: {exc}", kind=type(exc).__name__))
+            self.events.send(StoppedEvent(reason="error"))
+            return 1
+
+    def _stopped_early(self) -> int:
+        self.events.send(StoppedEvent(reason=self.stop_reason))
+        return 0
+
+    def _run(self) -> int:
+        import torch
+        from essaim.protocol.recipe import load_recipe
+        from essaim.protocol.types import shards_for_slots
+        from essaim.swarm.auth import SwarmAuthorizer, token_file_refresher
+        from essaim.swarm.data import build_train_dataset
+        from essaim.swarm.dht import shutdown_dht, start_dht, visible_maddrs
+        from essaim.swarm.identity import ensure_p2p_identity, load_or_create_private_key
+        from essaim.swarm.model import load_model
+        from essaim.swarm.optimizer import build_optimizer
+        from essaim.swarm.peer import TrainingPeer
+        from essaim.swarm.records import progress_validators
+
+        a = self.assignment
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        recipe = load_recipe(a.recipe_yaml, source=f"job {a.job_id} recipe")
+        key_path = Path(a.identity_key_path)
+        key = load_or_create_private_key(key_path)
+        identity = ensure_p2p_identity(key, a.p2p_identity_path or key_path.with_suffix(".p2p"))
+        self._write_token(a.swarm_token)
+        authorizer = SwarmAuthorizer(
+            key, a.swarm_token, a.coordinator_key_bytes(), a.job_id,
+            refresh=token_file_refresher(self.work_dir / TOKEN_FILE),
+        )
+        files = self._job_files(recipe)
+        if self.stop_requested.is_set():
+            return self._stopped_early()
+
+        loaded = load_model(recipe, files=files, device=a.device, allow_remote_code=a.allow_remote_code,
+                            seed=recipe.training.seed)
+        dataset = build_train_dataset(recipe, loaded.tokenizer, files=files)
+        shard_ids = shards_for_slots(list(a.shard_ids), dataset.num_shards)
+        if self.stop_requested.is_set():
+            return self._stopped_early()
+
+        client_mode = {"auto": None, "on": True, "off": False}[a.client_mode]
+        dht = start_dht(initial_peers=a.initial_peers, identity_path=identity, authorizer=authorizer,
+                        host_maddrs=a.host_maddrs, announce_maddrs=a.announce_maddrs or None,
+                        client_mode=client_mode, record_validators=progress_validators(a.job_id), private_key=key)
+        optimizer = None
+        try:
+            optimizer = build_optimizer(loaded, recipe, dht=dht, run_id=a.job_id, private_key=key,
+                                        verbose=self.verbose)
+            peer = TrainingPeer(job_id=a.job_id, recipe=recipe, loaded=loaded, dataset=dataset,
+                                shard_ids=shard_ids, optimizer=optimizer, dht=dht, volunteer_id=a.volunteer_id,
+                                on_event=self._on_event, state_dir=self.work_dir)
+            peer.throttle(threads=a.threads, duty_cycle=a.duty_cycle)
+            if a.paused:
+                peer.pause()
+            with self._lock:
+                self.peer = peer
+                pending, self._pending = self._pending, []
+            for command in pending:
+                self._apply(peer, command)
+            self.events.send(StartedEvent(
+                job_id=a.job_id, volunteer_id=a.volunteer_id, peer_id=str(dht.peer_id),
+                maddrs=visible_maddrs(dht), mode=recipe.training.averaging, device=loaded.device, pid=os.getpid(),
+            ))
+            if self.stop_requested.is_set():
+                peer.stop(timeout=0)
+            reason = peer.run()
+            if reason == "completed":
+                _hand_over(dht, a.job_id, a.initial_peers, optimizer.local_epoch, self.stop_requested)
+            if reason == "stopped":
+                reason = self.stop_reason
+            self.events.send(StoppedEvent(reason=reason, **_final(peer)))
+            return 0
+        finally:
+            self.arm_exit_timer()
+            if optimizer is not None:
+                optimizer.shutdown()
+            shutdown_dht(dht)
+
+    def _on_event(self, kind: str, data: dict[str, Any]) -> None:
+        classes = {"joined": JoinedEvent, "progress": ProgressEvent, "epoch": EpochEvent,
+                   "paused": PausedEvent, "resumed": ResumedEvent}
+        cls = classes.get(kind)
+        if cls is not None:
+            self.events.send(cls(**data))
+
+    def _job_files(self, recipe: Any) -> dict[str, Path]:
+        """Recipe path -> local file: from the assignment (headless) or the coordinator via the cache."""
+        from essaim.swarm.cache import collect_job_files
+        from essaim.swarm.errors import DataError
+
+        a = self.assignment
+        if a.local_files or a.base_dir:
+            files = collect_job_files(recipe, Path(a.base_dir)) if a.base_dir else {}
+            files.update({path: Path(local) for path, local in a.local_files.items()})
+            missing = [p for p, local in files.items() if not local.is_file()]
+            if missing:
+                raise DataError(f"job files missing locally: {', '.join(missing[:5])}; check the assignment")
+            return files
+        if not self.coordinator:
+            raise DataError("no local job files and no --coordinator to download them from; pass one of them")
+        return _download(a, self.coordinator, self.token, self.cache_dir)
+
+
+def _download(a: TrainerAssignment, address: str, token: str | None, cache_dir: Path) -> dict[str, Path]:
+    """Fetch the job's files through the coordinator into the content cache (sha256-checked)."""
+    import shutil
+    import tempfile
+
+    from essaim.protocol.client import CoordinatorClient
+    from essaim.protocol.types import FileKind, JobFile
+    from essaim.swarm.cache import ContentCache
+
+    job_files = [JobFile(path=f.path, sha256=f.sha256, size=f.size) for f in a.job_files]
+    with CoordinatorClient(address, token=token) as client:
+
+        def fetcher(path: str, dest: Path) -> None:
+            with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+                got = client.download(a.job_id, FileKind.JOB_FILE, Path(tmp), path=path)
+                if not got:
+                    raise FileNotFoundError(f"the coordinator sent no file for {path}")
+                shutil.move(str(got[0]), dest)
+
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        return ContentCache(cache_dir).fetch_all(job_files, fetcher)
+
+
+def _hand_over(dht: Any, job_id: str, initial_peers: list[str], epoch: int, stop: threading.Event) -> None:
+    """After the last epoch, keep serving the final state until the coordinator's keeper (the peer
+    behind ``initial_peers``) offers it too, so the job's artifact is this state and not the one
+    before; at most HAND_OVER_S seconds, and not at all in a swarm without a keeper."""
+    import time
+
+    from hivemind.p2p import PeerID
+
+    keepers = set()
+    for maddr in initial_peers:
+        with contextlib.suppress(ValueError, IndexError):
+            keepers.add(PeerID.from_base58(maddr.rsplit("/p2p/", 1)[1]).to_bytes())
+    key = f"{job_id}_state_averager.all_averagers"  # where hivemind's averagers offer their state
+    started = time.monotonic()
+    looks_without_keeper = 0
+    while not stop.is_set() and time.monotonic() - started < HAND_OVER_S:
+        try:
+            found = dht.get(key, latest=True, return_future=True).result(5.0)
+        except Exception:  # hivemind raises many kinds; try again
+            stop.wait(1.0)
+            continue
+        offers = found.value if found is not None and isinstance(found.value, dict) else {}
+        priorities = [getattr(offers[k], "value", None) for k in keepers if k in offers]
+        looks_without_keeper = 0 if priorities else looks_without_keeper + 1
+        if looks_without_keeper >= 2:
+            return  # no keeper in this swarm: it offers (or withdraws) its state from its start
+        if any(isinstance(p, (int, float)) and p >= epoch for p in priorities):
+            logger.info("the keeper has the final state of epoch %d", epoch)
+            return
+        stop.wait(1.0)
+    if not stop.is_set():
+        logger.warning("leaving without knowing that the keeper has the final state of epoch %d", epoch)
+
+
+def _final(peer: Any) -> dict[str, Any]:
+    snap = peer.snapshot()
+    return {k: snap[k] for k in ("epoch", "samples", "loss", "samples_per_second", "compute_seconds", "peers")}
+
+
+def _claim_stdin() -> int:
+    """A private descriptor for the command pipe; fd 0 and sys.stdin become /dev/null.
+
+    hivemind starts its helpers with multiprocessing, whose children close ``sys.stdin`` first
+    thing: a buffered stdin being read by our command thread at that moment would deadlock them.
+    """
+    commands_fd = os.dup(0)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    sys.stdin = open(os.devnull)  # noqa: SIM115 - lives as long as the process
+    return commands_fd
+
+
+def _lines(fd: int) -> Iterator[str]:
+    """Lines read from ``fd`` with plain os.read calls (no buffered-reader lock to inherit)."""
+    pending = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            if pending.strip():
+                yield pending.decode("utf-8", "replace")
+            return
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line.decode("utf-8", "replace")
+
+
+def _read_commands(trainer: Trainer, commands_fd: int, *, headless: bool) -> None:
+    for line in _lines(commands_fd):
+        if not line.strip():
+            continue
+        try:
+            command = parse_command(line)
+        except ProtocolError as exc:
+            trainer.events.send(ErrorEvent(message=str(exc), kind="ProtocolError", fatal=False))
+            continue
+        try:
+            trainer.handle(command)
+        except (ValueError, OSError) as exc:
+            trainer.events.send(ErrorEvent(message=str(exc), kind=type(exc).__name__, fatal=False))
+    if not headless:
+        logger.info("stdin closed: the app is gone; stopping")
+        trainer.request_stop("stdin-closed")
+
+
+def _configure_logging(work_dir: Path, level: int) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    with contextlib.suppress(OSError):
+        handlers.append(logging.FileHandler(work_dir / "trainer.log"))
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers,
+                        force=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m essaim.client.trainer", description=__doc__.split("\n")[0])
+    parser.add_argument("--assignment", required=True, type=Path, help="the job description (JSON)")
+    parser.add_argument("--work-dir", required=True, type=Path, help="state, token, log and cache of this job")
+    parser.add_argument("--coordinator", help="HOST:PORT of the coordinator, to download the job's files")
+    parser.add_argument("--token", help="the volunteer's bearer token for the coordinator")
+    parser.add_argument("--headless", action="store_true", help="run without an app (stdin may be closed)")
+    parser.add_argument("--cache-dir", type=Path, help="content cache of job files (default: WORK_DIR/cache)")
+    parser.add_argument("--client-mode", choices=("auto", "on", "off"),
+                        help="DHT client mode (outgoing connections only); default: the assignment's")
+    parser.add_argument("--verbose", action="store_true", help="log hivemind's averaging rounds")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    events = EventWriter(_claim_stdout())
+    commands_fd = _claim_stdin()
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    _configure_logging(args.work_dir, logging.INFO if args.verbose else logging.WARNING)
+    logging.getLogger("essaim").setLevel(logging.INFO)
+    try:
+        assignment = TrainerAssignment.model_validate_json(args.assignment.read_bytes())
+    except (OSError, ValidationError) as exc:
+        events.send(ErrorEvent(message=f"cannot read the assignment {args.assignment}: {exc}", kind="InvalidArgument"))
+        events.send(StoppedEvent(reason="error"))
+        return 2
+    if args.client_mode:
+        assignment = assignment.model_copy(update={"client_mode": args.client_mode})
+    trainer = Trainer(assignment, args.work_dir, events, coordinator=args.coordinator, token=args.token,
+                      headless=args.headless, cache_dir=args.cache_dir, verbose=args.verbose)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: threading.Thread(target=trainer.request_stop, args=("signal",),
+                                                          daemon=True).start())
+    threading.Thread(target=_read_commands, args=(trainer, commands_fd), kwargs={"headless": args.headless},
+                     name="trainer-commands", daemon=True).start()
+    code = trainer.run()
+    logging.shutdown()
+    os._exit(code)  # hivemind leaves non-daemon helpers behind; its children exit with us
+
+
+if __name__ == "__main__":
+    sys.exit(main())

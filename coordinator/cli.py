@@ -1,0 +1,226 @@
+"""``essaim coordinator ...``: the commands that run on the coordinator's own machine.
+
+    essaim coordinator serve [--host H] [--grpc-port P] [--http-port P] [--data-dir D] [--db-url U] ...
+    essaim coordinator token create --role {admin,researcher,volunteer} [--label L] [--data-dir D | --db-url U]
+    essaim coordinator ledger verify [--data-dir D | --db-url U] [--json]
+
+The root CLI mounts :data:`app` as ``essaim coordinator`` and adds the remote admin commands
+(``volunteers``, ``ban``). ``python -m essaim.coordinator`` runs :func:`main` on its own. Errors
+are essaim.protocol.errors classes; the caller prints them and exits with their ``exit_code``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import typer
+from essaim.coordinator.errors import ConfigError, EssaimError, NotFound
+from essaim.coordinator.settings import CoordinatorSettings
+from essaim.protocol.types import Role
+from pydantic import ValidationError
+
+app = typer.Typer(
+    help="Run and administer an essaim coordinator.", no_args_is_help=True, add_completion=False
+)
+token_app = typer.Typer(help="Bearer tokens for admins, researchers and volunteers.", no_args_is_help=True)
+ledger_app = typer.Typer(help="The contributions ledger.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+app.add_typer(ledger_app, name="ledger")
+
+DATA_DIR = typer.Option(
+    None, "--data-dir", help="Coordinator data directory (default: the platform data dir)."
+)
+DB_URL = typer.Option(
+    None,
+    "--db-url",
+    help="Store URL, e.g. postgresql+psycopg://user@host/db (default: SQLite in the data dir).",
+)
+
+
+def make_settings(**flags: Any) -> CoordinatorSettings:
+    """Settings from flags (those not None) over the environment over defaults."""
+    try:
+        return CoordinatorSettings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        raise ConfigError(f"invalid coordinator settings: {problems}") from None
+
+
+def _open_store(data_dir: Path | None, db_url: str | None) -> Any:
+    from essaim.coordinator.store import open_store
+
+    settings = make_settings(data_dir=data_dir, db_url=db_url)
+    if not settings.db_url:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return open_store(settings.resolved_db_url())
+
+
+@app.command()
+def serve(
+    host: str | None = typer.Option(None, "--host", help="Address to listen on (default 127.0.0.1)."),
+    grpc_port: int | None = typer.Option(
+        None, "--grpc-port", help="gRPC port (default 50051; 0 = pick a free one)."
+    ),
+    http_port: int | None = typer.Option(
+        None, "--http-port", help="HTTP port (default 8080; 0 = pick a free one)."
+    ),
+    data_dir: Path | None = DATA_DIR,
+    db_url: str | None = DB_URL,
+    heartbeat_interval: float | None = typer.Option(
+        None, "--heartbeat-interval", help="Seconds between volunteer heartbeats (30)."
+    ),
+    heartbeat_timeout: float | None = typer.Option(
+        None, "--heartbeat-timeout", help="Seconds of silence before a volunteer is offline (90)."
+    ),
+    require_approval: bool | None = typer.Option(
+        None, "--require-approval/--no-require-approval", help="New jobs wait for an admin."
+    ),
+    allow_remote_code: bool | None = typer.Option(
+        None, "--allow-remote-code/--no-allow-remote-code", help="Accept trust_remote_code recipes."
+    ),
+    open_registration: bool | None = typer.Option(
+        None, "--open-registration/--closed-registration", help="Anyone may register as a volunteer."
+    ),
+    public_pages: bool | None = typer.Option(
+        None, "--public-pages/--no-public-pages", help="Serve the status pages to anyone."
+    ),
+    max_message_bytes: int | None = typer.Option(
+        None, "--max-message-bytes", help="Largest gRPC message accepted (4 MiB)."
+    ),
+    swarm: bool = typer.Option(
+        True,
+        "--swarm/--no-swarm",
+        help="Run each running job's swarm services (DHT bootstrap peer, monitor, checkpoint keeper).",
+    ),
+    announce_host: str | None = typer.Option(
+        None, "--announce-host", help="Address volunteers reach the jobs' DHT peers at, behind NAT."
+    ),
+    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
+) -> None:
+    """Run the coordinator (gRPC API + HTTP) until SIGTERM or Ctrl-C."""
+    settings = make_settings(
+        host=host,
+        grpc_port=grpc_port,
+        http_port=http_port,
+        data_dir=data_dir,
+        db_url=db_url,
+        heartbeat_interval_s=heartbeat_interval,
+        heartbeat_timeout_s=heartbeat_timeout,
+        require_approval=require_approval,
+        allow_remote_code=allow_remote_code,
+        open_registration=open_registration,
+        public_pages=public_pages,
+        max_message_bytes=max_message_bytes,
+    )
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper(), logging.INFO),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if log_level.lower() != "debug":
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+    from essaim.coordinator.server import serve as run_server
+
+    gateway = None
+    if swarm:
+        from essaim.coordinator.gateway import ProcessSwarmGateway
+
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        gateway = ProcessSwarmGateway(settings, announce_host=announce_host)
+    run_server(settings, gateway=gateway)
+
+
+@token_app.command("create")
+def token_create(
+    role: Role = typer.Option(..., "--role", help="admin, researcher or volunteer."),
+    label: str = typer.Option("", "--label", help="Who the token is for (also its owner name for jobs)."),
+    data_dir: Path | None = DATA_DIR,
+    db_url: str | None = DB_URL,
+) -> None:
+    """Create a bearer token and print it (it is stored hashed: this is the only time it is shown)."""
+    from essaim.coordinator.auth import create_token
+
+    store = _open_store(data_dir, db_url)
+    try:
+        token = create_token(store, role=role, label=label)
+    finally:
+        store.close()
+    typer.echo(token)
+
+
+@ledger_app.command("verify")
+def ledger_verify(
+    data_dir: Path | None = DATA_DIR,
+    db_url: str | None = DB_URL,
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Check the hash chain of the contributions ledger (exit 1 at the first broken row)."""
+    if db_url is None:
+        settings = make_settings(data_dir=data_dir, db_url=None)
+        if not settings.db_url and not (settings.data_dir / "coordinator.db").exists():
+            raise NotFound(
+                f"no coordinator store in {settings.data_dir}; pass the coordinator's --data-dir or --db-url"
+            )
+    store = _open_store(data_dir, db_url)
+    try:
+        result = store.verify_ledger()
+    finally:
+        store.close()
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "ok": result.ok,
+                    "checked": result.checked,
+                    "first_bad_seq": result.first_bad_seq,
+                    "message": result.message,
+                }
+            )
+        )
+    elif result.ok:
+        typer.echo(f"ledger ok: {result.checked} row(s) verified")
+    else:
+        typer.echo(f"ledger BROKEN at seq {result.first_bad_seq}: {result.message}", err=True)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def _click_classes(name: str) -> tuple[type[BaseException], ...]:
+    """The class ``name`` from click and from typer's bundled copy of click, where it has one."""
+    found: list[type[BaseException]] = [getattr(click.exceptions, name)]
+    try:
+        from typer._click import exceptions as bundled  # type: ignore[import-not-found]
+
+        found.append(getattr(bundled, name))
+    except (ImportError, AttributeError):
+        pass
+    return tuple(found)
+
+
+_CLICK_EXIT = _click_classes("Exit")
+_CLICK_ERRORS = _click_classes("ClickException")
+_CLICK_ABORT = _click_classes("Abort")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run :data:`app` on its own (``python -m essaim.coordinator``), printing errors without tracebacks."""
+    try:
+        code = app(args=argv, prog_name="python -m essaim.coordinator", standalone_mode=False)
+    except EssaimError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except _CLICK_EXIT as exc:
+        return int(exc.exit_code)
+    except _CLICK_ERRORS as exc:
+        exc.show()
+        return int(exc.exit_code)
+    except _CLICK_ABORT:
+        return 130
+    return code if isinstance(code, int) else 0

@@ -1,0 +1,360 @@
+"""The dashboard's read side: store dataclasses -> the response models of :mod:`.schemas`.
+
+Both the JSON API (:mod:`.api`) and the pages (:mod:`.pages`) call :class:`DashboardQueries`, so
+they always agree. Only the store's public methods are used; artifacts (model card, provenance)
+are read from ``data_dir/artifacts/<job_id>/`` and may be absent until a job completes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from essaim.coordinator.dashboard import formatting as fmt
+from essaim.coordinator.dashboard.schemas import (
+    ContributionOut,
+    HardwareOut,
+    JobDetail,
+    JobFileOut,
+    JobMetricsOut,
+    JobOut,
+    Leaderboard,
+    LedgerEntryOut,
+    LedgerVerificationOut,
+    ProgressOut,
+    ProgressPoint,
+    TeamOut,
+    VolunteerOut,
+)
+from essaim.protocol.errors import RecipeError
+from essaim.protocol.recipe import Recipe, load_recipe
+from essaim.protocol.types import Job, JobStatus, LedgerEntry, Volunteer, VolunteerStatus
+
+log = logging.getLogger(__name__)
+
+PROVENANCE_FILE = "provenance.json"
+MODEL_CARD = Path("artifact") / "README.md"
+MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
+ALL_VOLUNTEERS = 100_000
+
+
+def volunteer_out(v: Volunteer) -> VolunteerOut:
+    hw = v.hardware
+    return VolunteerOut(
+        id=v.id,
+        name=fmt.display_name(v.name, v.id),
+        team=v.team,
+        status=str(v.status),
+        state=v.state,
+        reason=v.reason,
+        hardware=HardwareOut(
+            os=hw.os,
+            arch=hw.arch,
+            cpu_cores=hw.cpu_cores,
+            ram_bytes=hw.ram_bytes,
+            accelerator=hw.accelerator,
+            gpu_name=hw.gpu_name,
+            gpu_vram_bytes=hw.gpu_vram_bytes,
+            gpu_count=hw.gpu_count,
+            summary=fmt.hardware_summary(hw),
+        ),
+        samples_per_second=v.samples_per_second,
+        last_seen=v.last_seen,
+        registered_at=v.registered_at,
+        client_version=v.client_version,
+        current_job_id=v.current_job_id,
+        samples=v.samples,
+        compute_seconds=v.compute_seconds,
+    )
+
+
+def ledger_entry_out(e: LedgerEntry) -> LedgerEntryOut:
+    return LedgerEntryOut(
+        seq=e.seq,
+        job_id=e.job_id,
+        volunteer_id=e.volunteer_id,
+        epoch=e.epoch,
+        samples=e.samples,
+        compute_seconds=e.compute_seconds,
+        created_at=e.created_at,
+        note=e.note,
+        prev_hash=e.prev_hash,
+        hash=e.hash,
+    )
+
+
+def parse_recipe(job: Job) -> Recipe | None:
+    try:
+        return load_recipe(job.recipe_yaml, source=f"job {job.id}")
+    except RecipeError:
+        return None
+
+
+def eta_seconds(job: Job, recipe: Recipe | None) -> float:
+    """The monitor's ETA, else remaining epochs * samples per epoch / current throughput."""
+    m = job.metrics
+    if m.eta_seconds > 0:
+        return m.eta_seconds
+    if job.status != JobStatus.RUNNING or recipe is None or m.samples_per_second <= 0:
+        return 0.0
+    target = m.target_epochs or recipe.training.epochs
+    remaining = max(0, target - m.epoch) * recipe.training.target_batch_size
+    return remaining / m.samples_per_second
+
+
+class DashboardQueries:
+    """Read-only views over one coordinator's store and artifact directory."""
+
+    def __init__(self, store: Any, artifacts_dir: Path, *, directory_ttl: float = 5.0) -> None:
+        self.store = store
+        self.artifacts_dir = Path(artifacts_dir)
+        self.directory_ttl = directory_ttl
+        self._directory: tuple[float, dict[str, tuple[str, str]]] = (0.0, {})
+        self._directory_lock = threading.Lock()
+
+    def directory(self) -> dict[str, tuple[str, str]]:
+        """volunteer id -> (display name, team) for every volunteer, cached a few seconds: pages
+        that name many volunteers (ledger, leaderboards) then cost one scan, not one per view."""
+        with self._directory_lock:
+            at, cached = self._directory
+            if time.monotonic() - at < self.directory_ttl:
+                return cached
+        fresh = {
+            v.id: (fmt.display_name(v.name, v.id), v.team)
+            for v in self.store.list_volunteers(limit=ALL_VOLUNTEERS)
+        }
+        with self._directory_lock:
+            self._directory = (time.monotonic(), fresh)
+        return fresh
+
+    def names(self) -> dict[str, str]:
+        return {vid: name for vid, (name, _) in self.directory().items()}
+
+    # ---- volunteers ----
+
+    def volunteers(self, *, status: VolunteerStatus | None = None, limit: int = 1000, offset: int = 0) -> list[VolunteerOut]:
+        return [volunteer_out(v) for v in self.store.list_volunteers(status=status, limit=limit, offset=offset)]
+
+    def count_volunteers(self, status: VolunteerStatus | None = None) -> int:
+        return int(self.store.count_volunteers(status))
+
+    def volunteer(self, volunteer_id: str) -> VolunteerOut:
+        return volunteer_out(self.store.get_volunteer(volunteer_id))
+
+    def volunteer_jobs(self, volunteer_id: str) -> list[tuple[JobOut, ContributionOut]]:
+        """(job, this volunteer's contribution to it) for every job it gave samples to."""
+        out = []
+        for job in self.store.list_jobs(limit=1000):
+            for rank, c in enumerate(self.store.contributions(job_id=job.id), start=1):
+                if c.volunteer_id == volunteer_id:
+                    out.append((self._job_out(job), self._contribution(rank, c, {})))
+                    break
+        return out
+
+    # ---- jobs ----
+
+    def jobs(self, *, statuses: list[JobStatus] | None = None, limit: int = 200) -> list[JobOut]:
+        jobs = self.store.list_jobs(statuses=statuses, limit=limit)
+        online = self._online_by_job()
+        return [self._job_out(j, online.get(j.id, 0)) for j in jobs]
+
+    def _online_by_job(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for v in self.store.list_volunteers(status=VolunteerStatus.ONLINE, limit=ALL_VOLUNTEERS):
+            if v.current_job_id:
+                counts[v.current_job_id] = counts.get(v.current_job_id, 0) + 1
+        return counts
+
+    def _job_out(self, job: Job, volunteers_online: int = 0, recipe: Recipe | None = None) -> JobOut:
+        recipe = recipe or parse_recipe(job)
+        return JobOut(**self._job_fields(job, volunteers_online, recipe))
+
+    def _job_fields(self, job: Job, volunteers_online: int, recipe: Recipe | None) -> dict[str, Any]:
+        m = job.metrics
+        eval_name = m.eval_metric_name or (recipe.eval.metric if recipe and recipe.eval else "")
+        return {
+            "id": job.id,
+            "name": job.name,
+            "description": recipe.description if recipe else "",
+            "status": str(job.status),
+            "status_reason": job.status_reason,
+            "owner": job.owner,
+            "priority": job.priority,
+            "created_at": job.created_at,
+            "updated_at": job.updated_at,
+            "metrics": JobMetricsOut(
+                epoch=m.epoch,
+                target_epochs=m.target_epochs or (recipe.training.epochs if recipe else 0),
+                samples=m.samples,
+                samples_per_second=m.samples_per_second,
+                loss=m.loss,
+                eval_metric=m.eval_metric,
+                eval_metric_name=eval_name,
+                live_peers=m.live_peers,
+                eta_seconds=eta_seconds(job, recipe),
+            ),
+            "volunteers_online": volunteers_online,
+            "has_artifact": job.has_artifact,
+        }
+
+    def job(self, job_id: str) -> JobDetail:
+        job = self.store.get_job(job_id)
+        recipe = parse_recipe(job)
+        on_job = [
+            volunteer_out(v)
+            for v in self.store.list_volunteers(status=VolunteerStatus.ONLINE, limit=ALL_VOLUNTEERS)
+            if v.current_job_id == job.id
+        ]
+        teams = self._teams_by_volunteer()
+        contributors = [
+            self._contribution(rank, c, teams)
+            for rank, c in enumerate(self.store.contributions(job_id=job.id), start=1)
+        ]
+        return JobDetail(
+            **self._job_fields(job, len(on_job), recipe),
+            recipe_yaml=job.recipe_yaml,
+            recipe=recipe.model_dump(mode="json") if recipe else None,
+            files=[JobFileOut(path=f.path, sha256=f.sha256, size=f.size) for f in job.files],
+            volunteers=on_job,
+            contributors=contributors,
+            has_provenance=self._artifact_path(job.id, PROVENANCE_FILE).is_file(),
+            has_model_card=self._artifact_path(job.id, MODEL_CARD).is_file(),
+        )
+
+    def progress(self, job_id: str) -> ProgressOut:
+        job = self.store.get_job(job_id)
+        recipe = parse_recipe(job)
+        points = []
+        for at, m in self.store.list_progress(job_id):
+            points.append(
+                ProgressPoint(
+                    at=at,
+                    epoch=m.epoch,
+                    samples=m.samples,
+                    samples_per_second=m.samples_per_second,
+                    loss=m.loss,
+                    eval_metric=m.eval_metric if m.eval_metric else None,
+                    live_peers=m.live_peers,
+                )
+            )
+        name = job.metrics.eval_metric_name or (recipe.eval.metric if recipe and recipe.eval else "eval")
+        return ProgressOut(job_id=job.id, eval_metric_name=name, points=points)
+
+    # ---- artifacts ----
+
+    def _artifact_path(self, job_id: str, relative: str | Path) -> Path:
+        root = self.artifacts_dir.resolve()
+        path = (root / job_id / relative).resolve()
+        if not path.is_relative_to(root / job_id) or "/" in job_id or job_id in ("", ".", ".."):
+            return root / "__missing__"
+        return path
+
+    def _read_document(self, job_id: str, relative: str | Path) -> str | None:
+        self.store.get_job(job_id)  # NotFound for an unknown job
+        path = self._artifact_path(job_id, relative)
+        try:
+            with path.open("rb") as f:
+                data = f.read(MAX_DOCUMENT_BYTES + 1)
+        except OSError:
+            return None
+        if len(data) > MAX_DOCUMENT_BYTES:
+            log.warning("%s is larger than %d bytes; the dashboard shows its start only", path, MAX_DOCUMENT_BYTES)
+            data = data[:MAX_DOCUMENT_BYTES]
+        return data.decode("utf-8", "replace")
+
+    def model_card(self, job_id: str) -> str | None:
+        """The artifact's README.md (its model card), or None before the job completes."""
+        return self._read_document(job_id, MODEL_CARD)
+
+    def provenance(self, job_id: str) -> dict[str, Any] | None:
+        """The job's provenance report, or None before it is written (or when it is not JSON)."""
+        text = self._read_document(job_id, PROVENANCE_FILE)
+        if text is None:
+            return None
+        try:
+            data = json.loads(text)
+        except ValueError:
+            log.warning("provenance of job %s is not valid JSON", job_id)
+            return None
+        return data if isinstance(data, dict) else {"provenance": data}
+
+    # ---- contributions ----
+
+    def _teams_by_volunteer(self) -> dict[str, str]:
+        return {vid: team for vid, (_, team) in self.directory().items()}
+
+    def _contribution(self, rank: int, c: Any, teams: dict[str, str]) -> ContributionOut:
+        return ContributionOut(
+            rank=rank,
+            volunteer_id=c.volunteer_id,
+            volunteer_name=fmt.display_name(c.volunteer_name, c.volunteer_id),
+            team=teams.get(c.volunteer_id, ""),
+            samples=c.samples,
+            compute_seconds=c.compute_seconds,
+            compute_hours=c.compute_seconds / 3600,
+            epochs=c.epochs,
+        )
+
+    def leaderboard(self, *, job_id: str | None = None, order: str = "samples") -> Leaderboard:
+        """Volunteers and teams ranked by samples (or by compute time with ``order="compute"``)."""
+        if job_id is not None:
+            self.store.get_job(job_id)
+        raw = list(self.store.contributions(job_id=job_id))
+        if order == "compute":
+            raw.sort(key=lambda c: (-c.compute_seconds, -c.samples, c.volunteer_id))
+        teams = self._teams_by_volunteer()
+        volunteers = [self._contribution(rank, c, teams) for rank, c in enumerate(raw, start=1)]
+        per_team: dict[str, list[ContributionOut]] = {}
+        for c in volunteers:
+            if c.team:
+                per_team.setdefault(c.team, []).append(c)
+        totals = [
+            (team, len(members), sum(m.samples for m in members), sum(m.compute_seconds for m in members))
+            for team, members in per_team.items()
+        ]
+        key = (lambda t: (-t[3], -t[2], t[0])) if order == "compute" else (lambda t: (-t[2], -t[3], t[0]))
+        totals.sort(key=key)
+        return Leaderboard(
+            job_id=job_id,
+            total_samples=sum(c.samples for c in volunteers),
+            total_compute_hours=sum(c.compute_seconds for c in volunteers) / 3600,
+            volunteers=volunteers,
+            teams=[
+                TeamOut(rank=i, team=t, members=n, samples=s, compute_seconds=cs, compute_hours=cs / 3600)
+                for i, (t, n, s, cs) in enumerate(totals, start=1)
+            ],
+        )
+
+    def team_members(self, team: str) -> list[VolunteerOut]:
+        members = [v for v in self.store.list_volunteers(limit=ALL_VOLUNTEERS) if v.team == team]
+        members.sort(key=lambda v: (-v.samples, v.id))
+        return [volunteer_out(v) for v in members]
+
+    # ---- ledger ----
+
+    def ledger(self, *, job_id: str | None = None, after_seq: int = 0, limit: int = 500) -> list[LedgerEntryOut]:
+        return [
+            ledger_entry_out(e)
+            for e in self.store.list_ledger(job_id=job_id, after_seq=after_seq, limit=limit)
+        ]
+
+    def last_ledger_rows(self, *, job_id: str | None = None, count: int = 200) -> list[LedgerEntryOut]:
+        """The newest ``count`` rows (of one job, or all), oldest first."""
+        rows = self.store.list_ledger(job_id=job_id)
+        return [ledger_entry_out(e) for e in rows[-count:]]
+
+    def verify_ledger(self) -> LedgerVerificationOut:
+        result = self.store.verify_ledger()
+        head = self.store.ledger_head()
+        return LedgerVerificationOut(
+            ok=result.ok,
+            checked=result.checked,
+            first_bad_seq=result.first_bad_seq,
+            message=result.message,
+            head_seq=head.seq if head else 0,
+            head_hash=head.hash if head else "",
+        )

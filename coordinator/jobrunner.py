@@ -1,0 +1,405 @@
+"""The swarm services of one running job, in a process of their own:
+
+- a DHT bootstrap peer, the ``initial_peers`` volunteers get with their assignment;
+- the monitor (:mod:`.monitor`): signed progress records -> job metrics, progress curve, ledger;
+- the checkpoint keeper (:mod:`.keeper`): follows, saves, evaluates and serves the job's state,
+  and writes the artifact and provenance when the swarm reaches the recipe's epochs.
+
+    python -m essaim.coordinator.jobrunner --job-id ID --data-dir DIR --db-url URL
+
+The coordinator's gateway (:mod:`.gateway`) starts one per running job and stops it when the job
+ends; the API process stays free of torch and hivemind. The runner writes ``runner.json`` (its pid
+and the DHT's addresses) in ``DATA_DIR/jobs/ID/`` once the DHT listens, and keeps its own state
+there too, so a restarted runner (or coordinator) carries on where it was: same peer id, same
+port and back in touch with the volunteers it knew (``dht.json``), last checkpoint, eval curve,
+ledger totals. The job completes only from a state the keeper received at the recipe's last epoch
+(the trainers wait for it to take that state before they leave). SIGTERM stops it after a last
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from essaim.coordinator.monitor import Accepted, MonitorState, PeerReport, claims, swarm_metrics
+from essaim.coordinator.store import LedgerDraft, Store, open_store
+from essaim.protocol.errors import EssaimError
+from essaim.protocol.recipe import Recipe, load_recipe
+from essaim.protocol.types import FINAL_JOB_STATUSES, Job, JobMetrics, JobStatus, VolunteerStatus
+
+logger = logging.getLogger("essaim.coordinator.jobrunner")
+
+RUNNER_FILE = "runner.json"
+DHT_FILE = "dht.json"  # the bootstrap peer's port and the peers it knew, for a restarted runner
+REMEMBER_PEERS_S = 15.0
+MAX_REMEMBERED_PEERS = 32
+SWARM_KEY = "swarm-key.pem"
+TOKEN_TTL_S = 3600.0
+POLL_S = 2.0
+COORDINATOR_ID = "coordinator"
+
+
+def job_dir(data_dir: Path, job_id: str) -> Path:
+    return data_dir / "jobs" / job_id
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+class JobRunner:
+    """Runs the bootstrap peer, the monitor and the keeper of one job until it ends or is told to stop."""
+
+    def __init__(self, *, job_id: str, data_dir: Path, store: Store, host: str = "127.0.0.1",
+                 announce_host: str | None = None) -> None:
+        self.job_id = job_id
+        self.data_dir = data_dir
+        self.store = store
+        self.host = host
+        self.announce_host = announce_host
+        self.dir = job_dir(data_dir, job_id)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.stop_event = threading.Event()
+        self.monitor = MonitorState()
+        self._peer_owners: dict[str, tuple[str, bool]] = {}  # peer id -> (volunteer id, banned)
+        self._owners_read_at = 0.0
+
+    # ---- set up ----
+    def _files(self, job: Job) -> dict[str, Path]:
+        blobs = self.data_dir / "blobs"  # CoordinatorSettings.blobs_dir
+        return {f.path: blobs / f.sha256 for f in job.files}
+
+    def _token_refresher(self, key: Any, volunteer_der: bytes) -> Path:
+        from essaim.coordinator.swarm_keys import issue_swarm_token, load_or_create_swarm_key
+
+        coordinator_key = load_or_create_swarm_key(self.data_dir / SWARM_KEY)
+        path = self.dir / "swarm_token"
+
+        def refresh() -> None:
+            token, _ = issue_swarm_token(
+                coordinator_key, job_id=self.job_id, volunteer_id=COORDINATOR_ID,
+                peer_public_key_der=volunteer_der, ttl_s=TOKEN_TTL_S,
+            )
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(token)
+            tmp.chmod(0o600)
+            os.replace(tmp, path)
+
+        refresh()
+        self._refresh_token = refresh
+        return path
+
+    def run(self) -> int:
+        from essaim.coordinator.keeper import Keeper
+        from essaim.coordinator.swarm_keys import load_or_create_swarm_key, public_key_der
+        from essaim.swarm.auth import SwarmAuthorizer, token_file_refresher
+        from essaim.swarm.data import load_eval_set
+        from essaim.swarm.dht import shutdown_dht, start_dht, visible_maddrs
+        from essaim.swarm.identity import ensure_p2p_identity, load_or_create_private_key, public_key_bytes
+        from essaim.swarm.model import load_model
+        from essaim.swarm.optimizer import build_auxiliary_optimizer
+        from essaim.swarm.records import progress_validators
+
+        job = self.store.get_job(self.job_id)
+        recipe = load_recipe(job.recipe_yaml, source=f"job {job.id} recipe")
+        key = load_or_create_private_key(self.dir / "keeper-key.pem")
+        identity = ensure_p2p_identity(key, self.dir / "keeper.p2p")
+        token_path = self._token_refresher(key, public_key_bytes(key))
+        coordinator_key = load_or_create_swarm_key(self.data_dir / SWARM_KEY)
+        authorizer = SwarmAuthorizer(
+            key, token_path.read_text(), public_key_der(coordinator_key), self.job_id,
+            refresh=token_file_refresher(token_path),
+        )
+        dht = self._start_dht(
+            start_dht, identity=identity, authorizer=authorizer, validators=progress_validators(self.job_id), key=key,
+        )
+        optimizer = None
+        try:
+            maddrs = visible_maddrs(dht)
+            _write_json(self.dir / RUNNER_FILE, {"pid": os.getpid(), "maddrs": maddrs, "job_id": self.job_id})
+            self._remember_dht(dht, maddrs)
+            logger.info("job %s: bootstrap peer at %s", self.job_id, ", ".join(maddrs))
+            files = self._files(job)
+            loaded = load_model(recipe, files=files, seed=recipe.training.seed)
+            eval_set = load_eval_set(recipe, loaded.tokenizer, files=files)
+            optimizer = build_auxiliary_optimizer(loaded, recipe, dht=dht, run_id=self.job_id, private_key=key)
+            keeper = Keeper(recipe=recipe, loaded=loaded, optimizer=optimizer, eval_set=eval_set, job_dir=self.dir)
+            keeper.restore()
+            keeper.evaluate_before()
+            optimizer.serve_state(True)
+            self._load_ledger_totals(job)
+            return self._loop(dht, recipe, keeper, optimizer)
+        finally:
+            if optimizer is not None:
+                optimizer.shutdown()
+            shutdown_dht(dht)
+            (self.dir / RUNNER_FILE).unlink(missing_ok=True)
+
+    def _start_dht(self, start_dht: Any, *, identity: Path, authorizer: Any, validators: Any, key: Any) -> Any:
+        """The job's bootstrap peer, as it was before a restart where possible: the same peer id
+        (``keeper.p2p``), the same port when it is free, and in touch with the volunteers it knew.
+
+        Volunteers drop a peer that stops answering from their routing tables, so a restarted
+        runner, even at the same address, would stay alone (no records to read, no state to
+        follow) until they ask the coordinator again; it dials them instead."""
+        from essaim.swarm.errors import DHTError
+
+        memory = self._dht_memory()
+        port = int(memory.get("port") or 0)
+        peers = [str(p) for p in memory.get("peers", []) if isinstance(p, str) and "/p2p/" in p]
+        tried: list[tuple[int, list[str]]] = []
+        for attempt, initial in [(port, peers), (port, []), (0, peers), (0, [])]:
+            if (attempt, initial) in tried:
+                continue
+            tried.append((attempt, initial))
+            announce = [f"/ip4/{self.announce_host}/tcp/{attempt}"] if self.announce_host else None
+            try:
+                return start_dht(
+                    initial_peers=initial, identity_path=identity, authorizer=authorizer,
+                    host_maddrs=[f"/ip4/{self.host}/tcp/{attempt}"], announce_maddrs=announce, client_mode=False,
+                    record_validators=validators, private_key=key, startup_timeout=30.0,
+                )
+            except DHTError as exc:
+                if (attempt, initial) == (0, []):
+                    raise
+                logger.warning("job %s: could not start the DHT on port %d with %d known peers (%s); trying "
+                               "otherwise", self.job_id, attempt, len(initial), exc)
+        raise AssertionError("unreachable: the last attempt raises")
+
+    def _dht_memory(self) -> dict[str, Any]:
+        try:
+            data = json.loads((self.dir / DHT_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _remember_dht(self, dht: Any, maddrs: list[str] | None = None) -> None:
+        """Note the port and the peers this runner is connected to (read back by :meth:`_start_dht`)."""
+        memory = self._dht_memory()
+        if maddrs is not None:
+            memory["port"] = _tcp_port(maddrs)
+        try:
+            peers = dht.run_coroutine(_connected_peers, return_future=True).result(5.0)
+        except Exception as exc:  # hivemind raises many kinds; the memory is best effort
+            logger.debug("cannot list the DHT's peers: %s", exc)
+            peers = []
+        if peers:
+            memory["peers"] = peers[:MAX_REMEMBERED_PEERS]
+        _write_json(self.dir / DHT_FILE, memory)
+
+    def _load_ledger_totals(self, job: Job) -> None:
+        """What the ledger holds already: each volunteer's totals and the time of its last row (the
+        throughput cap of a claim counts from there, so work done while the runner was down is
+        credited), and the job's start for volunteers with no row yet."""
+        if job.created_at:
+            self.monitor.started_at = min(self.monitor.started_at, job.created_at)
+        last_row: dict[str, float] = {}
+        for entry in self.store.list_ledger(job_id=self.job_id):
+            last_row[entry.volunteer_id] = entry.created_at
+        for c in self.store.contributions(job_id=self.job_id):
+            at = last_row.get(c.volunteer_id, self.monitor.started_at)
+            self.monitor.accepted[c.volunteer_id] = Accepted(c.samples, c.compute_seconds, at)
+
+    # ---- the loop ----
+    def _loop(self, dht: Any, recipe: Recipe, keeper: Any, optimizer: Any) -> int:
+        target = recipe.training.epochs
+        last_token = last_peers = time.time()
+        while not self.stop_event.wait(POLL_S):
+            job = self.store.get_job(self.job_id)
+            if job.status in FINAL_JOB_STATUSES:
+                logger.info("job %s is %s; stopping its swarm services", self.job_id, job.status)
+                return 0
+            if time.time() - last_token > TOKEN_TTL_S / 3:
+                self._refresh_token()
+                last_token = time.time()
+            if time.time() - last_peers > REMEMBER_PEERS_S:
+                self._remember_dht(dht)
+                last_peers = time.time()
+            swarm_epoch = max(optimizer.global_epoch, 0)
+            metrics = self._monitor(dht, recipe, job, swarm_epoch)
+            if job.status == JobStatus.PAUSED:
+                continue
+            try:
+                changed = keeper.follow(min(swarm_epoch or metrics.epoch, target))
+            except EssaimError as exc:
+                logger.warning("keeper could not load the swarm's state: %s", exc)
+                changed = False
+            if changed and (keeper.due() or optimizer.local_epoch >= target):
+                result = keeper.checkpoint()
+                if result is not None:
+                    metrics.eval_metric, metrics.eval_metric_name = result.value, result.metric
+                    self.store.update_job_metrics(self.job_id, metrics)
+            if optimizer.local_epoch >= target:
+                self._complete(recipe, keeper, metrics)
+                return 0
+        if optimizer.local_epoch > max(keeper.record.checkpoint_epoch, 0):
+            keeper.checkpoint()  # told to stop: keep what the swarm reached
+        return 0
+
+    def _owner(self, peer_id: str) -> tuple[str, bool] | None:
+        found = self._peer_owners.get(peer_id)
+        if found is None and time.time() - self._owners_read_at > 10:
+            from essaim.swarm.identity import peer_id_for_public_key
+
+            self._owners_read_at = time.time()
+            for v in self.store.list_volunteers(limit=1_000_000):
+                if v.public_key:
+                    try:
+                        pid = peer_id_for_public_key(v.public_key)
+                    except EssaimError:
+                        continue
+                    self._peer_owners[pid] = (v.id, v.status == VolunteerStatus.BANNED)
+            found = self._peer_owners.get(peer_id)
+        return found
+
+    def _monitor(self, dht: Any, recipe: Recipe, job: Job, swarm_epoch: int) -> JobMetrics:
+        from essaim.swarm.records import read_progress
+
+        try:
+            records = read_progress(dht, self.job_id, timeout=10.0)
+        except EssaimError as exc:
+            logger.warning("monitor: %s", exc)
+            records = {}
+        reports: dict[str, PeerReport] = {}
+        for peer_id, rec in records.items():
+            owner = self._owner(peer_id)
+            if owner is None:
+                continue  # the keeper itself, or a key no volunteer registered
+            volunteer_id, _ = owner
+            banned = self.store.get_volunteer(volunteer_id).status == VolunteerStatus.BANNED
+            reports[volunteer_id] = PeerReport(
+                volunteer_id=volunteer_id, epoch=rec.epoch, samples=rec.samples,
+                compute_seconds=rec.compute_seconds, samples_per_second=rec.samples_per_second,
+                loss=rec.loss, updated_at=rec.updated_at, banned=banned,
+            )
+        metrics = swarm_metrics(
+            reports, target_epochs=recipe.training.epochs, target_batch_size=recipe.training.target_batch_size,
+            swarm_epoch=swarm_epoch, previous=job.metrics,
+        )
+        metrics.samples = max(metrics.samples, job.metrics.samples)
+        new = claims(reports, self.monitor, target_batch_size=recipe.training.target_batch_size,
+                     swarm_epoch=metrics.epoch)
+        if new:
+            self.store.append_ledger([
+                LedgerDraft(job_id=self.job_id, volunteer_id=c.volunteer_id, epoch=c.epoch,
+                            samples=c.samples, compute_seconds=c.compute_seconds, note=c.note)
+                for c in new
+            ])
+        changed = (metrics.epoch, metrics.live_peers, round(metrics.loss, 4), int(metrics.samples_per_second)) != (
+            job.metrics.epoch, job.metrics.live_peers, round(job.metrics.loss, 4), int(job.metrics.samples_per_second))
+        if changed or new:
+            self.store.update_job_metrics(self.job_id, metrics)
+        return metrics
+
+    def _complete(self, recipe: Recipe, keeper: Any, metrics: JobMetrics) -> None:
+        from essaim.protocol.version import __version__
+        from essaim.swarm.artifact import (
+            Contributor,
+            DataFile,
+            EvalPoint,
+            EvalSummary,
+            Provenance,
+            write_artifact,
+        )
+
+        job = self.store.get_job(self.job_id)
+        record = keeper.record
+        curve = [EvalPoint(epoch=int(p["epoch"]), value=float(p["value"])) for p in sorted(
+            record.curve, key=lambda p: p["epoch"])]
+        head = self.store.ledger_head()
+        provenance = Provenance(
+            job_id=job.id,
+            base_model=recipe.model.name_or_path,
+            recipe=recipe.model_dump(mode="json"),
+            dataset=[DataFile(file=f.path, sha256=f.sha256) for f in job.files
+                     if f.path in recipe.referenced_files()],
+            code_version=__version__,
+            epochs=keeper.optimizer.local_epoch,
+            eval=EvalSummary(metric=record.eval_metric or (recipe.eval.metric if recipe.eval else ""),
+                             before=record.eval_before, after=curve[-1].value if curve else None,
+                             curve=curve) if recipe.eval else None,
+            contributors=[Contributor(volunteer=c.volunteer_name or c.volunteer_id, samples=c.samples,
+                                      compute_seconds=round(c.compute_seconds, 3))
+                          for c in self.store.contributions(job_id=job.id)],
+            ledger_final_hash=head.hash if head else "",
+            started_at=job.created_at,
+            finished_at=time.time(),
+        )
+        write_artifact(self.data_dir / "artifacts" / job.id, keeper.loaded, provenance)
+        self.store.set_job_artifact(job.id, True)
+        metrics.epoch = max(metrics.epoch, keeper.optimizer.local_epoch)
+        metrics.eta_seconds = 0.0
+        self.store.update_job_metrics(job.id, metrics)
+        after = provenance.eval.after if provenance.eval else None
+        self.store.update_job_status(
+            job.id, JobStatus.COMPLETED,
+            f"trained {provenance.epochs} epochs" + (f"; {provenance.eval.metric} {after:.4f}" if after is not None
+                                                     and provenance.eval else ""),
+            expect=[JobStatus.RUNNING, JobStatus.PAUSED],
+        )
+        logger.info("job %s completed; artifact in %s", job.id, self.data_dir / "artifacts" / job.id)
+
+
+async def _connected_peers(_dht: Any, node: Any) -> list[str]:
+    """The multiaddrs (with /p2p/) of the peers the DHT's libp2p daemon is connected to (run in the DHT)."""
+    return [f"{addr}/p2p/{info.peer_id}" for info in await node.p2p.list_peers() for addr in info.addrs]
+
+
+def _tcp_port(maddrs: list[str]) -> int:
+    for maddr in maddrs:
+        parts = maddr.split("/")
+        if "tcp" in parts:
+            try:
+                return int(parts[parts.index("tcp") + 1])
+            except (IndexError, ValueError):
+                continue
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m essaim.coordinator.jobrunner", description=__doc__.splitlines()[0])
+    parser.add_argument("--job-id", required=True)
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--db-url", required=True)
+    parser.add_argument("--host", default="127.0.0.1", help="address the job's DHT peer listens on")
+    parser.add_argument("--announce-host", default=None, help="address volunteers reach it at, if different")
+    parser.add_argument("--log-level", default=os.environ.get("ESSAIM_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    store = open_store(args.db_url)
+    runner = JobRunner(job_id=args.job_id, data_dir=args.data_dir, store=store, host=args.host,
+                       announce_host=args.announce_host)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        logger.info("signal %d: stopping the swarm services of job %s", signum, args.job_id)
+        runner.stop_event.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        return runner.run()
+    except EssaimError as exc:
+        logger.error("job %s: %s", args.job_id, exc)
+        with contextlib.suppress(EssaimError):
+            store.update_job_status(args.job_id, JobStatus.FAILED, str(exc)[:500],
+                                    expect=[JobStatus.RUNNING, JobStatus.PAUSED])
+        return 1
+    finally:
+        store.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""The checkpoint keeper: an auxiliary peer of a job's swarm that never trains.
+
+It follows the swarm's state (loading it from the peers after every epoch), saves it every
+``training.checkpoint_every_epochs`` epochs (model weights as safetensors, optimizer state beside
+them), evaluates it on the job's eval set, and offers it to newcomers, so a job survives all its
+volunteers leaving: the first one back loads the keeper's state instead of starting over. When the
+swarm reaches the recipe's epochs, it writes the artifact and the provenance.
+
+Used by :mod:`essaim.coordinator.jobrunner` (one keeper per running job, in the job's own process).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from essaim.protocol.recipe import Recipe
+from essaim.swarm.evaluate import EvalResult, evaluate
+from essaim.swarm.state import load_state, save_state
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.safetensors"
+OPTIMIZER_STATE = "optimizer.pt"
+KEEPER_STATE = "keeper.json"
+
+
+@dataclass(slots=True)
+class KeeperRecord:
+    """What the keeper remembers across restarts (``keeper.json`` in the job's directory)."""
+
+    started_at: float = field(default_factory=time.time)
+    eval_metric: str = ""
+    eval_before: float | None = None
+    curve: list[dict[str, float]] = field(default_factory=list)
+    checkpoint_epoch: int = -1
+    followed_epoch: int = 0
+
+    @classmethod
+    def load(cls, path: Path) -> KeeperRecord:
+        try:
+            data = json.loads(path.read_text())
+            return cls(**{k: v for k, v in data.items() if k in cls.__slots__})  # type: ignore[attr-defined]
+        except FileNotFoundError:
+            return cls()
+        except (ValueError, TypeError) as exc:
+            logger.warning("ignoring unreadable keeper state %s: %s", path, exc)
+            return cls()
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        os.replace(tmp, path)
+
+
+class Keeper:
+    """Holds one job's state in an auxiliary hivemind optimizer; see the module docstring."""
+
+    def __init__(self, *, recipe: Recipe, loaded: Any, optimizer: Any, eval_set: Any, job_dir: Path) -> None:
+        self.recipe = recipe
+        self.loaded = loaded
+        self.optimizer = optimizer
+        self.eval_set = eval_set
+        self.job_dir = job_dir
+        self.record = KeeperRecord.load(job_dir / KEEPER_STATE)
+
+    # ---- start ----
+    def restore(self) -> int:
+        """Load the last checkpoint, if any, before the keeper offers its state; returns its epoch."""
+        path = self.job_dir / CHECKPOINT
+        if not path.exists():
+            return 0
+        meta = load_state(path, self.loaded)
+        opt_path = self.job_dir / OPTIMIZER_STATE
+        if opt_path.exists():
+            state = torch.load(opt_path, map_location="cpu", weights_only=False)
+            self.optimizer.load_state_dict(state)
+        epoch = int(meta.get("epoch", self.optimizer.local_epoch))
+        logger.info("restored the checkpoint of epoch %d", epoch)
+        return epoch
+
+    def evaluate_now(self) -> EvalResult | None:
+        if self.eval_set is None or self.recipe.eval is None:
+            return None
+        result = evaluate(self.loaded, self.eval_set, self.recipe.eval)
+        self.record.eval_metric = result.metric
+        return result
+
+    def evaluate_before(self) -> None:
+        """The base model's score, once per job (the provenance's ``eval.before``)."""
+        if self.record.eval_before is not None or self.recipe.eval is None:
+            return
+        result = self.evaluate_now()
+        if result is not None:
+            self.record.eval_before = result.value
+            self.record.curve.append({"epoch": 0, "value": result.value})
+            self.record.save(self.job_dir / KEEPER_STATE)
+            logger.info("eval before training: %s = %.4f", result.metric, result.value)
+
+    # ---- following the swarm ----
+    def follow(self, swarm_epoch: int) -> bool:
+        """Load the swarm's state when it moved on to a new epoch; True when the state changed."""
+        if swarm_epoch <= self.optimizer.local_epoch:
+            return False
+        self.optimizer.serve_state(False)  # do not serve a state while it is being replaced
+        try:
+            epoch = self._join()
+        finally:
+            self.optimizer.serve_state(True)
+        if epoch <= self.record.followed_epoch:
+            return False
+        self.record.followed_epoch = epoch
+        logger.info("keeper follows the swarm at epoch %d", epoch)
+        return True
+
+    def _join(self) -> int:
+        """Load the newest state the peers offer; returns the epoch of the state now held.
+
+        hivemind's ``load_state_from_peers`` moves a peer one epoch behind the swarm on to the
+        swarm's epoch even when no peer sent a newer state (a trainer then simply goes on training).
+        The keeper must not: it would save, serve and finally publish the previous epoch's weights
+        as the next epoch's, e.g. when the last volunteers leave right after the last epoch. So the
+        epoch the state averager set from the state it received is kept, and the bump undone.
+        """
+        averager = self.optimizer.hv.state_averager
+        held = [averager.local_epoch]
+        load = averager.load_state_from_peers
+
+        def load_and_note(**kwargs: Any) -> Any:
+            result = load(**kwargs)
+            held.append(averager.local_epoch)  # the received state's epoch, or unchanged
+            return result
+
+        averager.load_state_from_peers = load_and_note
+        try:
+            self.optimizer.join()
+        finally:
+            del averager.load_state_from_peers  # back to the class's method
+        if averager.local_epoch != held[-1]:
+            logger.info("no peer sent the state of epoch %d yet; keeping epoch %d", averager.local_epoch, held[-1])
+            averager.local_epoch = held[-1]
+        return held[-1]
+
+    def due(self) -> bool:
+        every = self.recipe.training.checkpoint_every_epochs
+        epoch = self.optimizer.local_epoch
+        return epoch > 0 and epoch - max(self.record.checkpoint_epoch, 0) >= every
+
+    def checkpoint(self) -> EvalResult | None:
+        """Save the current state and evaluate it; returns the evaluation (None without an eval set)."""
+        epoch = self.optimizer.local_epoch
+        save_state(self.job_dir / CHECKPOINT, self.loaded, metadata={"epoch": str(epoch)})
+        tmp = self.job_dir / (OPTIMIZER_STATE + ".tmp")
+        torch.save(self.optimizer.state_dict(), tmp)
+        os.replace(tmp, self.job_dir / OPTIMIZER_STATE)
+        result = self.evaluate_now()
+        if result is not None:
+            self.record.curve = [p for p in self.record.curve if p["epoch"] != epoch]
+            self.record.curve.append({"epoch": epoch, "value": result.value})
+        self.record.checkpoint_epoch = epoch
+        self.record.save(self.job_dir / KEEPER_STATE)
+        logger.info(
+            "checkpoint of epoch %d saved%s", epoch,
+            f"; {result.metric} = {result.value:.4f}" if result is not None else "",
+        )
+        return result

@@ -1,0 +1,1 @@
+"""Alembic revision scripts of the coordinator's store, applied in ``down_revision`` order."""

@@ -1,0 +1,110 @@
+"""The coordinator's one settings object.
+
+Precedence: command-line flags (passed as keyword arguments) > environment variables
+``ESSAIM_COORDINATOR_<NAME>`` > defaults. ``essaim coordinator serve`` builds it; every other
+coordinator module receives it.
+
+    settings = CoordinatorSettings(grpc_port=0, data_dir=tmp)   # flags win over the environment
+    settings.resolved_db_url()                                    # sqlite file in data_dir by default
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import platformdirs
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ADMIN_TOKEN_FILE = "admin-token"
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("essaim")) / "coordinator"
+
+
+class CoordinatorSettings(BaseSettings):
+    """Everything an admin may tune. Each docstring says which symptom means "change this"."""
+
+    model_config = SettingsConfigDict(env_prefix="ESSAIM_COORDINATOR_", extra="ignore", validate_default=True)
+
+    host: str = "127.0.0.1"
+    """Address both servers listen on. Volunteers on other machines get "cannot reach the
+    coordinator": set 0.0.0.0 (and put TLS in front)."""
+
+    grpc_port: int = Field(default=50051, ge=0, le=65535)
+    """gRPC API port; 0 picks a free one (printed on the ready line). "address already in use"
+    at start: pick another."""
+
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    """Dashboard, JSON API and /metrics port; 0 picks a free one."""
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    """Holds the SQLite store, uploaded blobs, artifacts and the admin token file. Disk full
+    errors on upload: move it to a bigger disk."""
+
+    db_url: str | None = None
+    """SQLAlchemy URL of the store; default a SQLite file in data_dir. "database is locked" or
+    heartbeat flushes falling behind under many volunteers: use postgresql+psycopg://..."""
+
+    heartbeat_interval_s: float = Field(default=30.0, gt=0)
+    """How often volunteers are told to heartbeat. /metrics shows heartbeat latency climbing
+    with more volunteers: raise it."""
+
+    heartbeat_timeout_s: float = Field(default=90.0, gt=0)
+    """A volunteer silent this long is marked offline. Volunteers flapping online/offline on
+    slow networks: raise it (keep it a few intervals long)."""
+
+    require_approval: bool = False
+    """New jobs wait in awaiting_approval until an admin approves them. Unknown researchers
+    submitting jobs you did not expect: turn it on."""
+
+    allow_remote_code: bool = False
+    """Accept recipes with model.trust_remote_code: true (their model code runs on volunteers'
+    machines). Researchers get "trust_remote_code is refused": turn on only if you vet jobs."""
+
+    public_pages: bool = True
+    """Serve the dashboard and JSON status to anyone; off keeps only /healthz and /metrics."""
+
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
+    """Largest single gRPC message accepted; larger ones get RESOURCE_EXHAUSTED. Researchers
+    with huge inline recipes hit it: raise it (file uploads are chunked and are not limited)."""
+
+    max_upload_bytes: int = Field(default=50 * 1024**3, ge=0)
+    """Largest file accepted by UploadFile. Uploads refused with "larger than the coordinator
+    accepts": raise it, or serve the dataset from a hub instead."""
+
+    max_pending_rpcs: int = Field(default=10_000, ge=100)
+    """Calls allowed to wait for the server's attention before gRPC cancels new ones. Volunteers
+    see CANCELLED during heartbeat bursts: raise it; memory grows under overload: lower it."""
+
+    open_registration: bool = True
+    """Anyone may register as a volunteer. Unwanted registrations: turn it off and hand out
+    volunteer tokens (``essaim coordinator token create --role volunteer``)."""
+
+    heartbeat_flush_interval_s: float = Field(default=0.2, gt=0)
+    """How often buffered heartbeats are written to the store in one batch. Store CPU high
+    under load: raise it (fewer, bigger batches); a crash loses at most this much."""
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _expand(cls, value: object) -> object:
+        return Path(value).expanduser() if isinstance(value, str | Path) else value
+
+    def resolved_db_url(self) -> str:
+        """The store URL: db_url, or the SQLite file ``data_dir/coordinator.db``."""
+        if self.db_url:
+            return self.db_url
+        return f"sqlite:///{(self.data_dir / 'coordinator.db').resolve()}"
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.data_dir / ADMIN_TOKEN_FILE

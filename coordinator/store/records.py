@@ -1,0 +1,72 @@
+"""Plain records the store takes and returns besides the shared domain types.
+
+The coordinator's service and dashboard build :class:`HeartbeatRecord` and :class:`LedgerDraft`
+and read :class:`TokenRecord` and :class:`Contribution`; none of them is an ORM object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from essaim.protocol.types import Hardware, Role
+
+
+@dataclass(slots=True, frozen=True)
+class TokenRecord:
+    """A stored bearer token (the store only ever sees its hash)."""
+
+    role: Role
+    subject: str  # a volunteer id, or a user name for admins and researchers
+    label: str
+    created_at: float
+    expires_at: float | None
+    revoked: bool
+
+    def usable(self, now: float) -> bool:
+        """True when the token is neither revoked nor expired at ``now``."""
+        return not self.revoked and (self.expires_at is None or now < self.expires_at)
+
+
+@dataclass(slots=True, frozen=True)
+class HeartbeatRecord:
+    """One heartbeat, as the server buffers it before :meth:`Store.record_heartbeats`.
+
+    ``hardware=None`` and ``client_version=""`` keep what the store already has; ``current_job_id=""``
+    means the volunteer trains nothing now.
+    """
+
+    volunteer_id: str
+    at: float
+    state: str = ""
+    reason: str = ""
+    hardware: Hardware | None = None
+    client_version: str = ""
+    current_job_id: str = ""
+    samples_per_second: float = 0.0
+
+
+@dataclass(slots=True, frozen=True)
+class LedgerDraft:
+    """A ledger row before the store numbers and chains it. ``created_at=None`` means now."""
+
+    job_id: str
+    volunteer_id: str
+    epoch: int
+    samples: int
+    compute_seconds: float
+    note: str = ""
+    created_at: float | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Contribution:
+    """What one volunteer gave, summed over the ledger (one job's rows, or all of them).
+
+    ``epochs`` counts distinct (job, epoch) pairs the volunteer contributed to.
+    """
+
+    volunteer_id: str
+    volunteer_name: str
+    samples: int
+    compute_seconds: float
+    epochs: int

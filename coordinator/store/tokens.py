@@ -1,0 +1,96 @@
+"""Bearer tokens and coordinator settings in the store.
+
+The coordinator's auth layer hashes a presented token and looks it up here (the store never sees
+a token in clear); admin commands create and revoke them. Settings are a small key-value table for
+things such as the first-start marker.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from essaim.coordinator.store.base import StoreBase, now
+from essaim.coordinator.store.records import TokenRecord
+from essaim.coordinator.store.tables import settings, tokens
+from essaim.protocol.errors import AlreadyExists, InvalidArgument
+from essaim.protocol.types import Role
+
+
+class TokensMixin(StoreBase):
+    def add_token(
+        self,
+        *,
+        token_hash: str,
+        role: Role,
+        subject: str,
+        label: str = "",
+        expires_at: float | None = None,
+    ) -> None:
+        """Store a token's hash. Raises AlreadyExists when that hash is already stored."""
+        if not token_hash:
+            raise InvalidArgument("a token hash must not be empty")
+        values = {
+            "token_hash": token_hash,
+            "role": Role(role).value,
+            "subject": subject,
+            "label": label,
+            "created_at": now(),
+            "expires_at": expires_at,
+            "revoked": False,
+        }
+        with self._write() as conn:
+            inserted = conn.execute(
+                self._insert(tokens).values(values).on_conflict_do_nothing(index_elements=["token_hash"])
+            ).rowcount
+        if not inserted:
+            raise AlreadyExists("this token is already stored; generate a new one")
+
+    def find_token(self, token_hash: str) -> TokenRecord | None:
+        """The token with this hash, revoked or expired ones included (check ``usable``)."""
+        with self._read() as conn:
+            row = conn.execute(sa.select(tokens).where(tokens.c.token_hash == token_hash)).first()
+        if row is None:
+            return None
+        return TokenRecord(
+            role=Role(row.role),
+            subject=row.subject,
+            label=row.label,
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            revoked=bool(row.revoked),
+        )
+
+    def revoke_tokens(self, subject: str) -> int:
+        """Revoke every token of a subject; returns how many were still unrevoked."""
+        with self._write() as conn:
+            return conn.execute(
+                sa.update(tokens)
+                .where(tokens.c.subject == subject, tokens.c.revoked == sa.false())
+                .values(revoked=True)
+            ).rowcount
+
+    def count_tokens(self, role: Role | None = None) -> int:
+        """How many tokens (of a role) are usable now: neither revoked nor expired."""
+        t = now()
+        query = (
+            sa.select(sa.func.count())
+            .select_from(tokens)
+            .where(
+                tokens.c.revoked == sa.false(),
+                sa.or_(tokens.c.expires_at.is_(None), tokens.c.expires_at > t),
+            )
+        )
+        if role is not None:
+            query = query.where(tokens.c.role == Role(role).value)
+        with self._read() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def get_setting(self, key: str) -> str | None:
+        with self._read() as conn:
+            return conn.execute(sa.select(settings.c.value).where(settings.c.key == key)).scalar()
+
+    def set_setting(self, key: str, value: str) -> None:
+        insert = self._insert(settings).values(key=key, value=value)
+        with self._write() as conn:
+            conn.execute(
+                insert.on_conflict_do_update(index_elements=["key"], set_={"value": insert.excluded.value})
+            )

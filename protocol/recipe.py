@@ -1,0 +1,271 @@
+"""The job recipe: a declarative YAML description of a fine-tune job.
+
+A recipe names a base model, a dataset, an adapter, an optimizer, a batch size and a number of
+epochs, an eval set and the hardware it needs. Nothing in it is ever executed: it is data,
+validated here, stored by the coordinator and read by every peer of the swarm.
+
+    recipe = load_recipe(text)        # RecipeError lists every problem with its field path
+    text = dump_recipe(recipe)
+
+Used by the coordinator (SubmitJob), the CLI (``essaim job init | validate``) and the swarm
+(building the model, the data and the optimizer of a job).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from essaim.protocol.errors import RecipeError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+MAX_RECIPE_BYTES = 256 * 1024
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class ModelSpec(_Section):
+    """The base model: a hub id (``org/name``), or a directory of files the coordinator serves."""
+
+    name_or_path: str = Field(min_length=1, max_length=512)
+    tokenizer: str | None = Field(default=None, max_length=512, description="defaults to the model")
+    revision: str = Field(default="main", max_length=128)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    trust_remote_code: bool = Field(
+        default=False, description="refused unless the coordinator's admin allows remote code"
+    )
+
+
+class DatasetSpec(_Section):
+    """Training data: local text / jsonl / parquet files, or a datasets hub name."""
+
+    files: list[str] = Field(default_factory=list, max_length=1024)
+    hub_name: str | None = Field(default=None, max_length=512)
+    hub_config: str | None = Field(default=None, max_length=128)
+    split: str = Field(default="train", max_length=128)
+    format: Literal["auto", "text", "jsonl", "parquet"] = "auto"
+    text_field: str = Field(default="text", min_length=1, max_length=128)
+    sequence_length: int = Field(default=128, ge=8, le=32768)
+    shard_size: int = Field(default=1024, ge=1, le=10_000_000, description="packed sequences per shard")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetSpec:
+        if bool(self.files) == bool(self.hub_name):
+            raise ValueError("give either `files` or `hub_name`, not both and not neither")
+        return self
+
+
+class AdapterSpec(_Section):
+    """What is trained: a LoRA adapter (only its weights are averaged) or the full model."""
+
+    type: Literal["lora", "full"] = "lora"
+    r: int = Field(default=8, ge=1, le=1024)
+    alpha: float = Field(default=16.0, gt=0)
+    dropout: Fraction = 0.05
+    target_modules: list[str] | None = Field(
+        default=None, description="module names to adapt; None lets PEFT pick for known architectures"
+    )
+
+
+class OptimizerSpec(_Section):
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(default=2e-4, gt=0, le=10)
+    weight_decay: float = Field(default=0.0, ge=0, le=1)
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_epochs: int = Field(default=0, ge=0)
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError("each beta must be in [0, 1)")
+        return v
+
+
+class TrainingSpec(_Section):
+    """How the swarm trains.
+
+    One epoch of the swarm is ``target_batch_size`` samples gathered across all peers; after it
+    the peers average (gradients in ``sync`` mode, parameters in ``local`` mode).
+    """
+
+    target_batch_size: int = Field(default=256, ge=1, le=100_000_000)
+    batch_size: int = Field(default=8, ge=1, le=65536, description="per-peer micro-batch")
+    epochs: int = Field(default=10, ge=1, le=1_000_000)
+    averaging: Literal["sync", "local"] = Field(
+        default="sync",
+        description="sync: average gradients every epoch; local: local updates, average parameters",
+    )
+    outer_lr: float = Field(default=0.7, gt=0, le=10, description="local mode: outer (DiLoCo) step size")
+    outer_momentum: float = Field(
+        default=0.9,
+        ge=0,
+        lt=1,
+        description="local mode: Nesterov momentum of the outer step; 0 with outer_lr 1 is plain averaging",
+    )
+    compression: Literal["none", "fp16", "8bit"] = "fp16"
+    matchmaking_time: float = Field(default=5.0, gt=0, le=600, description="seconds to gather peers")
+    averaging_timeout: float = Field(default=60.0, gt=0, le=3600)
+    checkpoint_every_epochs: int = Field(default=1, ge=1)
+    seed: int = 0
+
+
+class EvalSpec(_Section):
+    """Held-out data and the metric the checkpoint keeper reports after each checkpoint."""
+
+    files: list[str] = Field(default_factory=list, max_length=64)
+    metric: Literal["loss", "perplexity", "exact_match"] = "loss"
+    prompt_field: str = Field(default="prompt", max_length=128, description="exact_match: the input")
+    answer_field: str = Field(default="answer", max_length=128, description="exact_match: the expected")
+    max_samples: int = Field(default=200, ge=1, le=100_000)
+    max_new_tokens: int = Field(default=8, ge=1, le=1024)
+
+
+class HardwareSpec(_Section):
+    min_ram_gb: float = Field(default=2.0, ge=0, le=4096)
+    gpu: Literal["none", "optional", "required"] = "optional"
+    min_vram_gb: float = Field(default=0.0, ge=0, le=1024)
+
+    @model_validator(mode="after")
+    def _vram_needs_gpu(self) -> HardwareSpec:
+        if self.min_vram_gb > 0 and self.gpu == "none":
+            raise ValueError("min_vram_gb is set but gpu is 'none'")
+        return self
+
+
+class Recipe(_Section):
+    """A whole fine-tune job. Unknown fields anywhere are errors."""
+
+    version: Literal[1] = 1
+    name: str
+    description: str = Field(default="", max_length=4000)
+    model: ModelSpec
+    dataset: DatasetSpec
+    adapter: AdapterSpec = Field(default_factory=AdapterSpec)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    eval: EvalSpec | None = None
+    hardware: HardwareSpec = Field(default_factory=HardwareSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_slug(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError("a name of 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return v
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> Recipe:
+        if self.training.batch_size > self.training.target_batch_size:
+            raise ValueError("training.batch_size is larger than training.target_batch_size")
+        for value in (self.optimizer.lr, self.training.outer_lr):
+            if not math.isfinite(value):
+                raise ValueError("learning rates must be finite numbers")
+        return self
+
+    def referenced_files(self) -> list[str]:
+        """Every file path the recipe names (dataset and eval), in order, without repeats."""
+        seen: dict[str, None] = {}
+        for path in [*self.dataset.files, *(self.eval.files if self.eval else [])]:
+            seen.setdefault(path, None)
+        return list(seen)
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after", "function-before") or "[" in str(part):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(recipe)"
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def explain(error: ValidationError) -> list[str]:
+    """One line per problem: ``field.path: got <value>; expected <what>``."""
+    problems = []
+    for item in error.errors(include_url=False):
+        path = _format_loc(tuple(item.get("loc", ())))
+        kind = item.get("type", "")
+        msg = str(item.get("msg", "invalid")).removeprefix("Value error, ")
+        if kind == "extra_forbidden":
+            problems.append(f"{path}: unknown field (check its spelling and nesting)")
+        elif kind == "missing":
+            problems.append(f"{path}: missing; this field is required")
+        else:
+            problems.append(f"{path}: got {_describe(item.get('input'))}; expected {msg[0].lower() + msg[1:]}")
+    return problems
+
+
+def parse_recipe(data: Any, *, source: str = "recipe") -> Recipe:
+    """Validate already-parsed YAML/JSON data; raises RecipeError listing every problem."""
+    if not isinstance(data, dict):
+        raise RecipeError([f"(recipe): got {_describe(data)}; expected a mapping of sections"], source=source)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(explain(exc), source=source) from None
+
+
+def load_recipe(text: str | bytes, *, source: str = "recipe") -> Recipe:
+    """Parse and validate recipe YAML. YAML is loaded with the safe loader: no tags, no code."""
+    if isinstance(text, bytes):
+        if len(text) > MAX_RECIPE_BYTES:
+            raise RecipeError([f"(recipe): {len(text)} bytes; expected at most {MAX_RECIPE_BYTES}"], source=source)
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RecipeError([f"(recipe): not UTF-8 text ({exc.reason} at byte {exc.start})"], source=source) from None
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_RECIPE_BYTES:
+        raise RecipeError([f"(recipe): larger than {MAX_RECIPE_BYTES} bytes"], source=source)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError([f"(recipe): not valid YAML{where}: {problem}"], source=source) from None
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise RecipeError([f"(recipe): not valid YAML: {exc}"], source=source) from None
+    return parse_recipe(data, source=source)
+
+
+def load_recipe_file(path: str | Path) -> Recipe:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise RecipeError([f"cannot read {path}: {exc.strerror}"], source=str(path)) from None
+    return load_recipe(raw, source=str(path))
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The recipe as YAML, every field spelled out (defaults included)."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+def example_path() -> Path:
+    return Path(__file__).with_name("recipe_example.yaml")
+
+
+def example_recipe_text() -> str:
+    """The documented example printed by ``essaim job init``; it validates as is."""
+    return example_path().read_text()

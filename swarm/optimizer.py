@@ -1,0 +1,591 @@
+"""The swarm's optimizer: hivemind.Optimizer configured from a recipe, in either averaging mode.
+
+    opt = build_optimizer(loaded, recipe, dht=dht, run_id=job_id, private_key=key)
+    opt.join()                       # a late joiner loads the swarm's state before contributing
+    loss.backward(); opt.step(batch_size=len(batch))   # accumulates, averages, steps per the mode
+    opt.local_epoch, opt.num_peers
+
+One *epoch* of the swarm is ``training.target_batch_size`` samples gathered across all peers.
+
+``sync`` mode: gradients are accumulated toward the target batch, averaged with the peers (all-reduce)
+and the recipe's optimizer (AdamW...) steps on the averaged gradient, like one big synchronous
+batch. hivemind's default layout: the optimizer runs on a float32 host copy of the parameters.
+
+``local`` mode (DiLoCo, Douillard et al. 2023): each peer takes local optimizer steps on every
+micro-batch. At the end of an epoch the peers average their *pseudo-gradients* (the anchor, i.e.
+the parameters all peers shared at the start of the epoch, minus the local parameters) weighted
+by their samples, and an outer SGD (Nesterov momentum ``training.outer_momentum``) at ``training.outer_lr`` moves the
+anchor along that average; every peer then restarts from the new anchor. hivemind runs this as
+its gradient-averaging mode on the anchor tensors, with a gradient averager that reports the
+pseudo-gradient instead of accumulated gradients (:class:`PseudoGradientAverager`). With
+``outer_lr=1`` and ``outer_momentum=0`` this is plain parameter averaging.
+
+Only the model's trainable parameters (LoRA weights, or all weights for a full fine-tune) are given
+to hivemind, so only they are averaged and shared. The learning-rate schedule
+(``optimizer.schedule``, ``warmup_epochs``) follows the swarm epoch, not local steps.
+
+Where hivemind's defaults are changed, and why: a peer alone in the swarm ends an epoch only on its
+own samples, checked against a fresh look at the swarm (hivemind's time estimate made peers that
+start together step apart), and it does not arrange averaging rounds in advance (they can only time
+out and keep it busy); averaging chunks may take ``MIN_CHUNK_TIMEOUT_S`` on a busy machine;
+gradient buffers are float32 and are never served as "state" to newcomers.
+
+Knobs: ``training.matchmaking_time`` — raise it when logs say "averaged ... with N peers" with N
+below the swarm size; ``training.averaging_timeout`` — raise it when logs say "Proceeding with local
+gradients" or "Averaging failed" often. Used by the trainer and by the coordinator's keeper
+(:func:`build_auxiliary_optimizer`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import hivemind
+import torch
+from essaim.protocol.recipe import OptimizerSpec, Recipe
+from essaim.swarm.errors import TrainingError
+from essaim.swarm.identity import RSAPrivateKey
+from hivemind.averaging.control import AveragingStage
+from hivemind.compression import (
+    CompressionBase,
+    Float16Compression,
+    NoCompression,
+    SizeAdaptiveCompression,
+    Uniform8BitQuantization,
+)
+from hivemind.optim.grad_averager import GradientAverager
+from hivemind.optim.progress_tracker import ProgressTracker
+from hivemind.utils import get_dht_time
+
+logger = logging.getLogger(__name__)
+REPORT_EVERY_S = 0.5  # a peer's progress record in the DHT is at most this stale
+
+OUTER_MOMENTUM = 0.9
+MIN_CHUNK_TIMEOUT_S = 5.0
+EIGHT_BIT_MIN_SIZE = 2**16  # smaller tensors travel in fp16: 8-bit codebooks cost more than they save
+
+
+def compression_for(name: str) -> CompressionBase:
+    """The hivemind codec for a recipe's ``training.compression``."""
+    if name == "none":
+        return NoCompression()
+    if name == "fp16":
+        return Float16Compression()
+    if name == "8bit":
+        return SizeAdaptiveCompression(
+            threshold=EIGHT_BIT_MIN_SIZE, less=Float16Compression(), greater_equal=Uniform8BitQuantization()
+        )
+    raise TrainingError(f"unknown compression {name!r}; use none, fp16 or 8bit")
+
+
+def lr_factor(spec: OptimizerSpec, total_epochs: int) -> Callable[[int], float]:
+    """Multiplier of ``spec.lr`` at a swarm epoch: linear warmup, then constant, linear or cosine decay."""
+    warmup = spec.warmup_epochs
+    decay_epochs = max(1, total_epochs - warmup)
+
+    def factor(epoch: int) -> float:
+        if epoch < warmup:
+            return (epoch + 1) / (warmup + 1)
+        progress = min(1.0, (epoch - warmup) / decay_epochs)
+        if spec.schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        if spec.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return factor
+
+
+def torch_optimizer_factory(spec: OptimizerSpec) -> Callable[[Any], torch.optim.Optimizer]:
+    """A callable(params) -> torch optimizer for ``spec`` (adamw, adam or sgd)."""
+    if spec.name == "adamw":
+        return partial(torch.optim.AdamW, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
+    if spec.name == "adam":
+        return partial(torch.optim.Adam, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
+    if spec.name == "sgd":
+        return partial(torch.optim.SGD, lr=spec.lr, momentum=spec.betas[0], weight_decay=spec.weight_decay)
+    raise TrainingError(f"unknown optimizer {spec.name!r}; use adamw, adam or sgd")
+
+
+@dataclass(frozen=True, slots=True)
+class OptimizerSettings:
+    """What build_optimizer hands to hivemind, derived from a recipe (see :func:`optimizer_settings`)."""
+
+    run_id: str
+    mode: str  # "sync" | "local"
+    target_batch_size: int
+    batch_size_per_step: int
+    epochs: int
+    matchmaking_time: float
+    averaging_timeout: float
+    compression: CompressionBase
+    outer_lr: float
+    outer_momentum: float
+    max_grad_norm: float | None
+    average_state_every: int
+    load_state_timeout: float
+
+
+def optimizer_settings(recipe: Recipe, *, run_id: str, average_state_every: int = 5) -> OptimizerSettings:
+    training = recipe.training
+    return OptimizerSettings(
+        run_id=run_id,
+        mode=training.averaging,
+        target_batch_size=training.target_batch_size,
+        batch_size_per_step=training.batch_size,
+        epochs=training.epochs,
+        matchmaking_time=training.matchmaking_time,
+        averaging_timeout=training.averaging_timeout,
+        compression=compression_for(training.compression),
+        outer_lr=training.outer_lr,
+        outer_momentum=recipe.training.outer_momentum,
+        max_grad_norm=recipe.optimizer.max_grad_norm,
+        average_state_every=average_state_every,
+        load_state_timeout=max(60.0, 2 * training.averaging_timeout),
+    )
+
+
+class _GradAverager(GradientAverager):
+    """hivemind's GradientAverager with float32 host buffers that never serves its buffers as
+    "state" (newcomers need parameters and optimizer statistics, not last epoch's gradients)."""
+
+    def __init__(self, parameters: Sequence[torch.nn.Parameter], **kwargs: Any) -> None:
+        parameters = tuple(parameters)
+        # hivemind warns (and may deadlock) when a matchmaking request can outlast matchmaking itself
+        kwargs.setdefault("request_timeout", min(3.0, kwargs.get("min_matchmaking_time", 5.0) / 2))
+        kwargs.setdefault(
+            "averaged_grads", tuple(torch.zeros(p.shape, dtype=torch.float32).share_memory_() for p in parameters)
+        )
+        kwargs["allow_state_sharing"] = False
+        super().__init__(parameters, **kwargs)
+        accumulators: tuple[torch.Tensor, ...] | None = getattr(self, "_local_accumulators", None)
+        if accumulators is not None:  # accumulate in float32 even when the model computes in bf16
+            self._local_accumulators = tuple(acc.float() for acc in accumulators)
+
+    def load_state_from_peers(self, wait: bool = True, timeout: float | None = None) -> None:
+        return None
+
+
+class PseudoGradientAverager(_GradAverager):
+    """DiLoCo's averager: ``parameters`` are the anchors; the "gradient" it averages is
+    ``anchor - local`` for the model's trainable ``local_parameters``, weighted by samples."""
+
+    def __init__(
+        self, parameters: Sequence[torch.nn.Parameter], *, local_parameters: Sequence[torch.Tensor], **kwargs: Any
+    ) -> None:
+        self.local_parameters = tuple(local_parameters)
+        kwargs["reuse_grad_buffers"] = True  # no accumulators: nothing is accumulated
+        super().__init__(parameters, **kwargs)
+
+    @torch.no_grad()
+    def accumulate_grads_(self, batch_size: int) -> None:
+        self.local_samples_accumulated += batch_size
+        self.local_times_accumulated += 1
+
+    @torch.no_grad()
+    def load_accumulators_into_averager_(self) -> None:
+        with self.get_tensors() as averaged:
+            for out, anchor, local in zip(averaged, self.parameters, self.local_parameters, strict=True):
+                out.copy_(anchor.detach()).sub_(local.detach().to(device="cpu", dtype=torch.float32))
+
+    @torch.no_grad()
+    def reset_accumulated_grads_(self) -> None:
+        self._accumulators_used_in_step = False
+        self.local_samples_accumulated = self.local_times_accumulated = 0
+        self._anchor_batch_size = None
+
+
+class _ThrottledEvent(threading.Event):
+    """A threading.Event whose ``set`` takes effect at most once per ``interval`` seconds; a call
+    inside the interval is applied at its end, so the last one of a burst is never lost."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__()
+        self.interval = interval
+        self._last = -math.inf
+        self._timer: threading.Timer | None = None
+        self._guard = threading.Lock()
+
+    def set(self) -> None:
+        with self._guard:
+            wait = self._last + self.interval - time.monotonic()
+            if wait <= 0:
+                self._last = time.monotonic()
+                super().set()
+            elif self._timer is None:
+                self._timer = threading.Timer(wait, self._deferred)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _deferred(self) -> None:
+        with self._guard:
+            self._timer = None
+            self._last = time.monotonic()
+        super().set()
+
+
+class _Tracker(ProgressTracker):
+    """hivemind's ProgressTracker, except that a peer that sees no other peer ends its epoch only
+    when it has the target batch itself *and* a look at the swarm taken after that still shows no
+    one. hivemind would also end it at an estimated time, which before the first throughput
+    measurement is "now": peers that start together each stepped alone and drifted apart.
+
+    It also publishes its progress at most every ``REPORT_EVERY_S`` seconds: hivemind signs and
+    stores a record after every micro-batch, which cost a small model ~10% of its samples/s
+    (bench/overhead.py)."""
+
+    _last_fetch = -math.inf
+    _target_reached_at: float | None = None
+
+    @property
+    def should_report_progress(self) -> threading.Event:
+        return self._report_event
+
+    @should_report_progress.setter
+    def should_report_progress(self, _event: threading.Event) -> None:  # set once by hivemind's __init__
+        self._report_event = _ThrottledEvent(REPORT_EVERY_S)
+
+    def _parse_swarm_progress_data(self, metadata: Any) -> Any:
+        progress = super()._parse_swarm_progress_data(metadata)
+        self._last_fetch = get_dht_time()
+        return progress
+
+    @property
+    def ready_to_update_epoch(self) -> bool:
+        alone = self.global_progress.num_peers <= 1 and self.global_epoch <= self.local_progress.epoch
+        if not alone:
+            return super().ready_to_update_epoch
+        if self.local_progress.samples_accumulated < self.target_batch_size:
+            self._target_reached_at = None
+            return False
+        if self._target_reached_at is None:
+            self._target_reached_at = get_dht_time()
+        return self._last_fetch > self._target_reached_at
+
+
+class _HivemindOptimizer(hivemind.Optimizer):
+    """hivemind.Optimizer that tells its owner when it replaced its state with a peer's, and that
+    does not arrange averaging rounds ahead of time while it is alone in the swarm (hivemind would
+    start a matchmaking every epoch that can only time out, keeping a lone peer's CPU busy)."""
+
+    on_state_loaded: Callable[[], None] | None = None
+
+    def _make_progress_tracker(self, target_batch_size: int, **kwargs: Any) -> ProgressTracker:
+        return _Tracker(dht=self.dht, prefix=self.run_id, target_batch_size=target_batch_size,
+                        client_mode=self.client_mode, status_loglevel=self.status_loglevel, start=True, **kwargs)
+
+    def _alone(self) -> bool:
+        return self.tracker.global_progress.num_peers < 2
+
+    def _maybe_schedule_gradient_averaging(self) -> None:
+        if not self._alone():
+            super()._maybe_schedule_gradient_averaging()
+
+    def _maybe_schedule_state_averaging(self) -> None:
+        if not self._alone():
+            super()._maybe_schedule_state_averaging()
+
+    def _begin_averaging_gradients(self, grad_scaler: Any) -> bool:
+        began = super()._begin_averaging_gradients(grad_scaler)
+        if not began and not self.offload_optimizer:
+            # without a round hivemind only refreshes the averager's buffers, which are the
+            # optimizer's gradients when it is offloaded; here they must be copied into .grad
+            self._load_local_gradients_into_optimizer()
+        return began
+
+    def load_state_from_peers(self, **kwargs: Any) -> None:
+        super().load_state_from_peers(**kwargs)
+        if self.on_state_loaded is not None:
+            self.on_state_loaded()
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """What one :meth:`SwarmOptimizer.step` did: ``accepted`` is False when the batch was thrown
+    away because the peer was out of sync and loaded the swarm's state instead."""
+
+    new_epoch: bool
+    accepted: bool
+    epoch: int
+
+
+class SwarmOptimizer:
+    """One peer's optimizer for one job (both modes behind one interface). Build with :func:`build_optimizer`."""
+
+    def __init__(
+        self,
+        *,
+        settings: OptimizerSettings,
+        named_params: list[tuple[str, torch.nn.Parameter]],
+        hv: _HivemindOptimizer,
+        lr_at: Callable[[int], float],
+        anchors: tuple[torch.Tensor, ...] = (),
+        inner: torch.optim.Optimizer | None = None,
+    ) -> None:
+        self.settings = settings
+        self.names = [name for name, _ in named_params]
+        self.params = [p for _, p in named_params]
+        self.hv = hv
+        self.anchors = anchors
+        self.inner = inner
+        self._lr_at = lr_at
+        self._base_lrs = [g["lr"] for g in inner.param_groups] if inner is not None else []
+        self._epoch_seen = hv.local_epoch
+        self._reloaded = False
+        self._quiet: Any = None
+        hv.on_state_loaded = self._after_state_loaded
+        self._set_inner_lr()
+
+    # ---- what the training loop uses ----
+    @property
+    def mode(self) -> str:
+        return self.settings.mode
+
+    @property
+    def local_epoch(self) -> int:
+        return int(self.hv.local_epoch)
+
+    @property
+    def global_epoch(self) -> int:
+        return int(self.hv.tracker.global_epoch)
+
+    @property
+    def num_peers(self) -> int:
+        """Peers that reported progress to the swarm lately (this one included once it trained)."""
+        return int(self.hv.tracker.global_progress.num_peers)
+
+    def step(self, batch_size: int) -> StepResult:
+        """Call after ``loss.backward()``: clip, step per the mode, and report what happened."""
+        if self.settings.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.params, self.settings.max_grad_norm)
+        before = self.local_epoch
+        self._reloaded = False
+        if self.inner is None:
+            self.hv.step(batch_size=batch_size)
+            self.hv.zero_grad()
+        else:
+            self.inner.step()
+            self.inner.zero_grad(set_to_none=True)
+            self.hv.step(batch_size=batch_size)
+            if self.local_epoch != self._epoch_seen:
+                self._sync_model_from_anchors()
+        changed = self.local_epoch != before
+        self._epoch_seen = self.local_epoch
+        if changed:
+            self._set_inner_lr()
+        return StepResult(new_epoch=changed, accepted=not self._reloaded, epoch=self.local_epoch)
+
+    def quiesce(self) -> None:
+        """While the peer is paused: stop polling the swarm's progress (and the throughput clock),
+        and drop averaging rounds still looking for a group, so the process goes idle."""
+        if self._quiet is not None:
+            return
+        for attr in ("scheduled_grads", "scheduled_state"):
+            control = getattr(self.hv, attr, None)
+            if control is not None and not control.done() and control.stage == AveragingStage.LOOKING_FOR_GROUP:
+                control.cancel()
+                setattr(self.hv, attr, None)
+        quiet = self.hv.tracker.pause_updates()
+        quiet.__enter__()
+        self._quiet = quiet
+
+    def wake(self) -> None:
+        """Undo :meth:`quiesce` (call before the next :meth:`step`)."""
+        quiet, self._quiet = self._quiet, None
+        if quiet is not None:
+            quiet.__exit__(None, None, None)
+
+    def join(self) -> int:
+        """Load the swarm's newest state from a peer (or the keeper) if any has one; returns the epoch."""
+        try:
+            self.hv.load_state_from_peers()
+        except Exception as exc:
+            raise TrainingError(f"could not load the swarm's state from peers: {exc}") from exc
+        return self.local_epoch
+
+    def shutdown(self) -> None:
+        self.wake()
+        try:
+            self.hv.shutdown()
+        except Exception as exc:
+            logger.warning("optimizer shutdown: %s", exc)
+
+    # ---- state for local checkpoints and the keeper ----
+    @torch.no_grad()
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume this peer: epoch, hivemind/outer and inner optimizer states."""
+        state: dict[str, Any] = {"epoch": self.local_epoch, "mode": self.mode, "names": list(self.names)}
+        state["hivemind"] = self.hv.state_dict()
+        if self.inner is not None:
+            state["inner"] = self.inner.state_dict()
+            state["anchors"] = [a.detach().clone() for a in self.anchors]
+        return state
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`; the model's trainable weights must be loaded first."""
+        if state.get("mode") != self.mode or list(state.get("names", [])) != self.names:
+            raise TrainingError("the saved optimizer state belongs to another recipe or model; delete it to start over")
+        saved = state["hivemind"]
+        self.hv.load_state_dict({**saved, "state": dict(saved["state"])})  # hivemind pops from "state"
+        if self.inner is not None:
+            self.inner.load_state_dict(state["inner"])
+            for anchor, saved in zip(self.anchors, state["anchors"], strict=True):
+                anchor.copy_(saved)
+        else:
+            self._push_model_to_offloaded()
+        self._epoch_seen = self.local_epoch
+        self._set_inner_lr()
+
+    def serve_state(self, allow: bool = True) -> None:
+        """Offer (or stop offering) this peer's state to newcomers, ranked by its epoch."""
+        averager = self.hv.state_averager
+        if averager.client_mode:
+            return  # nobody can download from a peer that accepts no connections
+        averager.allow_state_sharing = allow
+        if allow:
+            averager.state_sharing_priority = float(self.local_epoch)
+
+    # ---- internals ----
+    @torch.no_grad()
+    def _sync_model_from_anchors(self) -> None:
+        for param, anchor in zip(self.params, self.anchors, strict=True):
+            param.copy_(anchor.to(device=param.device, dtype=param.dtype))
+
+    @torch.no_grad()
+    def _push_model_to_offloaded(self) -> None:
+        averager = self.hv.state_averager
+        if not averager.offload_optimizer:
+            return
+        offloaded = [p for group in averager.optimizer.param_groups for p in group["params"]]
+        for main, copy in zip(self.params, offloaded, strict=True):
+            copy.copy_(main.detach().to(device=copy.device, dtype=copy.dtype))
+
+    def _after_state_loaded(self) -> None:
+        self._reloaded = True
+        if self.inner is not None:
+            self._sync_model_from_anchors()
+        self._epoch_seen = self.local_epoch
+        self._set_inner_lr()
+
+    def _set_inner_lr(self) -> None:
+        if self.inner is None:
+            return
+        factor = self._lr_at(self.local_epoch)
+        for group, base in zip(self.inner.param_groups, self._base_lrs, strict=True):
+            group["lr"] = base * factor
+
+
+def _trainable(loaded: Any) -> list[tuple[str, torch.nn.Parameter]]:
+    named = list(loaded.trainable_parameters())
+    if not named:
+        raise TrainingError("the model has no trainable parameters; check the recipe's adapter section")
+    return named
+
+
+def build_optimizer(
+    loaded: Any,
+    recipe: Recipe,
+    *,
+    dht: hivemind.DHT,
+    run_id: str,
+    private_key: RSAPrivateKey | None = None,
+    auxiliary: bool = False,
+    average_state_every: int = 5,
+    verbose: bool = False,
+) -> SwarmOptimizer:
+    """The hivemind optimizer of job ``run_id`` for ``loaded``'s trainable parameters (see module doc).
+
+    Must be called on the process's main thread (hivemind starts averager processes). ``private_key``
+    signs hivemind's own progress records (default: the DHT's key). ``auxiliary`` builds a peer that
+    never trains (the keeper): it neither reports samples nor offers its state until told to.
+    """
+    settings = optimizer_settings(recipe, run_id=run_id, average_state_every=average_state_every)
+    named = _trainable(loaded)
+    params = [p for _, p in named]
+    key = private_key if private_key is not None else getattr(dht, "essaim_private_key", None)
+    lr_at = lr_factor(recipe.optimizer, settings.epochs)
+    common: dict[str, Any] = dict(
+        dht=dht,
+        run_id=run_id,
+        client_mode=dht.client_mode,  # hivemind.Optimizer mishandles None here in client mode
+        target_batch_size=settings.target_batch_size,
+        batch_size_per_step=settings.batch_size_per_step,
+        matchmaking_time=settings.matchmaking_time,
+        averaging_timeout=settings.averaging_timeout,
+        # a busy volunteer machine can stall a few seconds mid-round; hivemind's default (the
+        # matchmaking time) drops its chunks ("received 50% of input tensors" in the logs)
+        next_chunk_timeout=max(settings.matchmaking_time, MIN_CHUNK_TIMEOUT_S),
+        load_state_timeout=settings.load_state_timeout,
+        grad_compression=settings.compression,
+        state_averaging_compression=settings.compression,
+        load_state_compression=NoCompression(),
+        average_state_every=settings.average_state_every,
+        delay_optimizer_step=False,
+        delay_grad_averaging=False,
+        # alone, hivemind looks for peers' progress every 3 s; look at least twice per matchmaking
+        # period so peers that start together agree on the epoch from the first one
+        tracker_opts={
+            "default_refresh_period": min(3.0, max(0.5, settings.matchmaking_time / 2)),
+            **({"private_key": key} if key is not None else {}),
+        },
+        averager_opts={"request_timeout": min(3.0, settings.matchmaking_time / 2)},
+        verbose=verbose,
+    )
+    try:
+        if settings.mode == "sync":
+            hv = _HivemindOptimizer(
+                params=params,
+                optimizer=torch_optimizer_factory(recipe.optimizer),
+                scheduler=partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=lr_at),
+                grad_averager_factory=_GradAverager,
+                **common,
+            )
+            optimizer = SwarmOptimizer(settings=settings, named_params=named, hv=hv, lr_at=lr_at)
+        else:
+            anchors = tuple(
+                p.detach().to(device="cpu", dtype=torch.float32, copy=True).requires_grad_(True) for p in params
+            )
+            outer = partial(torch.optim.SGD, lr=settings.outer_lr, momentum=settings.outer_momentum,
+                            nesterov=settings.outer_momentum > 0)
+            hv = _HivemindOptimizer(
+                params=anchors,
+                optimizer=outer,
+                offload_optimizer=False,
+                delay_state_averaging=False,
+                grad_averager_factory=partial(PseudoGradientAverager, local_parameters=params),
+                **common,
+            )
+            inner = torch_optimizer_factory(recipe.optimizer)(params)
+            optimizer = SwarmOptimizer(
+                settings=settings, named_params=named, hv=hv, lr_at=lr_at, anchors=anchors, inner=inner
+            )
+    except TrainingError:
+        raise
+    except Exception as exc:
+        raise TrainingError(f"could not start the swarm optimizer: {exc}") from exc
+    if auxiliary:
+        optimizer.serve_state(False)
+    logger.info(
+        "optimizer: %s mode, %d tensors, target batch %d, compression %s",
+        settings.mode, len(params), settings.target_batch_size, recipe.training.compression,
+    )
+    return optimizer
+
+
+def build_auxiliary_optimizer(loaded: Any, recipe: Recipe, *, dht: hivemind.DHT, run_id: str,
+                              private_key: RSAPrivateKey | None = None) -> SwarmOptimizer:
+    """For the coordinator's checkpoint keeper: an optimizer that holds the job's state, loads it
+    from peers (:meth:`SwarmOptimizer.join`) or a checkpoint (:meth:`SwarmOptimizer.load_state_dict`)
+    and serves it to newcomers once :meth:`SwarmOptimizer.serve_state` is called. It never trains:
+    never call ``step`` on it. Its DHT must not be in client mode (it has to accept downloads).
+    """
+    return build_optimizer(loaded, recipe, dht=dht, run_id=run_id, private_key=private_key, auxiliary=True)
+

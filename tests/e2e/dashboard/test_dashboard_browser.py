@@ -1,0 +1,154 @@
+"""The dashboard in a real browser (headless Chromium) against a coordinator with a demo swarm.
+
+The pages render with the live swarm and their charts draw every point; an admin signs in,
+approves a job and bans a volunteer through the pages, and both show over gRPC; unsafe names
+and descriptions never run as script; a tampered ledger row turns the verification red. No page
+logs a console error, so the Content-Security-Policy blocks nothing the pages need.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+
+import pytest
+from essaim.protocol.errors import EssaimError
+from essaim.protocol.types import JobStatus, VolunteerStatus
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
+
+
+def chart_points(page, chart_id: str) -> tuple[int, int]:
+    """(points the chart says it draws, SVG point markers in it)."""
+    box = page.locator(f"#{chart_id}")
+    return int(box.get_attribute("data-points") or 0), box.locator("circle.pt[data-x]").count()
+
+
+def test_pages_render_the_live_swarm_with_charts(swarm, watch, screenshot):
+    page = watch.page
+    page.goto(swarm.url + "/")
+    page.wait_for_function("document.querySelector('#chart-online').getAttribute('data-points') >= 2")
+    assert page.locator("#volunteers-table tbody tr").count() == len(swarm.members)
+    assert page.inner_text("#stat-online").strip() == str(len(swarm.members))
+    points, dots = chart_points(page, "chart-online")
+    assert points >= 2 and dots == points
+    assert chart_points(page, "chart-throughput")[0] >= 2
+    row = page.locator(f"tr[data-volunteer-id='{swarm.member('ada').volunteer_id}']")
+    assert "NVIDIA RTX 4090" in row.inner_text() and "training" in row.inner_text()
+    shots = [screenshot(page, "dashboard-swarm")]
+
+    page.goto(f"{swarm.url}/jobs/{swarm.running.id}")
+    assert chart_points(page, "chart-loss") == (swarm.progress_points, swarm.progress_points)
+    assert chart_points(page, "chart-eval") == (swarm.eval_points, swarm.eval_points)
+    assert chart_points(page, "chart-sps")[0] == swarm.progress_points
+    assert chart_points(page, "chart-peers")[0] == swarm.progress_points
+    assert "5 / 12" in page.inner_text(".stats")
+    page.hover("#chart-loss svg", position={"x": 200, "y": 80})
+    assert page.locator("#chart-loss .chart-tip").is_visible()
+    shots.append(screenshot(page, "dashboard-job"))
+
+    page.goto(f"{swarm.url}/jobs/{swarm.running.id}/transparency")
+    assert page.get_attribute("#ledger-verification", "data-ok") == "true"
+    assert "name: demo-llama" in page.inner_text("#recipe")
+    assert page.locator("table.ledger tbody tr").count() == swarm.ledger_rows
+    shots.append(screenshot(page, "dashboard-transparency"))
+
+    page.goto(f"{swarm.url}/jobs/{swarm.files_job.id}/transparency")
+    assert swarm.data_file_sha256 in page.inner_text("#files-table")
+
+    page.goto(swarm.url + "/contributions")
+    assert page.locator("#leaderboard tbody tr").count() == 3
+    assert "lyon" in page.inner_text("#teams")
+    shots.append(screenshot(page, "dashboard-contributions"))
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(swarm.url + "/")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    shots.append(screenshot(page, "dashboard-swarm-phone"))
+    assert watch.errors == [] and watch.dialogs == []
+    print("screenshots:", *map(str, shots), sep="\n  ")
+
+
+def test_admin_signs_in_approves_a_job_and_bans_a_volunteer(swarm, watch, screenshot):
+    page = watch.page
+    page.goto(swarm.url + "/jobs?show=awaiting")
+    assert page.locator("[data-action=approve]").count() == 0  # not signed in: no admin controls
+    page.click("text=Admin sign-in")
+    page.fill("#token", swarm.coord.admin_token)
+    page.click("form[action='/signin'] button[type=submit]")
+    page.wait_for_url(re.compile(r"/jobs\?show=awaiting$"))
+    cookies = page.context.cookies()
+    assert [(c["name"], c["httpOnly"], c["sameSite"]) for c in cookies] == [("essaim_session", True, "Strict")]
+    assert swarm.coord.admin_token not in cookies[0]["value"]
+    assert page.evaluate("document.cookie") == ""  # HttpOnly: scripts cannot read the session
+
+    page.click(f"tr[data-job-id='{swarm.awaiting.id}'] [data-action=approve]")
+    page.wait_for_selector("[data-flash=ok]")
+    assert "poems approved" in page.inner_text("[data-flash=ok]")
+    with swarm.coord.client(swarm.coord.admin_token) as client:
+        assert client.get_job(swarm.awaiting.id).status == JobStatus.QUEUED
+
+    page.goto(f"{swarm.url}/jobs/{swarm.awaiting.id}")
+    assert page.locator("#admin [data-action=pause]").is_visible()
+    screenshot(page, "dashboard-admin-job", full_page=False)
+
+    grace = swarm.member("grace")
+    page.goto(f"{swarm.url}/volunteers/{grace.volunteer_id}")
+    page.fill("#ban-reason", "sent <b>poisoned</b> gradients")
+    page.click("[data-action=ban]")
+    page.wait_for_selector("[data-flash=ok]")
+    assert page.get_attribute("#volunteer-name [data-status]", "data-status") == "banned"
+    assert "sent <b>poisoned</b> gradients" in page.inner_text(".alert.bad")
+    screenshot(page, "dashboard-admin-ban", full_page=False)
+    with swarm.coord.client(swarm.coord.admin_token) as client:
+        banned = {v.id: v for v in client.list_volunteers()}[grace.volunteer_id]
+        assert banned.status == VolunteerStatus.BANNED and banned.reason == "sent <b>poisoned</b> gradients"
+    with swarm.coord.client(grace.token) as client, pytest.raises(EssaimError):
+        client.heartbeat(volunteer_id=grace.volunteer_id, state="training")
+
+    assert swarm.coord.admin_token not in page.content()
+    page.click("text=Sign out")
+    page.wait_for_url(swarm.url + "/")
+    assert page.locator("text=Admin sign-in").is_visible()
+    assert watch.errors == [] and watch.dialogs == []
+
+
+def test_unsafe_names_and_descriptions_never_run(swarm, watch, demo):
+    page = watch.page
+    xss = swarm.member(demo.XSS_NAME)
+    page.goto(f"{swarm.url}/volunteers/{xss.volunteer_id}")
+    assert page.inner_text("#volunteer-name").startswith(demo.XSS_NAME)
+    page.hover(f"a:text-is('{demo.XSS_TEAM}')")
+    page.goto(f"{swarm.url}/jobs/{swarm.running.id}")
+    assert page.inner_text("#job-description") == demo.XSS_DESCRIPTION
+    for path in ("/", "/contributions", f"/jobs/{swarm.running.id}/transparency", "/ledger", "/jobs"):
+        page.goto(swarm.url + path)
+        assert page.locator("img[src='x']").count() == 0
+    assert watch.dialogs == []
+    assert watch.errors == []
+
+
+def test_a_tampered_ledger_row_shows_in_red(swarm, watch, screenshot):
+    page = watch.page
+    db = swarm.coord.data_dir / "coordinator.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE ledger SET volunteer_id = 'someone-else' WHERE seq = 7")
+    try:
+        page.goto(f"{swarm.url}/jobs/{swarm.running.id}/transparency")
+        banner = page.locator("#ledger-verification")
+        assert banner.get_attribute("data-ok") == "false" and banner.get_attribute("data-first-bad-seq") == "7"
+        assert "FAILED at row 7" in banner.inner_text()
+        color = banner.evaluate("el => getComputedStyle(el).color")
+        red, green, blue = map(int, re.findall(r"\d+", color)[:3])
+        assert red > 150 and green < 110 and blue < 110, color
+        assert page.locator("#ledger-row-7").get_attribute("class") == "bad"
+        assert page.locator("#ledger-row-6").get_attribute("class") is None
+        screenshot(page, "dashboard-ledger-tampered")
+    finally:
+        with sqlite3.connect(db) as conn:
+            conn.execute(
+                "UPDATE ledger SET volunteer_id = ? WHERE seq = 7",
+                (swarm.members[(7 - 1) % 3].volunteer_id,),
+            )
+    page.goto(f"{swarm.url}/ledger")
+    assert page.get_attribute("#ledger-verification", "data-ok") == "true"

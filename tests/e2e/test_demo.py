@@ -1,0 +1,80 @@
+"""``essaim demo`` from the command line, as the README's first command runs it: a coordinator and two
+volunteer trainers on this machine train the built-in job; the demo exits 0 and leaves a loadable
+model and its provenance, with the held-out accuracy before and after training.
+
+The job is shortened with ``ESSAIM_DEMO_EPOCHS`` (the full demo trains 12 epochs) so that the test
+fits a CI run on two cores; everything else is the demo users run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+EPOCHS = 4
+
+
+def _runners_in(directory: Path) -> list[int]:
+    """Job runners (own sessions: they outlive a killed coordinator) working under ``directory``."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.Error, OSError):
+            cmdline = proc.info["cmdline"] or []
+            if "essaim.coordinator.jobrunner" in cmdline and any(str(directory) in part for part in cmdline):
+                found.append(proc.info["pid"])
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_essaim_demo_trains_a_model_with_two_volunteers(tmp_path: Path) -> None:
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = {**os.environ, "ESSAIM_DEMO_EPOCHS": str(EPOCHS), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    log = (tmp_path / "demo.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "essaim", "demo", "--volunteers", "2", "--output", str(out), "--timeout", "600",
+         "--workdir", str(work)],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+    )
+    try:
+        code = proc.wait(780)
+    except subprocess.TimeoutExpired:
+        code = None
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in _runners_in(work):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        log.close()
+    text = (tmp_path / "demo.log").read_text(errors="replace")
+    assert code == 0, f"essaim demo exited with {code}:\n{text[-4000:]}"
+    assert not _runners_in(work), "the demo left its job runner behind"
+
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["epochs"] == EPOCHS
+    ev = provenance["eval"]
+    assert ev["metric"] == "exact_match"
+    assert ev["before"] is not None and ev["after"] is not None
+    curve = {p["epoch"]: p["value"] for p in ev["curve"]}
+    assert curve[0] == ev["before"] and curve[EPOCHS] == ev["after"]
+    assert ev["after"] > ev["before"], ev  # the tiny model learned to add, a little
+    assert len(provenance["contributors"]) == 2
+    assert all(c["samples"] > 0 for c in provenance["contributors"])
+    assert f"{ev['before']:.3f} -> {ev['after']:.3f}" in " ".join(text.split())  # what the demo printed
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out / "artifact")
+    tokenizer = AutoTokenizer.from_pretrained(out / "artifact")
+    ids = tokenizer("12+7=", return_tensors="pt")
+    assert model.generate(**ids, max_new_tokens=3, do_sample=False).shape[-1] > ids["input_ids"].shape[-1]

@@ -1,0 +1,201 @@
+"""The supervisor in-process with a fake trainer and an in-memory coordinator (the real one's swarm
+services are not wired here): assignment -> trainer, training through an outage, stop orders, bans,
+and user activity pausing the trainer."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+
+import pytest
+from essaim.client.config import Paths
+from essaim.client.supervisor import Supervisor
+from essaim.coordinator.keys import verify_registration
+from essaim.protocol.errors import Unavailable
+from essaim.protocol.types import Assignment, HeartbeatReply, Job, JobStatus, Registration
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@dataclass
+class FakeCoordinator:
+    down: bool = False
+    banned: bool = False
+    stop_ids: list[str] = field(default_factory=list)
+    registrations: list[dict] = field(default_factory=list)
+    heartbeats: list[dict] = field(default_factory=list)
+    assignments: int = 0
+
+    def factory(self, address, *, token=None):
+        return _Client(self, token)
+
+
+class _Client:
+    def __init__(self, coord: FakeCoordinator, token):
+        self.coord, self.token = coord, token
+
+    def _check(self):
+        if self.coord.down:
+            raise Unavailable("cannot reach the coordinator at fake:1")
+
+    def register(self, **kw):
+        self._check()
+        verify_registration(
+            public_key=kw["public_key"],
+            peer_id=kw["peer_id"],
+            name=kw["name"],
+            timestamp=kw["timestamp"],
+            signature=kw["signature"],
+        )
+        self.coord.registrations.append(kw)
+        return Registration(volunteer_id="v-1", token="essaim_vol", heartbeat_interval_seconds=1)
+
+    def heartbeat(self, **kw):
+        self._check()
+        assert self.token == "essaim_vol"
+        self.coord.heartbeats.append(kw)
+        stop, self.coord.stop_ids = self.coord.stop_ids, []
+        return HeartbeatReply(heartbeat_interval_seconds=1, stop_job_ids=stop, banned=self.coord.banned)
+
+    def get_assignment(self, volunteer_id, hardware):
+        self._check()
+        self.coord.assignments += 1
+        job = Job(
+            id=f"job-{self.coord.assignments}",
+            name="tiny",
+            status=JobStatus.RUNNING,
+            recipe_yaml="version: 1\n",
+        )
+        return Assignment(
+            job=job,
+            initial_peers=["/ip4/127.0.0.1/tcp/1/p2p/Qm"],
+            swarm_token="swarm-token",
+            swarm_token_expires_at=time.time() + 3600,
+            shard_ids=[1, 2],
+            coordinator_public_key=b"coordinator-key",
+        )
+
+    def close(self):
+        pass
+
+
+class FakeIdle:
+    name = "fake"
+
+    def __init__(self):
+        self.idle = 3600.0
+
+    def idle_seconds(self):
+        return self.idle
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def running(tmp_path, client_kit, monkeypatch):
+    monkeypatch.setattr("essaim.client.link.RetryPolicy.delays", lambda self, rng=None: iter([0.2] * 1000))
+    coord, idle = FakeCoordinator(), FakeIdle()
+    paths = Paths(
+        config_file=tmp_path / "config.toml",
+        data_dir=tmp_path / "data",
+        runtime_dir=tmp_path / "run",
+        log_dir=tmp_path / "logs",
+    )
+    flags = {
+        "coordinator.address": "fake:1",
+        "volunteer.name": "ada",
+        "volunteer.trainer_command": client_kit.fake_trainer_command(),
+        "policy.other_cpu_pause_percent": 0,
+        "policy.min_free_ram_mb": 0,
+        "policy.cpu_temp_high_c": 0.0,
+        "policy.idle_minutes": 1.0,
+    }
+    sup = Supervisor(paths=paths, flags=flags, env={}, idle_source=idle, client_factory=coord.factory)
+    stop = threading.Event()
+    thread = threading.Thread(target=sup.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield sup, coord, idle
+    finally:
+        stop.set()
+        sup.wake()
+        thread.join(30)
+        assert not thread.is_alive()
+
+
+def wait(sup, predicate, what, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = sup.status()
+        if predicate(st):
+            return st
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}: {json.dumps(sup.status(), indent=1, default=str)}")
+
+
+def training(st):
+    return st["state"] == "training" and st["trainer"]["state"] == "running"
+
+
+def test_registers_trains_and_reports(running):
+    sup, coord, _ = running
+    st = wait(sup, training, "training")
+    (reg,) = coord.registrations
+    assert reg["name"] == "ada" and reg["peer_id"].startswith("Qm") and reg["hardware"].cpu_cores > 0
+    work = sup.paths.data_dir / "jobs" / st["job"]["id"]
+    assignment = json.loads((work / "assignment.json").read_text())
+    assert assignment["job_id"] == "job-1"
+    assert assignment["swarm_token"] == "swarm-token"
+    assert assignment["volunteer_id"] == "v-1"
+    assert assignment["shard_ids"] == [1, 2]
+    argv = json.loads((work / "fake_trainer.jsonl").read_text().splitlines()[0])["argv"]
+    assert argv[argv.index("--token") + 1] == "essaim_vol"
+    wait(sup, lambda s: (s["progress"] or {}).get("samples", 0) > 0, "progress")
+    deadline = time.monotonic() + 10
+    while not any(h["state"] == "training" and h["progress"] for h in coord.heartbeats):
+        assert time.monotonic() < deadline, coord.heartbeats[-3:]
+        time.sleep(0.1)
+
+
+def test_training_goes_on_through_an_outage(running):
+    sup, coord, _ = running
+    pid = wait(sup, training, "training")["trainer_pid"]
+    coord.down = True
+    st = wait(sup, lambda s: not s["coordinator"]["connected"], "the outage")
+    assert "cannot reach" in st["coordinator"]["error"]
+    assert st["trainer_pid"] == pid and st["state"] == "training"
+    seen = len(coord.heartbeats)
+    coord.down = False
+    wait(sup, lambda s: s["coordinator"]["connected"], "reconnection")
+    deadline = time.monotonic() + 10
+    while len(coord.heartbeats) == seen:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert sup.status()["trainer_pid"] == pid
+    assert len(coord.registrations) == 1
+
+
+def test_a_stop_order_ends_the_job_and_a_ban_ends_everything(running):
+    sup, coord, _ = running
+    first = wait(sup, training, "training")
+    coord.stop_ids = [first["job"]["id"]]
+    st = wait(sup, lambda s: training(s) and s["job"]["id"] != first["job"]["id"], "the next job")
+    assert st["trainer_pid"] != first["trainer_pid"]
+    coord.banned = True
+    st = wait(sup, lambda s: s["state"] == "error", "the ban")
+    assert "banned" in st["reason"]
+    wait(sup, lambda s: s["trainer_pid"] is None, "the trainer to stop")
+
+
+def test_user_activity_pauses_the_trainer_at_once(running, client_kit):
+    sup, _, idle = running
+    pid = wait(sup, training, "training")["trainer_pid"]
+    idle.idle = 0.5
+    st = wait(sup, lambda s: s["trainer"]["state"] == "paused", "the pause", timeout=5)
+    assert st["reason"].startswith("waiting: user active (idle 0:00 of 1:00)")
+    client_kit.wait_cpu(pid, below=5)
+    idle.idle = 61
+    wait(sup, training, "training again", timeout=5)

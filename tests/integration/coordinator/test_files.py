@@ -1,0 +1,122 @@
+"""Upload, submit with files, and download back, with sha256 checks, against a real coordinator."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+from essaim.protocol.errors import InvalidArgument, NotFound, PermissionDenied
+from essaim.protocol.types import FileKind, JobStatus
+
+pytestmark = pytest.mark.timeout(120)
+
+RECIPE = """
+version: 1
+name: with-files
+model: {name_or_path: models/tiny}
+dataset: {files: [data/train.jsonl]}
+eval: {files: [data/eval.jsonl]}
+training: {target_batch_size: 8, batch_size: 2, epochs: 1}
+hardware: {min_ram_gb: 1}
+"""
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "project"
+    (root / "data").mkdir(parents=True)
+    (root / "data/train.jsonl").write_bytes(b'{"text": "hello"}\n' * 100_000)  # ~1.8 MB: several chunks
+    (root / "data/eval.jsonl").write_bytes(b'{"text": "bye"}\n')
+    (root / "models/tiny/tokenizer").mkdir(parents=True)
+    (root / "models/tiny/config.json").write_text('{"n_layer": 1}')
+    (root / "models/tiny/tokenizer/vocab.txt").write_bytes(os.urandom(3000))
+    (root / "recipe.yaml").write_text(RECIPE)
+    return root
+
+
+def test_upload_submit_download_round_trip(shared_coordinator, project: Path, tmp_path: Path, kit) -> None:
+    coord = shared_coordinator
+    researcher = kit.create_token(coord.data_dir, "researcher", "dana")
+    seen: list[str] = []
+    with coord.client(researcher) as client:
+        job = client.submit_recipe_file(
+            project / "recipe.yaml", progress=lambda label, done, total: seen.append(label)
+        )
+        assert job.status == JobStatus.QUEUED
+        assert {f.path for f in job.files} == {
+            "data/train.jsonl",
+            "data/eval.jsonl",
+            "models/tiny/config.json",
+            "models/tiny/tokenizer/vocab.txt",
+        }
+        assert "data/train.jsonl" in seen
+        train = project / "data/train.jsonl"
+        sha, size, present = client.upload_file(train)
+        assert (
+            present and size == train.stat().st_size and sha == hashlib.sha256(train.read_bytes()).hexdigest()
+        )
+
+        out = tmp_path / "all"
+        written = client.download(job.id, FileKind.JOB_FILE, out)
+        assert len(written) == 4
+        expected = {k: v for k, v in _tree(project).items() if k != "recipe.yaml"}
+        assert _tree(out) == expected
+        one = client.download(job.id, FileKind.JOB_FILE, tmp_path / "one", path="data/eval.jsonl")
+        assert one == [(tmp_path / "one").resolve() / "data/eval.jsonl"]
+        with pytest.raises(NotFound, match="has no file 'data/missing'"):
+            client.download(job.id, FileKind.JOB_FILE, tmp_path / "x", path="data/missing")
+        with pytest.raises(NotFound, match="no artifact yet"):
+            client.download(job.id, FileKind.ARTIFACT, tmp_path / "x")
+
+    # a volunteer may fetch job files once the job runs, never artifacts
+    with coord.client() as anon:
+        reg = kit.Identity().register(anon, "fetcher")
+    with coord.client(reg.token) as client:
+        with pytest.raises(PermissionDenied, match="running jobs only"):
+            client.download(job.id, FileKind.JOB_FILE, tmp_path / "v")
+        assert client.get_assignment(reg.volunteer_id, kit.HARDWARE).job.id == job.id
+        assert len(client.download(job.id, FileKind.JOB_FILE, tmp_path / "v")) == 4
+        with pytest.raises(PermissionDenied):
+            client.download(job.id, FileKind.ARTIFACT, tmp_path / "v")
+
+    # the checkpoint keeper writes the artifact; researchers download it
+    artifact = coord.data_dir / "artifacts" / job.id
+    (artifact / "adapter").mkdir(parents=True)
+    (artifact / "adapter/adapter_model.safetensors").write_bytes(os.urandom(2_500_000))
+    (artifact / "provenance.json").write_text(json.dumps({"job": job.id}))
+    with coord.client(researcher) as client:
+        got = tmp_path / "artifact"
+        assert len(client.download(job.id, FileKind.ARTIFACT, got)) == 2
+        assert _tree(got) == _tree(artifact)
+        prov = client.download(job.id, FileKind.PROVENANCE, tmp_path / "prov")
+        assert json.loads(prov[0].read_text()) == {"job": job.id}
+
+
+def test_upload_with_a_wrong_declared_sha_is_refused(shared_coordinator, tmp_path: Path, kit) -> None:
+    from essaim.protocol import client as client_mod
+
+    coord = shared_coordinator
+    path = tmp_path / "f.txt"
+    path.write_bytes(b"content")
+    with coord.client(coord.admin_token) as client:
+        real = client_mod.hash_file
+
+        def lying_hash(p: Path) -> tuple[str, int]:
+            return "0" * 64, real(p)[1]
+
+        client_mod.hash_file = lying_hash
+        try:
+            with pytest.raises(InvalidArgument, match="does not match what the client declared"):
+                client.upload_file(path)
+        finally:
+            client_mod.hash_file = real
+        assert not (coord.data_dir / "blobs" / ("0" * 64)).exists()
+        assert list((coord.data_dir / "blobs" / "tmp").iterdir()) == []
+        assert client.upload_file(path)[2] is False

@@ -1,0 +1,112 @@
+"""Volunteers against a real coordinator: register, heartbeat, go offline, get work, get banned."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from essaim.protocol.errors import PermissionDenied, Unauthenticated
+from essaim.protocol.types import JobProgress, JobStatus, VolunteerStatus
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def coord(module_launcher, tmp_path_factory):
+    return module_launcher(
+        tmp_path_factory.mktemp("vol"), "--heartbeat-interval", "1", "--heartbeat-timeout", "1"
+    )
+
+
+def _status(coord, volunteer_id: str) -> VolunteerStatus:
+    with coord.client(coord.admin_token) as admin:
+        return next(v for v in admin.list_volunteers() if v.id == volunteer_id).status
+
+
+def _wait_status(coord, volunteer_id: str, want: VolunteerStatus, within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
+    while _status(coord, volunteer_id) != want:
+        assert time.monotonic() < deadline, f"volunteer never became {want}"
+        time.sleep(0.2)
+
+
+def test_register_heartbeat_then_offline_after_timeout(coord, kit) -> None:
+    me = kit.Identity()
+    with coord.client() as anon:
+        reg = me.register(anon, "alice")
+        again = me.register(anon, "alice")
+    assert again.volunteer_id == reg.volunteer_id  # same key, same volunteer
+    assert reg.heartbeat_interval_seconds == 1
+    with coord.client(reg.token) as client:
+        reply = client.heartbeat(
+            volunteer_id=reg.volunteer_id, state="idle-wait", reason="user active", hardware=kit.HARDWARE
+        )
+        assert not reply.banned and reply.stop_job_ids == []
+    _wait_status(coord, reg.volunteer_id, VolunteerStatus.OFFLINE)
+    with coord.client(reg.token) as client:
+        client.heartbeat(volunteer_id=reg.volunteer_id, state="training")
+    _wait_status(coord, reg.volunteer_id, VolunteerStatus.ONLINE, within=5)
+    with coord.client(coord.admin_token) as admin:
+        (mine,) = [v for v in admin.list_volunteers() if v.id == reg.volunteer_id]
+    assert mine.name == "alice" and mine.hardware.ram_bytes == kit.HARDWARE.ram_bytes
+
+
+def test_a_volunteer_token_acts_only_for_its_volunteer(coord, kit) -> None:
+    with coord.client() as anon:
+        a = kit.Identity().register(anon, "a")
+        b = kit.Identity().register(anon, "b")
+    with coord.client(a.token) as client, pytest.raises(PermissionDenied, match="does not belong"):
+        client.heartbeat(volunteer_id=b.volunteer_id, state="idle")
+    with coord.client() as anon, pytest.raises(Unauthenticated):
+        anon.heartbeat(volunteer_id=a.volunteer_id, state="idle")
+
+
+def test_bad_registration_signature_is_refused(coord, kit) -> None:
+    me, other = kit.Identity(), kit.Identity()
+    ts = time.time()
+    with coord.client() as anon, pytest.raises(Unauthenticated, match="signature does not verify"):
+        anon.register(
+            public_key=me.public_key,
+            peer_id="p",
+            name="n",
+            hardware=kit.HARDWARE,
+            timestamp=ts,
+            signature=other.key.sign(b"essaim-register|p|n|" + repr(ts).encode()),
+        )
+
+
+def test_assignment_heartbeat_progress_and_stop(coord, kit) -> None:
+    with coord.client() as anon:
+        reg = kit.Identity().register(anon, "worker")
+    with coord.client(coord.admin_token) as admin:
+        job = admin.submit_job(kit.hub_recipe("assign-me"), priority=100)
+    with coord.client(reg.token) as client:
+        got = client.get_assignment(reg.volunteer_id, kit.HARDWARE)
+        assert got.has_job and got.job.id == job.id
+        assert got.job.status == JobStatus.RUNNING and got.shard_ids
+        reply = client.heartbeat(
+            volunteer_id=reg.volunteer_id,
+            state="training",
+            progress=[JobProgress(job_id=job.id, epoch=1, samples=64, samples_per_second=12.5)],
+        )
+        assert reply.stop_job_ids == []
+        with coord.client(coord.admin_token) as admin:
+            admin.cancel_job(job.id, "test over")
+        reply = client.heartbeat(
+            volunteer_id=reg.volunteer_id, state="training", progress=[JobProgress(job_id=job.id)]
+        )
+        assert reply.stop_job_ids == [job.id]
+
+
+def test_banned_volunteer_cannot_heartbeat_or_register_again(coord, kit) -> None:
+    me = kit.Identity()
+    with coord.client() as anon:
+        reg = me.register(anon, "mallory")
+    with coord.client(coord.admin_token) as admin:
+        banned = admin.ban_volunteer(reg.volunteer_id, "fake gradients")
+    assert banned.status == VolunteerStatus.BANNED
+    with coord.client(reg.token) as client, pytest.raises(PermissionDenied, match="banned") as info:
+        client.heartbeat(volunteer_id=reg.volunteer_id, state="idle")
+    assert info.value.exit_code == 4
+    with coord.client() as anon, pytest.raises(PermissionDenied, match="banned"):
+        me.register(anon, "mallory")

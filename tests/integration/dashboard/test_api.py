@@ -1,0 +1,233 @@
+"""The dashboard's JSON API, downloads and /metrics against a real coordinator with a demo swarm.
+
+Reads need no token while public pages are on; admin POSTs with an admin bearer token act through
+the same service as gRPC (checked over gRPC); a ledger row tampered with in the SQLite file is
+reported by /api/v1/ledger/verify, and the downloads let anyone re-check what a job was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+
+import pytest
+import yaml
+from essaim.coordinator.store.ledger import verify_chain
+from essaim.protocol.errors import EssaimError
+from essaim.protocol.recipe import load_recipe
+from essaim.protocol.types import JobStatus, LedgerEntry, VolunteerStatus
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def test_volunteers_with_hardware_state_and_totals(swarm, demo):
+    data = demo.get_json(f"{swarm.url}/api/v1/volunteers")
+    assert data["total"] == len(swarm.members)
+    by_id = {v["id"]: v for v in data["items"]}
+    ada = by_id[swarm.member("ada").volunteer_id]
+    assert ada["status"] == "online" and ada["state"] == "training"
+    assert ada["current_job_id"] == swarm.running.id and ada["client_version"] == "0.1.0"
+    assert ada["hardware"]["gpu_name"] == "NVIDIA RTX 4090"
+    assert "CUDA" in ada["hardware"]["summary"] and "24 GB" in ada["hardware"]["summary"]
+    assert ada["samples_per_second"] == pytest.approx(4.0)
+    assert ada["samples"] == sum(40 + e for e in range(6))  # from the ledger
+    linus = by_id[swarm.member("linus").volunteer_id]
+    assert linus["state"] == "idle" and linus["current_job_id"] == "" and linus["samples"] == 0
+
+    one = demo.get_json(f"{swarm.url}/api/v1/volunteers/{ada['id']}")
+    assert one["name"] == "ada" and one["team"] == "lyon"
+    assert demo.request("GET", f"{swarm.url}/api/v1/volunteers/nobody").status == 404
+    page = demo.get_json(f"{swarm.url}/api/v1/volunteers?limit=2&offset=2")
+    assert page["total"] == len(swarm.members) and len(page["items"]) == 2
+
+
+def test_jobs_list_detail_and_progress(swarm, demo):
+    jobs = {j["id"]: j for j in demo.get_json(f"{swarm.url}/api/v1/jobs")["items"]}
+    running = jobs[swarm.running.id]
+    assert running["status"] == "running" and running["volunteers_online"] == 3
+    assert running["metrics"]["target_epochs"] == 12 and running["metrics"]["epoch"] == 5
+    assert running["metrics"]["eta_seconds"] > 0  # (12 - 5) epochs * 64 samples / throughput
+    assert running["description"] == demo.XSS_DESCRIPTION
+    assert jobs[swarm.awaiting.id]["status"] == "awaiting_approval"
+    only = demo.get_json(f"{swarm.url}/api/v1/jobs?status=awaiting_approval")["items"]
+    assert {j["id"] for j in only} == {swarm.awaiting.id, swarm.files_job.id}
+
+    detail = demo.get_json(f"{swarm.url}/api/v1/jobs/{swarm.running.id}")
+    assert {v["id"] for v in detail["volunteers"]} == {m.volunteer_id for m in swarm.members[:3]}
+    assert detail["recipe"]["training"]["epochs"] == 12 and detail["recipe"]["eval"]["metric"] == "perplexity"
+    assert [c["rank"] for c in detail["contributors"]] == [1, 2, 3]
+    assert detail["has_provenance"] is False and detail["has_model_card"] is False
+
+    progress = demo.get_json(f"{swarm.url}/api/v1/jobs/{swarm.running.id}/progress")
+    assert len(progress["points"]) == swarm.progress_points
+    assert sum(p["eval_metric"] is not None for p in progress["points"]) == swarm.eval_points
+    assert progress["eval_metric_name"] == "perplexity"
+    times = [p["at"] for p in progress["points"]]
+    assert times == sorted(times)
+    assert demo.request("GET", f"{swarm.url}/api/v1/jobs/unknown/progress").status == 404
+
+
+def test_leaderboards_overall_per_job_and_per_team(swarm, demo):
+    board = demo.get_json(f"{swarm.url}/api/v1/contributions")
+    assert board["job_id"] is None and len(board["volunteers"]) == 3
+    samples = [c["samples"] for c in board["volunteers"]]
+    assert samples == sorted(samples, reverse=True) and board["total_samples"] == sum(samples)
+    teams = {t["team"]: t for t in board["teams"]}
+    assert teams["lyon"]["members"] == 2  # ada and grace
+    lyon = [c for c in board["volunteers"] if c["team"] == "lyon"]
+    assert teams["lyon"]["samples"] == sum(c["samples"] for c in lyon)
+    assert teams[demo.XSS_TEAM]["members"] == 1
+
+    by_compute = demo.get_json(f"{swarm.url}/api/v1/contributions?order=compute")["volunteers"]
+    hours = [c["compute_hours"] for c in by_compute]
+    assert hours == sorted(hours, reverse=True)
+    assert hours[0] == pytest.approx(6 * 180 / 3600)
+
+    per_job = demo.get_json(f"{swarm.url}/api/v1/contributions?job_id={swarm.running.id}")
+    assert per_job["total_samples"] == board["total_samples"]
+    empty = demo.get_json(f"{swarm.url}/api/v1/contributions?job_id={swarm.awaiting.id}")
+    assert empty["volunteers"] == [] and empty["teams"] == []
+
+
+def test_ledger_pages_verify_and_downloads_recheck(swarm, demo):
+    rows = demo.get_json(f"{swarm.url}/api/v1/ledger?limit=5")
+    assert [r["seq"] for r in rows["items"]] == [1, 2, 3, 4, 5] and rows["next_after_seq"] == 5
+    rest = demo.get_json(f"{swarm.url}/api/v1/ledger?after_seq=5&limit=1000")
+    assert len(rest["items"]) == swarm.ledger_rows - 5 and rest["next_after_seq"] is None
+    verdict = demo.get_json(f"{swarm.url}/api/v1/ledger/verify")
+    assert verdict["ok"] and verdict["checked"] == swarm.ledger_rows and verdict["head_seq"] == swarm.ledger_rows
+
+    jsonl = demo.request("GET", f"{swarm.url}/api/v1/ledger.jsonl")
+    assert jsonl.status == 200 and "attachment" in jsonl.headers["Content-Disposition"]
+    entries = [LedgerEntry(**json.loads(line)) for line in jsonl.text.splitlines()]
+    assert len(entries) == swarm.ledger_rows and verify_chain(entries).ok
+
+    job_ledger = demo.request("GET", f"{swarm.url}/api/v1/jobs/{swarm.running.id}/ledger.json").json()
+    assert job_ledger["verification"]["ok"] and len(job_ledger["rows"]) == swarm.ledger_rows
+
+
+def test_transparency_downloads(swarm, demo):
+    base = f"{swarm.url}/api/v1/jobs"
+    recipe = demo.request("GET", f"{base}/{swarm.files_job.id}/recipe.yaml")
+    assert recipe.status == 200 and recipe.headers["Content-Type"].startswith("application/yaml")
+    assert 'filename="files-job-recipe.yaml"' in recipe.headers["Content-Disposition"]
+    assert recipe.text == demo.FILES_RECIPE
+    full = demo.request("GET", f"{base}/{swarm.files_job.id}/recipe.json").json()
+    assert load_recipe(yaml.safe_dump(full)).name == "files-job" and full["training"]["seed"] == 0
+    files = demo.request("GET", f"{base}/{swarm.files_job.id}/files.json").json()
+    assert files["files"] == [{"path": "data/train.jsonl", "sha256": swarm.data_file_sha256, "size": files["files"][0]["size"]}]
+
+    job_id = swarm.running.id
+    assert demo.request("GET", f"{base}/{job_id}/provenance.json").status == 404
+    assert demo.request("GET", f"{base}/{job_id}/model-card.md").status == 404
+    root = swarm.coord.data_dir / "artifacts" / job_id
+    (root / "artifact").mkdir(parents=True)
+    (root / "artifact" / "README.md").write_text("# demo-llama\n\nTrained by <b>volunteers</b>.\n")
+    (root / "provenance.json").write_text(json.dumps({"job_id": job_id, "contributors": ["ada"], "epochs": 12}))
+    provenance = demo.request("GET", f"{base}/{job_id}/provenance.json")
+    assert provenance.status == 200 and provenance.json()["contributors"] == ["ada"]
+    card = demo.request("GET", f"{base}/{job_id}/model-card.md")
+    assert card.status == 200 and card.headers["Content-Type"].startswith("text/markdown")
+    assert "Trained by <b>volunteers</b>." in card.text
+    detail = demo.get_json(f"{base}/{job_id}")
+    assert detail["has_provenance"] and detail["has_model_card"]
+    page = demo.request("GET", f"{swarm.url}/jobs/{job_id}/transparency").text
+    assert "Trained by &lt;b&gt;volunteers&lt;/b&gt;." in page and "provenance.json" in page
+
+
+def test_swarm_online_series_is_sampled(swarm, demo):
+    online = demo.get_json(f"{swarm.url}/api/v1/volunteers?status=online")["total"]
+    deadline = time.monotonic() + 10
+    while True:
+        series = demo.get_json(f"{swarm.url}/api/v1/swarm/online")
+        points = series["points"]
+        if (len(points) >= 3 and points[-1]["online"] == online) or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert series["interval_seconds"] == pytest.approx(0.5)
+    assert len(points) >= 3 and points[-1]["online"] == online
+    assert points[-1]["samples_per_second"] > 0
+    assert [p["at"] for p in points] == sorted(p["at"] for p in points)
+
+
+def test_openapi_describes_the_dashboard_api(swarm, demo):
+    spec = demo.get_json(f"{swarm.url}/openapi.json")
+    for path in (
+        "/api/v1/volunteers", "/api/v1/jobs/{job_id}", "/api/v1/jobs/{job_id}/progress", "/api/v1/contributions",
+        "/api/v1/ledger", "/api/v1/ledger/verify", "/api/v1/jobs/{job_id}/approve", "/api/v1/volunteers/{volunteer_id}/ban",
+    ):
+        assert path in spec["paths"], path
+    schemas = spec["components"]["schemas"]
+    assert {"VolunteerList", "JobDetail", "ProgressOut", "Leaderboard", "LedgerVerificationOut"} <= set(schemas)
+    approve = spec["paths"]["/api/v1/jobs/{job_id}/approve"]["post"]
+    assert "403" in approve["responses"]
+    assert "/" not in spec["paths"] and "/signin" not in spec["paths"]  # pages stay out of the API description
+
+
+def test_metrics_in_prometheus_format(swarm, demo):
+    text = demo.request("GET", f"{swarm.url}/metrics").text
+    assert f'essaim_volunteers{{status="online"}} {len(swarm.members)}' in text
+    assert 'essaim_jobs{status="running"} 1' in text
+    assert f'essaim_job_samples_per_second{{job="{swarm.running.id}"}}' in text
+    assert "essaim_heartbeat_latency_seconds_count" in text and 'essaim_heartbeat_latency_seconds_bucket{le="+Inf"}' in text
+    assert "essaim_store_errors_total 0" in text
+
+
+def test_admin_actions_with_an_admin_bearer_token(swarm, demo):
+    admin = {"Authorization": f"Bearer {swarm.coord.admin_token}"}
+    job = swarm.files_job.id
+    answer = demo.request("POST", f"{swarm.url}/api/v1/jobs/{job}/priority", headers=admin, json_body={"priority": 7})
+    assert answer.status == 200 and answer.json()["priority"] == 7
+    answer = demo.request("POST", f"{swarm.url}/api/v1/jobs/{job}/approve", headers=admin)
+    assert answer.status == 200 and answer.json()["status"] == "queued"
+    again = demo.request("POST", f"{swarm.url}/api/v1/jobs/{job}/approve", headers=admin)
+    assert again.status == 409 and "not awaiting approval" in again.json()["detail"]
+    assert demo.request("POST", f"{swarm.url}/api/v1/jobs/{job}/pause", headers=admin).json()["status"] == "paused"
+    assert demo.request("POST", f"{swarm.url}/api/v1/jobs/{job}/resume", headers=admin).json()["status"] == "queued"
+    bad = demo.request("POST", f"{swarm.url}/api/v1/jobs/{job}/priority", headers=admin, json_body={"priority": 10**6})
+    assert bad.status == 422
+    with swarm.coord.client(swarm.coord.admin_token) as client:
+        seen = client.get_job(job)
+        assert seen.status == JobStatus.QUEUED and seen.priority == 7
+    cancelled = demo.request(
+        "POST", f"{swarm.url}/api/v1/jobs/{job}/cancel", headers=admin, json_body={"reason": "duplicate of demo-llama"}
+    )
+    assert cancelled.status == 200 and cancelled.json()["status_reason"] == "duplicate of demo-llama"
+    with swarm.coord.client(swarm.coord.admin_token) as client:
+        assert client.get_job(job).status == JobStatus.CANCELLED
+    assert demo.request("POST", f"{swarm.url}/api/v1/jobs/nope/cancel", headers=admin).status == 404
+
+
+def test_ban_through_the_api_stops_the_volunteer(swarm, demo):
+    member = swarm.member("linus")
+    admin = {"Authorization": f"Bearer {swarm.coord.admin_token}"}
+    answer = demo.request(
+        "POST", f"{swarm.url}/api/v1/volunteers/{member.volunteer_id}/ban", headers=admin, json_body={"reason": "bad gradients"}
+    )
+    assert answer.status == 200 and answer.json()["status"] == "banned" and answer.json()["reason"] == "bad gradients"
+    with swarm.coord.client(swarm.coord.admin_token) as client:
+        status = {v.id: v.status for v in client.list_volunteers()}
+    assert status[member.volunteer_id] == VolunteerStatus.BANNED
+    with swarm.coord.client(member.token) as client, pytest.raises(EssaimError):
+        client.heartbeat(volunteer_id=member.volunteer_id, state="idle")
+
+
+def test_tampered_ledger_row_is_detected(swarm, demo):
+    db = swarm.coord.data_dir / "coordinator.db"
+    with sqlite3.connect(db) as conn:
+        (original,) = conn.execute("SELECT samples FROM ledger WHERE seq = 4").fetchone()
+        conn.execute("UPDATE ledger SET samples = samples + 1000 WHERE seq = 4")
+    try:
+        verdict = demo.get_json(f"{swarm.url}/api/v1/ledger/verify")
+        assert not verdict["ok"] and verdict["first_bad_seq"] == 4 and verdict["checked"] == 3
+        assert "row 4 was altered" in verdict["message"]
+        page = demo.request("GET", f"{swarm.url}/ledger").text
+        assert 'data-ok="false"' in page and "FAILED at row 4" in page
+        assert 'id="ledger-row-4" data-seq="4" class="bad"' in page
+        job_page = demo.request("GET", f"{swarm.url}/jobs/{swarm.running.id}/transparency").text
+        assert 'data-first-bad-seq="4"' in job_page
+    finally:
+        with sqlite3.connect(db) as conn:
+            conn.execute("UPDATE ledger SET samples = ? WHERE seq = 4", (original,))
+    assert demo.get_json(f"{swarm.url}/api/v1/ledger/verify")["ok"]

@@ -1,0 +1,95 @@
+"""Traffic accounting, rate caps, the identity key and the idle sources that need no display."""
+
+from __future__ import annotations
+
+import stat
+from datetime import date
+
+import pytest
+from essaim.client import keys
+from essaim.client.errors import IdentityError
+from essaim.client.idle import NoSession, detect_idle_source
+from essaim.client.netlimit import MB, DailyTraffic, NetCaps, RateLimiter
+from essaim.protocol.auth_metadata import registration_message
+
+
+def test_daily_traffic_counts_resets_at_midnight_and_persists(tmp_path):
+    day = [date(2024, 5, 6)]
+    t = DailyTraffic(tmp_path / "traffic.json", today=lambda: day[0])
+    t.add_totals(sent=100, received=50)  # the first reading only sets the baseline
+    t.add_totals(sent=1100, received=50)
+    assert t.today_bytes() == 1000
+    t.add_totals(sent=10, received=0)  # a new trainer: counters restarted
+    assert t.today_bytes() == 1010
+    t.save(every=0)
+    again = DailyTraffic(tmp_path / "traffic.json", today=lambda: day[0])
+    assert again.today_bytes() == 1010
+    day[0] = date(2024, 5, 7)
+    assert again.today_bytes() == 0
+
+
+def test_remaining_and_env_for_the_trainer(tmp_path):
+    t = DailyTraffic(tmp_path / "t.json")
+    t.add(3 * MB)
+    caps = NetCaps(upload_kbps=100, download_kbps=200, daily_mb=10)
+    assert t.remaining(caps) == 7 * MB
+    assert t.remaining(NetCaps()) is None
+    env = caps.to_env(remaining_bytes=t.remaining(caps))
+    assert env == {
+        "ESSAIM_NET_UPLOAD_KBPS": "100",
+        "ESSAIM_NET_DOWNLOAD_KBPS": "200",
+        "ESSAIM_NET_REMAINING_BYTES": str(7 * MB),
+    }
+    assert NetCaps.from_env(env) == NetCaps(upload_kbps=100, download_kbps=200)
+
+
+def test_rate_limiter_token_bucket():
+    now = [0.0]
+    limiter = RateLimiter(10, clock=lambda: now[0], sleep=lambda s: None)  # 10 KB/s, 1 s burst
+    assert limiter.delay_for(10 * 1024) == 0.0
+    assert limiter.delay_for(5 * 1024) == pytest.approx(0.5)
+    now[0] = 2.0
+    assert limiter.delay_for(1024) == 0.0
+    assert RateLimiter(0).delay_for(10**9) == 0.0
+
+
+def test_identity_key_is_made_once_with_mode_0600(tmp_path):
+    path = tmp_path / "data" / "identity.pem"
+    key = keys.load_or_create_private_key(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert keys.peer_id_for(keys.load_or_create_private_key(path)) == keys.peer_id_for(key)
+    assert keys.peer_id_for(key).startswith("Qm")
+
+
+def test_identity_key_matches_the_swarm_identity(tmp_path):
+    """The app's light key code and essaim.swarm.identity (hivemind) agree on file, peer id and signature."""
+    identity = pytest.importorskip("essaim.swarm.identity")
+    path = tmp_path / "identity.pem"
+    key = keys.load_or_create_private_key(path)
+    swarm_key = identity.load_or_create_private_key(path)
+    assert identity.peer_id_for_key(swarm_key) == keys.peer_id_for(key)
+    assert identity.public_key_bytes(swarm_key) == keys.public_key_der(key)
+    message = registration_message(keys.peer_id_for(key), "ada", 1700000000.5)
+    assert identity.verify(keys.public_key_der(key), message, keys.sign(key, message))
+
+
+def test_unreadable_identity_key_says_how_to_fix(tmp_path):
+    path = tmp_path / "identity.pem"
+    path.write_text("not a key")
+    with pytest.raises(IdentityError, match="move the file away"):
+        keys.load_or_create_private_key(path)
+
+
+def test_no_display_and_no_session_is_headless(monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr("essaim.client.idle.LogindIdle.find", classmethod(lambda cls: None))
+    source = detect_idle_source()
+    assert isinstance(source, NoSession)
+    assert source.idle_seconds() is None
+
+
+def test_unusable_display_counts_the_user_as_active(monkeypatch):
+    monkeypatch.setattr("essaim.client.idle.LogindIdle.find", classmethod(lambda cls: None))
+    source = detect_idle_source(display=":4242")  # no X server there
+    assert source.idle_seconds() == 0.0

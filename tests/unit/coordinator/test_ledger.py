@@ -1,0 +1,98 @@
+"""The ledger's hash chain (pure functions): the published hash definition and chain checks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from essaim.coordinator.store.ledger import (
+    GENESIS_HASH,
+    canonical_json,
+    entry_hash,
+    hash_of,
+    micros,
+    verify_chain,
+)
+from essaim.protocol.types import LedgerEntry
+from hypothesis import given
+from hypothesis import strategies as st
+
+
+def chain(n: int, *, start_seq: int = 1, prev_hash: str = GENESIS_HASH) -> list[LedgerEntry]:
+    entries = []
+    for seq in range(start_seq, start_seq + n):
+        fields = dict(
+            seq=seq,
+            job_id="job",
+            volunteer_id=f"v{seq % 3}",
+            epoch=seq // 2,
+            samples=10 * seq,
+            compute_seconds=micros(seq / 7) / 1e6,
+            note="",
+            created_at=micros(1_700_000_000 + seq / 3) / 1e6,
+            prev_hash=prev_hash,
+        )
+        digest = entry_hash(**fields)  # type: ignore[arg-type]
+        entries.append(LedgerEntry(hash=digest, **fields))  # type: ignore[arg-type]
+        prev_hash = digest
+    return entries
+
+
+def test_hash_definition_is_stable() -> None:
+    """The documented canonical form; changing it breaks every published ledger."""
+    args = (1, "job", "vol", 2, 30, 1.5, "né", 1_700_000_000.25, GENESIS_HASH)
+    assert canonical_json(*args) == (
+        '{"compute_us":1500000,"created_at_us":1700000000250000,"epoch":2,"job_id":"job","note":"né",'
+        '"prev_hash":"' + "0" * 64 + '","samples":30,"seq":1,"volunteer_id":"vol"}'
+    ).encode("utf-8")
+    assert entry_hash(*args) == "02a97933e0d49d3212a50a77a0e55797c24f1ede528c2d54b774838618a39ab7"
+
+
+@given(st.integers(min_value=0, max_value=4_102_444_800_000_000))  # up to year 2100, in microseconds
+def test_microsecond_times_round_trip_exactly(us: int) -> None:
+    assert micros(us / 1_000_000) == us
+
+
+def test_a_good_chain_verifies() -> None:
+    assert verify_chain([]).ok
+    result = verify_chain(chain(6))
+    assert result.ok and result.checked == 6 and result.first_bad_seq is None
+
+
+def test_an_edited_field_is_found() -> None:
+    entries = chain(5)
+    entries[2] = dataclasses.replace(entries[2], samples=entries[2].samples + 1)
+    result = verify_chain(entries)
+    assert (result.ok, result.checked, result.first_bad_seq) == (False, 2, 3)
+    assert "altered" in result.message
+
+
+def test_missing_rows_are_found() -> None:
+    entries = chain(6)
+    one = verify_chain(entries[:2] + entries[3:])
+    assert (one.ok, one.first_bad_seq) == (False, 3) and "row 3 is missing" in one.message
+    two = verify_chain(entries[:1] + entries[3:])
+    assert two.first_bad_seq == 2 and "rows 2 to 3 are missing" in two.message
+    assert verify_chain(entries[1:]).first_bad_seq == 1  # the first row itself
+
+
+def test_reordered_and_repeated_rows_are_found() -> None:
+    entries = chain(4)
+    assert verify_chain([entries[0], entries[2], entries[1], entries[3]]).first_bad_seq == 2
+    repeated = verify_chain([entries[0], entries[1], entries[1]])
+    assert repeated.first_bad_seq == 3 and "appears again" in repeated.message
+
+
+def test_a_fork_is_found() -> None:
+    entries = chain(5)
+    # another valid row 3 after row 2, re-hashed: row 4 still points at the original row 3
+    forked = dataclasses.replace(entries[2], volunteer_id="intruder")
+    forked = dataclasses.replace(forked, hash=hash_of(forked))
+    result = verify_chain([*entries[:2], forked, *entries[3:]])
+    assert (result.first_bad_seq, result.checked) == (4, 3) and "does not follow" in result.message
+
+
+def test_a_slice_verifies_from_a_known_row() -> None:
+    entries = chain(8)
+    tail = entries[5:]
+    assert not verify_chain(tail).ok
+    assert verify_chain(tail, prev_hash=entries[4].hash, first_seq=6).ok

@@ -1,0 +1,60 @@
+"""Which job a volunteer gets, and how shard slots are spread."""
+
+from __future__ import annotations
+
+from essaim.coordinator.scheduler import GIB, Candidate, JobNeeds, assign_slots, pick_job, unfit_reason
+from essaim.protocol.recipe import example_recipe_text, load_recipe
+from essaim.protocol.types import SHARD_SLOTS, Hardware, Job, JobStatus
+
+CPU_16G = Hardware(ram_bytes=16 * GIB, cpu_cores=8)
+GPU_8G = Hardware(ram_bytes=32 * GIB, accelerator="cuda", gpu_count=1, gpu_vram_bytes=8 * GIB)
+
+
+def _job(
+    job_id: str, *, priority: int = 0, status: JobStatus = JobStatus.QUEUED, created: float = 0.0
+) -> Job:
+    return Job(id=job_id, name=job_id, status=status, recipe_yaml="", priority=priority, created_at=created)
+
+
+def test_fit() -> None:
+    assert unfit_reason(CPU_16G, JobNeeds(min_ram_gb=8)) is None
+    assert "RAM" in unfit_reason(CPU_16G, JobNeeds(min_ram_gb=32))
+    assert unfit_reason(CPU_16G, JobNeeds(gpu="required")) == "needs a GPU"
+    assert unfit_reason(GPU_8G, JobNeeds(gpu="required", min_vram_gb=8)) is None
+    assert "GPU memory" in unfit_reason(GPU_8G, JobNeeds(gpu="required", min_vram_gb=12))
+    assert unfit_reason(GPU_8G, JobNeeds(gpu="none")) is None  # a GPU machine may run CPU jobs
+    assert unfit_reason(Hardware(), JobNeeds(min_ram_gb=2)) is not None  # unknown RAM does not fit
+
+
+def test_needs_come_from_the_recipe() -> None:
+    needs = JobNeeds.of(load_recipe(example_recipe_text()))
+    assert needs == JobNeeds(min_ram_gb=8, gpu="optional", min_vram_gb=0)
+
+
+def test_pick_by_priority_then_running_then_age() -> None:
+    easy = JobNeeds(min_ram_gb=1)
+    cands = [
+        Candidate(_job("old", created=1), easy),
+        Candidate(_job("new", created=2), easy),
+        Candidate(_job("gpu", priority=9), JobNeeds(gpu="required")),
+    ]
+    assert pick_job(cands, CPU_16G).id == "old"
+    assert pick_job(cands, GPU_8G).id == "gpu"
+    cands.append(Candidate(_job("running", status=JobStatus.RUNNING, created=5), easy))
+    assert pick_job(cands, CPU_16G).id == "running"
+    cands.append(Candidate(_job("urgent", priority=3, created=9), easy))
+    assert pick_job(cands, CPU_16G).id == "urgent"
+    done = [Candidate(_job("done", status=JobStatus.COMPLETED), easy)]
+    assert pick_job(done, CPU_16G) is None
+    assert pick_job([Candidate(_job("big"), JobNeeds(min_ram_gb=64))], CPU_16G) is None
+
+
+def test_slots_partition_the_shards_among_volunteers() -> None:
+    members = ["c", "a", "b"]
+    all_slots = [assign_slots(v, members) for v in sorted(members)]
+    flat = sorted(s for slots in all_slots for s in slots)
+    assert flat == list(range(SHARD_SLOTS))
+    assert assign_slots("a", members) == assign_slots("a", list(reversed(members)))
+    assert assign_slots("solo", []) == list(range(SHARD_SLOTS))
+    many = [f"v{i:03d}" for i in range(100)]
+    assert all(len(assign_slots(v, many)) == 1 for v in many)

@@ -1,0 +1,103 @@
+"""The final artifact: a PEFT adapter (or full model) that loads back, its model card and provenance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from essaim.protocol.recipe import Recipe
+from essaim.swarm.artifact import Provenance, data_files, write_artifact
+from essaim.swarm.cache import job_files
+from essaim.swarm.errors import ArtifactError
+from essaim.swarm.model import load_model
+
+LORA = {"type": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+
+
+def _provenance(recipe: Recipe, base_model: str) -> Provenance:
+    return Provenance(
+        job_id="job-42",
+        base_model=base_model,
+        recipe=recipe.model_dump(mode="json"),
+        dataset=[{"file": "data/train.txt", "sha256": "ab" * 32}],
+        epochs=12,
+        eval={"metric": "exact_match", "before": 0.0, "after": 0.81,
+              "curve": [{"epoch": 5, "value": 0.3}, {"epoch": 12, "value": 0.81}]},
+        contributors=[{"volunteer": "alice", "samples": 1200, "compute_seconds": 61.5},
+                      {"volunteer": "bob", "samples": 900, "compute_seconds": 48.0}],
+        ledger_final_hash="cd" * 32,
+        started_at=1_700_000_000.0,
+        finished_at=1_700_000_300.0,
+    )
+
+
+def _logits(model: torch.nn.Module, tokenizer) -> torch.Tensor:
+    ids = torch.tensor([tokenizer("12+7=19")["input_ids"]])
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_a_lora_artifact_loads_with_peft_and_gives_the_same_logits(
+    demo_recipe: Recipe, demo_files: dict[str, Path], demo_job_dir: Path, tmp_path: Path, recipe_with
+) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    recipe = recipe_with(demo_recipe, adapter=LORA)
+    loaded = load_model(recipe, files=demo_files, device="cpu")
+    with torch.no_grad():  # LoRA B starts at zero: move it so the adapter matters
+        for name, p in loaded.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p)) if "lora_B" in name else None
+    expected = _logits(loaded.model, loaded.tokenizer)
+    provenance = _provenance(recipe, base_model="org/tiny-adder")
+
+    artifact = write_artifact(tmp_path / "out", loaded, provenance)
+    assert artifact == tmp_path / "out" / "artifact"
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "provenance.json",
+            "tokenizer.json"} <= {p.name for p in artifact.iterdir()}
+    assert json.loads((artifact / "adapter_config.json").read_text())["base_model_name_or_path"] == "org/tiny-adder"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["artifact", "provenance.json"]
+
+    base = AutoModelForCausalLM.from_pretrained(demo_job_dir / "model")
+    reloaded = PeftModel.from_pretrained(base, artifact)
+    assert torch.allclose(_logits(reloaded, loaded.tokenizer), expected, atol=1e-5)
+    with reloaded.disable_adapter():
+        assert not torch.allclose(_logits(reloaded, loaded.tokenizer), expected, atol=1e-4)
+
+    back = Provenance.from_json((tmp_path / "out" / "provenance.json").read_text())
+    assert back == provenance
+    assert (artifact / "provenance.json").read_text() == (tmp_path / "out" / "provenance.json").read_text()
+    card = (artifact / "README.md").read_text()
+    for needle in ("org/tiny-adder", "ab" * 32, "cd" * 32, "alice", "bob", "exact_match", "0.81",
+                   "PeftModel.from_pretrained", "job-42"):
+        assert needle in card, needle
+
+
+def test_a_full_artifact_replaces_the_previous_one(demo_recipe: Recipe, demo_files: dict[str, Path],
+                                                   tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    loaded = load_model(demo_recipe, files=demo_files, device="cpu")
+    out = tmp_path / "out"
+    write_artifact(out, loaded, _provenance(demo_recipe, base_model="model"))
+    with torch.no_grad():
+        for _, p in loaded.trainable_parameters():
+            p.mul_(1.5)
+    expected = _logits(loaded.model, loaded.tokenizer)
+    artifact = write_artifact(out, loaded, _provenance(demo_recipe, base_model="model"))
+    assert sorted(p.name for p in out.iterdir()) == ["artifact", "provenance.json"]
+    model = AutoModelForCausalLM.from_pretrained(artifact)
+    tokenizer = AutoTokenizer.from_pretrained(artifact)
+    assert torch.allclose(_logits(model, tokenizer), expected, atol=1e-5)
+    assert "AutoModelForCausalLM.from_pretrained" in (artifact / "README.md").read_text()
+
+
+def test_provenance_lists_every_data_file_with_its_hash(demo_recipe: Recipe, demo_files: dict[str, Path]) -> None:
+    entries = data_files(demo_recipe, job_files(demo_files))
+    assert [e.file for e in entries] == ["data/train.txt", "data/eval.jsonl"]
+    assert all(len(e.sha256) == 64 for e in entries)
+    with pytest.raises(ArtifactError, match="no sha256 known"):
+        data_files(demo_recipe, [])

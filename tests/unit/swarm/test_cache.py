@@ -1,0 +1,87 @@
+"""The content-addressed cache: verified puts and gets, refetching corrupt downloads."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from essaim.protocol.recipe import Recipe
+from essaim.protocol.types import JobFile
+from essaim.swarm.cache import ContentCache, collect_job_files, job_files
+from essaim.swarm.errors import IntegrityError
+
+GOOD = b"12+7=19\n3+4=7\n"
+SHA = hashlib.sha256(GOOD).hexdigest()
+JOB_FILE = JobFile(path="data/train.txt", sha256=SHA, size=len(GOOD))
+
+
+def _leftovers(cache: ContentCache) -> list[Path]:
+    return [p for p in cache.root.rglob("*") if p.is_file()]
+
+
+def test_put_then_get(tmp_path: Path) -> None:
+    cache = ContentCache(tmp_path / "cache")
+    assert cache.get(SHA) is None
+    src = tmp_path / "src.txt"
+    src.write_bytes(GOOD)
+    stored = cache.put_file(src, SHA)
+    assert stored == cache.path_for(SHA) and stored.read_bytes() == GOOD
+    assert src.exists()
+    assert ContentCache(tmp_path / "cache").get(SHA) == stored  # a new process sees it too
+
+
+def test_put_with_the_wrong_hash_stores_nothing(tmp_path: Path) -> None:
+    cache = ContentCache(tmp_path / "cache")
+    src = tmp_path / "src.txt"
+    src.write_bytes(b"something else")
+    with pytest.raises(IntegrityError, match="not the one the job announced"):
+        cache.put_file(src, SHA)
+    assert cache.get(SHA) is None and _leftovers(cache) == []
+    with pytest.raises(IntegrityError, match="not a sha256"):
+        cache.put_file(src, "abc")
+
+
+def test_a_corrupt_download_is_fetched_again_and_never_returned(tmp_path: Path) -> None:
+    cache = ContentCache(tmp_path / "cache")
+    calls: list[str] = []
+
+    def fetcher(path: str, dest: Path) -> None:
+        calls.append(path)
+        dest.write_bytes(b"12+7=20\n3+4=7\n" if len(calls) == 1 else GOOD)  # same size, wrong content first
+
+    path = cache.fetch(JOB_FILE, fetcher)
+    assert calls == ["data/train.txt", "data/train.txt"]
+    assert path.read_bytes() == GOOD
+    assert cache.fetch(JOB_FILE, fetcher) == path and len(calls) == 2  # cached now
+    assert _leftovers(cache) == [path]
+
+
+def test_persistent_corruption_raises_and_leaves_nothing(tmp_path: Path) -> None:
+    cache = ContentCache(tmp_path / "cache")
+    calls = []
+
+    def fetcher(path: str, dest: Path) -> None:
+        calls.append(path)
+        dest.write_bytes(b"truncated")
+
+    with pytest.raises(IntegrityError, match="3 downloads did not match"):
+        cache.fetch(JOB_FILE, fetcher)
+    assert len(calls) == 3
+    assert _leftovers(cache) == []
+
+
+def test_a_file_corrupted_in_the_cache_is_dropped(tmp_path: Path) -> None:
+    cache = ContentCache(tmp_path / "cache")
+    stored = cache.fetch_all([JOB_FILE], lambda _path, dest: dest.write_bytes(GOOD))["data/train.txt"]
+    stored.write_bytes(b"bit rot!")
+    assert ContentCache(tmp_path / "cache").get(SHA) is None
+    assert not stored.exists()
+
+
+def test_collect_job_files_covers_data_and_the_model_directory(demo_job_dir: Path, demo_recipe: Recipe) -> None:
+    files = collect_job_files(demo_recipe, demo_job_dir)
+    assert {"data/train.txt", "data/eval.jsonl", "model/config.json", "model/model.safetensors"} <= set(files)
+    entries = {f.path: f for f in job_files(files)}
+    assert entries["data/train.txt"].sha256 == hashlib.sha256(files["data/train.txt"].read_bytes()).hexdigest()
+    assert entries["data/train.txt"].size == files["data/train.txt"].stat().st_size
