@@ -45,9 +45,9 @@ setup() {
     "$VENV/bin/python" -m pip install --quiet "${PIP_ARGS[@]}" "$TORCH_SPEC"
   fi
   stamp="$VENV/.essaim-installed"
-  if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
+  if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" || dev.sh -nt "$stamp" ]]; then
     log "installing essaim and its development tools into $VENV"
-    "$VENV/bin/python" -m pip install --quiet "${PIP_ARGS[@]}" -e ".[dev,tray,postgres]"
+    "$VENV/bin/python" -m pip install --quiet "${PIP_ARGS[@]}" -e ".[dev,tray,postgres,gpu]"
     touch "$stamp"
   fi
 }

@@ -401,8 +401,11 @@ def download(
                 f"wait for it with `essaim job status {job_id} --follow`"
             )
         with output.transfer_progress("downloading") as progress:
-            artifact = client.download(job_id, FileKind.ARTIFACT, dest / "artifact", progress=progress)
-            provenance = client.download(job_id, FileKind.PROVENANCE, dest, progress=progress)
+            # the coordinator serves the job's artifact tree: artifact/... and provenance.json
+            files = client.download(job_id, FileKind.ARTIFACT, dest, progress=progress)
+        root = dest.resolve()
+        provenance = [p for p in files if p == root / "provenance.json"]
+        artifact = [p for p in files if p not in provenance]
     if as_json:
         output.print_json(
             {

@@ -6,9 +6,12 @@
     account.add_totals(sent=..., received=...)   # cumulative counters from the trainer (or the NIC)
     account.today_bytes()                        # what the daily limit is checked against
 
-The trainer owns the sockets, so it enforces the rate caps (:class:`RateLimiter` is a token bucket
-it can wrap its transfers with); the app counts the day's traffic and stops the trainer when the
-daily limit is reached (policy rule "network"). Days are local calendar days; the count is kept in
+The trainer owns the swarm's connections (through hivemind's libp2p daemon), so it measures them
+(:class:`TrafficMeter`) and enforces the rate caps (:class:`NetPacer`: two token buckets, one per
+direction; when the traffic ran ahead of a cap the trainer holds its computation until the bucket
+refills, which delays its next averaging round, so the average rate stays under the cap); it
+reports its cumulative counters in its progress events. The app counts the day's traffic and stops
+the trainer when the daily limit is reached (policy rule "network"). Days are local calendar days; the count is kept in
 a small JSON file so a restart does not reset it.
 """
 
@@ -127,7 +130,7 @@ class DailyTraffic:
         total = int(sent) + int(received)
         if self._last_total is not None and total >= self._last_total:
             self.add(total - self._last_total)
-        elif self._last_total is not None:
+        else:  # the first report of a trainer, or a new one whose counters began again at 0
             self.add(total)
         self._last_total = total
 
@@ -156,3 +159,75 @@ class DailyTraffic:
             self._dirty_since = None
         except OSError as exc:
             logger.warning("cannot save the traffic count to %s: %s", self.path, exc)
+
+
+class TrafficMeter:
+    """Cumulative bytes a process's libp2p daemons (hivemind's ``p2pd`` children) moved on the network.
+
+    The daemon relays every byte between the network and the trainer over a local socket, so the
+    kernel's per-process counters (``/proc/PID/io``: rchar, wchar) each count the network traffic
+    once: read = received from the network + handed over to send; written = sent + handed over
+    after receiving. Their mean is the total on the network (DHT, averaging, state downloads). The
+    split by direction is not visible there; all-reduce receives as much as it sends, so each
+    direction is counted as half of the total. Where the OS has no such counters (macOS) it
+    reports 0. Daemons that exited keep counting with their last values.
+    """
+
+    def __init__(self, pid: int | None = None, *, names: tuple[str, ...] = ("p2pd",)) -> None:
+        self.pid = os.getpid() if pid is None else pid
+        self.names = names
+        self._last: dict[int, int] = {}
+
+    def total(self) -> int:
+        import psutil
+
+        try:
+            children = psutil.Process(self.pid).children(recursive=True)
+        except psutil.Error:
+            children = []
+        for child in children:
+            try:
+                if child.name() not in self.names:
+                    continue
+                io = child.io_counters()
+            except (psutil.Error, AttributeError, NotImplementedError):
+                continue
+            moved = (getattr(io, "read_chars", 0) + getattr(io, "write_chars", 0)) // 2
+            self._last[child.pid] = max(moved, self._last.get(child.pid, 0))
+        return sum(self._last.values())
+
+    def totals(self) -> tuple[int, int]:
+        """(sent, received) since this meter began."""
+        total = self.total()
+        return total - total // 2, total // 2
+
+
+class NetPacer:
+    """How long the trainer should hold, now, so its traffic stays under the caps (0: go on).
+
+    Call it between micro-batches: it reads the meter at most every ``interval`` seconds and takes
+    the traffic since the last reading from each direction's token bucket.
+    """
+
+    def __init__(
+        self, caps: NetCaps, meter: TrafficMeter, *, interval: float = 0.5, clock=time.monotonic
+    ) -> None:
+        self.caps, self.meter = caps, meter
+        self.up = RateLimiter(caps.upload_kbps, burst_seconds=5.0, clock=clock)
+        self.down = RateLimiter(caps.download_kbps, burst_seconds=5.0, clock=clock)
+        self.interval, self._clock = interval, clock
+        self._read_at = -float("inf")
+        self._sent = self._received = 0
+
+    @property
+    def active(self) -> bool:
+        return self.caps.upload_kbps > 0 or self.caps.download_kbps > 0
+
+    def __call__(self) -> float:
+        if not self.active or self._clock() - self._read_at < self.interval:
+            return 0.0
+        self._read_at = self._clock()
+        sent, received = self.meter.totals()
+        delay = max(self.up.delay_for(sent - self._sent), self.down.delay_for(received - self._received))
+        self._sent, self._received = sent, received
+        return delay

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from essaim.client.netlimit import NetCaps, NetPacer, TrafficMeter
 from essaim.client.trainer_protocol import (
     EpochEvent,
     ErrorEvent,
@@ -54,6 +55,7 @@ STOP_GRACE_S = 1.0
 HARD_EXIT_S = 15.0
 HAND_OVER_S = 60.0  # after the last epoch, how long to wait for the keeper to take the final state
 TOKEN_FILE = "swarm_token"
+ENV_MAX_VRAM_MB = "ESSAIM_GPU_MAX_VRAM_MB"  # the volunteer's cap on GPU memory, set by the app
 
 
 class EventWriter:
@@ -101,6 +103,7 @@ class Trainer:
         self._pending: list[Any] = []
         self._lock = threading.Lock()
         self._exit_timer: threading.Timer | None = None
+        self.traffic = TrafficMeter()  # the swarm traffic of this process's libp2p daemon
 
     # ---- control (stdin thread, signal handler) ----
     def handle(self, command: Any) -> None:
@@ -198,6 +201,7 @@ class Trainer:
         a = self.assignment
         if a.threads:
             torch.set_num_threads(a.threads)
+        pacer = NetPacer(NetCaps.from_env(), self.traffic)
         recipe = load_recipe(a.recipe_yaml, source=f"job {a.job_id} recipe")
         key_path = Path(a.identity_key_path)
         key = load_or_create_private_key(key_path)
@@ -213,6 +217,7 @@ class Trainer:
 
         loaded = load_model(recipe, files=files, device=a.device, allow_remote_code=a.allow_remote_code,
                             seed=recipe.training.seed)
+        _cap_vram(loaded.device, os.environ.get(ENV_MAX_VRAM_MB))
         dataset = build_train_dataset(recipe, loaded.tokenizer, files=files)
         shard_ids = shards_for_slots(list(a.shard_ids), dataset.num_shards)
         if self.stop_requested.is_set():
@@ -228,7 +233,8 @@ class Trainer:
                                         verbose=self.verbose)
             peer = TrainingPeer(job_id=a.job_id, recipe=recipe, loaded=loaded, dataset=dataset,
                                 shard_ids=shard_ids, optimizer=optimizer, dht=dht, volunteer_id=a.volunteer_id,
-                                on_event=self._on_event, state_dir=self.work_dir)
+                                on_event=self._on_event, state_dir=self.work_dir,
+                                pacer=pacer if pacer.active else None)
             peer.throttle(threads=a.threads, duty_cycle=a.duty_cycle)
             if a.paused:
                 peer.pause()
@@ -248,7 +254,7 @@ class Trainer:
                 _hand_over(dht, a.job_id, a.initial_peers, optimizer.local_epoch, self.stop_requested)
             if reason == "stopped":
                 reason = self.stop_reason
-            self.events.send(StoppedEvent(reason=reason, **_final(peer)))
+            self.events.send(StoppedEvent(reason=reason, **_final(peer), **self._traffic()))
             return 0
         finally:
             self.arm_exit_timer()
@@ -261,7 +267,13 @@ class Trainer:
                    "paused": PausedEvent, "resumed": ResumedEvent}
         cls = classes.get(kind)
         if cls is not None:
+            if issubclass(cls, (ProgressEvent, EpochEvent)):
+                data = {**data, **self._traffic()}
             self.events.send(cls(**data))
+
+    def _traffic(self) -> dict[str, int]:
+        sent, received = self.traffic.totals()
+        return {"bytes_sent": sent, "bytes_received": received}
 
     def _job_files(self, recipe: Any) -> dict[str, Path]:
         """Recipe path -> local file: from the assignment (headless) or the coordinator via the cache."""
@@ -336,6 +348,19 @@ def _hand_over(dht: Any, job_id: str, initial_peers: list[str], epoch: int, stop
         stop.wait(1.0)
     if not stop.is_set():
         logger.warning("leaving without knowing that the keeper has the final state of epoch %d", epoch)
+
+
+def _cap_vram(device: str, max_mb: str | None) -> None:
+    """Keep PyTorch's CUDA allocations on ``device`` under ``max_mb`` MiB (an allocation past it fails)."""
+    if not max_mb or not str(device).startswith("cuda"):
+        return
+    import torch
+
+    index = torch.device(device).index or 0
+    total = torch.cuda.get_device_properties(index).total_memory
+    fraction = min(int(max_mb) * 1024 * 1024 / total, 1.0)
+    torch.cuda.set_per_process_memory_fraction(fraction, index)
+    logger.info("GPU memory capped at %s MiB (%.0f%% of %s)", max_mb, 100 * fraction, device)
 
 
 def _final(peer: Any) -> dict[str, Any]:

@@ -116,6 +116,8 @@ class _ProgressFields(_Event):
     samples_per_second: float = 0.0
     compute_seconds: float = 0.0
     peers: int = 0
+    bytes_sent: int = 0  # the swarm traffic since the trainer started (essaim.client.netlimit.TrafficMeter)
+    bytes_received: int = 0
 
 
 class ProgressEvent(_ProgressFields):

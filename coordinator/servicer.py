@@ -65,6 +65,13 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error (see the coordinator log, id={error_id})"
 
 
+def _from_the_store(exc: BaseException) -> bool:
+    """A database failure, raw or as the store's Unavailable (raised ``from`` the SQLAlchemy error)."""
+    return any(
+        e is not None and type(e).__module__.startswith("sqlalchemy") for e in (exc, exc.__cause__)
+    )
+
+
 class BadMessage:
     """Stands for a request whose bytes did not parse, so the servicer can answer it clearly."""
 
@@ -121,7 +128,7 @@ class CoordinatorServicer:
 
     async def _fail(self, rpc: str, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
         code, message = status_for(exc)
-        if isinstance(exc, Unavailable) or type(exc).__module__.startswith("sqlalchemy"):
+        if _from_the_store(exc):
             self.metrics.store_error(exc)
         self.metrics.rpc_error(rpc, code.name)
         await context.abort(code, message)

@@ -18,13 +18,12 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from essaim.protocol import serde
 from essaim.protocol.auth_metadata import bearer_metadata
 from essaim.protocol.errors import EssaimError, InvalidArgument, Unavailable, from_grpc_code_name
-from essaim.protocol.recipe import Recipe, load_recipe_file
 from essaim.protocol.retry import RetryPolicy
 from essaim.protocol.types import (
     Assignment,
@@ -43,6 +42,9 @@ from essaim.protocol.types import (
 )
 from essaim.protocol.v1 import coordinator_pb2 as pb
 from essaim.protocol.v1 import coordinator_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from essaim.protocol.recipe import Recipe
 
 T = TypeVar("T")
 Progress = Callable[[str, int, int], None]
@@ -346,6 +348,8 @@ class CoordinatorClient:
         ``model.tokenizer`` are uploaded too when they name an existing local directory.
         """
         path = Path(path)
+        from essaim.protocol.recipe import load_recipe_file  # pydantic: only when submitting
+
         recipe = load_recipe_file(path)
         files = []
         for recipe_path, local in local_files_of_recipe(recipe, path.parent):

@@ -123,6 +123,7 @@ class TrainingPeer:
         progress_every_s: float = 2.0,
         save_every_s: float = 60.0,
         join_swarm: bool = True,
+        pacer: Callable[[], float] | None = None,
     ) -> None:
         self.job_id, self.recipe, self.loaded, self.dataset = job_id, recipe, loaded, dataset
         self.shard_ids = list(shard_ids)
@@ -132,6 +133,7 @@ class TrainingPeer:
         self.counters_path = state_dir / COUNTERS_FILE if state_dir else None
         self.publish_every_s, self.progress_every_s, self.save_every_s = publish_every_s, progress_every_s, save_every_s
         self.join_swarm = join_swarm
+        self.pacer = pacer  # seconds to hold between micro-batches (the network caps), or 0
         self.counters = Counters.load(self.counters_path)
 
         self._stop = threading.Event()
@@ -266,6 +268,7 @@ class TrainingPeer:
                     self._save_state()
                     last_save = now
                 self._duty_sleep(spent)
+                self._pace()
             data_pass += 1
 
     def _should_end(self, epoch: int) -> str | None:
@@ -328,6 +331,18 @@ class TrainingPeer:
             if left <= 0 or self._interrupt.wait(left):
                 return
 
+    def _pace(self) -> None:
+        if self.pacer is None:
+            return
+        hold = min(self.pacer(), 60.0)  # re-asked after each micro-batch; a long hold comes in parts
+        if hold <= 0:
+            return
+        deadline = time.monotonic() + hold
+        while not self._stop.is_set() and not self._paused.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or self._interrupt.wait(left):
+                return
+
     # ---- reporting ----
     def _update_rate(self) -> None:
         now = time.monotonic()
@@ -358,6 +373,10 @@ class TrainingPeer:
 
     def _emit_progress(self, kind: str) -> None:
         self._update_rate()
+        try:  # what the app is told is on disk first: a SIGKILL loses at most one report's samples
+            self.counters.save(self.counters_path)
+        except OSError as exc:
+            logger.warning("could not save the counters to %s: %s", self.counters_path, exc)
         self._emit(kind, **self.snapshot())
 
     def _emit(self, kind: str, **data: Any) -> None:

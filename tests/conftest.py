@@ -176,12 +176,19 @@ def shared_coordinator(
     return module_launcher(tmp_path_factory.mktemp("coordinator"))
 
 
+def _ours(proc: psutil.Process) -> bool:
+    """A process a test started; torch's shared-memory manager exits by itself once unused."""
+    with contextlib.suppress(psutil.Error):
+        return proc.name() != "torch_shm_manager"
+    return False
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _reap_children() -> Iterator[None]:
     """Terminate, then kill, every child process still alive when the test session ends."""
     yield
     me = psutil.Process()
-    children = me.children(recursive=True)
+    children = [c for c in me.children(recursive=True) if _ours(c)]
     for child in children:
         with contextlib.suppress(psutil.Error):
             child.terminate()

@@ -1,6 +1,9 @@
 """``essaim demo`` from the command line, as the README's first command runs it: a coordinator and two
 volunteer trainers on this machine train the built-in job; the demo exits 0 and leaves a loadable
-model and its provenance, with the held-out accuracy before and after training.
+model and its provenance, with the held-out accuracy before and after training. While it trains,
+the dashboard it prints shows the live swarm: its JSON API has the job's curve, and (where Debian's
+chromium is installed) the job page drawn in headless Chromium has a point per progress report;
+its screenshot is kept in ``bench/results/screenshots/dashboard-live-demo.png``.
 
 The job is shortened with ``ESSAIM_DEMO_EPOCHS`` (the full demo trains 12 epochs) so that the test
 fits a CI run on two cores; everything else is the demo users run.
@@ -11,15 +14,63 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
 
 EPOCHS = 4
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "screenshots"
+SUBMITTED = re.compile(r"submitted job (\w+) .*dashboard at (http://\S+/)")
+
+
+def _get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        return json.loads(reply.read())
+
+
+def _watch_the_live_dashboard(proc: subprocess.Popen, log_path: Path, tmp_path: Path) -> dict:
+    """While the demo trains: the job's curve in the API and, with chromium, on the job page."""
+    found = None
+    while found is None and proc.poll() is None:
+        found = SUBMITTED.search(" ".join(log_path.read_text(errors="replace").split()))
+        time.sleep(0.5)
+    assert found is not None, "the demo did not print its job and dashboard"
+    job_id, url = found.groups()
+    points: list = []
+    while len(points) < 2 and proc.poll() is None:
+        with contextlib.suppress(OSError, ValueError):
+            points = _get_json(f"{url}api/v1/jobs/{job_id}/progress")["points"]
+        time.sleep(1)
+    assert len(points) >= 2, "the dashboard showed no progress while the demo trained"
+    seen = {"job_id": job_id, "api_points": len(points), "page_points": None}
+    if not CHROMIUM.exists():
+        return seen
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"], timeout=60_000)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"{url}jobs/{job_id}")
+            box = page.locator("#chart-loss")
+            drawn = int(box.get_attribute("data-points") or 0)
+            assert drawn >= 2 and box.locator("circle.pt[data-x]").count() == drawn
+            assert "running" in page.locator("body").inner_text()
+            page.screenshot(path=str(tmp_path / "dashboard-live-demo.png"), full_page=True)
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            shutil.copy(tmp_path / "dashboard-live-demo.png", SCREENSHOTS / "dashboard-live-demo.png")
+            seen["page_points"] = drawn
+        finally:
+            browser.close()
+    return seen
 
 
 def _runners_in(directory: Path) -> list[int]:
@@ -46,6 +97,7 @@ def test_essaim_demo_trains_a_model_with_two_volunteers(tmp_path: Path) -> None:
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
     )
     try:
+        live = _watch_the_live_dashboard(proc, tmp_path / "demo.log", tmp_path)
         code = proc.wait(780)
     except subprocess.TimeoutExpired:
         code = None
@@ -59,6 +111,7 @@ def test_essaim_demo_trains_a_model_with_two_volunteers(tmp_path: Path) -> None:
     text = (tmp_path / "demo.log").read_text(errors="replace")
     assert code == 0, f"essaim demo exited with {code}:\n{text[-4000:]}"
     assert not _runners_in(work), "the demo left its job runner behind"
+    assert live["api_points"] >= 2 and (live["page_points"] is None or live["page_points"] >= 2), live
 
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["epochs"] == EPOCHS

@@ -36,6 +36,9 @@ class Identity:
         self.key = keys.rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.public_key = keys.public_key_der(self.key)
 
+    def sign(self, data: bytes) -> bytes:
+        return keys.sign(self.key, data)
+
     def register(self, client, name: str = "vol", hardware: Hardware = HARDWARE) -> Registration:
         ts = time.time()
         peer_id = f"Qm{name}"

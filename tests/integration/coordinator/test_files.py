@@ -41,8 +41,13 @@ def project(tmp_path: Path) -> Path:
     return root
 
 
-def test_upload_submit_download_round_trip(shared_coordinator, project: Path, tmp_path: Path, kit) -> None:
-    coord = shared_coordinator
+@pytest.fixture(scope="module")
+def coord(module_launcher, tmp_path_factory):
+    # no swarm services: this module is about files, and its model directory is not a real model
+    return module_launcher(tmp_path_factory.mktemp("files"), "--no-swarm")
+
+
+def test_upload_submit_download_round_trip(coord, project: Path, tmp_path: Path, kit) -> None:
     researcher = kit.create_token(coord.data_dir, "researcher", "dana")
     seen: list[str] = []
     with coord.client(researcher) as client:
@@ -81,7 +86,8 @@ def test_upload_submit_download_round_trip(shared_coordinator, project: Path, tm
     with coord.client(reg.token) as client:
         with pytest.raises(PermissionDenied, match="running jobs only"):
             client.download(job.id, FileKind.JOB_FILE, tmp_path / "v")
-        assert client.get_assignment(reg.volunteer_id, kit.HARDWARE).job.id == job.id
+        got = client.get_assignment(reg.volunteer_id, kit.HARDWARE)
+        assert got.job is not None and got.job.id == job.id, (got, coord.log())
         assert len(client.download(job.id, FileKind.JOB_FILE, tmp_path / "v")) == 4
         with pytest.raises(PermissionDenied):
             client.download(job.id, FileKind.ARTIFACT, tmp_path / "v")

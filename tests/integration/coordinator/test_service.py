@@ -39,7 +39,7 @@ def _register(service: CoordinatorService, kit, name: str) -> Principal:
         peer_id=f"Qm{name}",
         name=name,
         timestamp=ts,
-        signature=ident.key.sign(registration_message(f"Qm{name}", name, ts)),
+        signature=ident.sign(registration_message(f"Qm{name}", name, ts)),
         hardware=kit.HARDWARE,
     )
     reg = service.register(req, None)

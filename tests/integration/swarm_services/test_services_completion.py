@@ -105,10 +105,6 @@ def test_the_artifact_is_the_swarms_final_adapter(done: Any) -> None:
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.xfail(strict=True, reason=(
-    "cli/job.py downloads FileKind.ARTIFACT (the coordinator's artifacts/ID/ tree: artifact/... and "
-    "provenance.json) into DIR/artifact, which nests the adapter in DIR/artifact/artifact/; it should "
-    "download it into DIR"))
 def test_essaim_job_download_fetches_the_artifact_and_provenance(done: Any, harness: ModuleType,
                                                                  tmp_path: Path) -> None:
     out = tmp_path / "download"

@@ -163,12 +163,15 @@ class FakeClient:
             out = dest / "provenance.json"
             out.write_text(json.dumps({"job": job_id}))
             return [out]
-        files = [dest / "adapter_config.json", dest / "adapter_model.safetensors"]
+        # the coordinator's artifacts/ID/ tree: the adapter under artifact/, provenance.json beside it
+        (dest / "artifact").mkdir(exist_ok=True)
+        files = [dest / "artifact/adapter_config.json", dest / "artifact/adapter_model.safetensors"]
         for f in files:
             f.write_bytes(b"x" * 100)
             if progress is not None:
                 progress(f.name, 100, 100)
-        return files
+        (dest / "provenance.json").write_text(json.dumps({"job": job_id}))
+        return [p.resolve() for p in [*files, dest / "provenance.json"]]
 
 
 @pytest.fixture

@@ -247,10 +247,13 @@ def test_download(runner: CliRunner, fake_client, job_factory, tmp_path: Path) -
         assert result.exit_code == 0, result.output
         body = json.loads(result.stdout)
         assert body["artifact_dir"] == str(out / "artifact")
-        assert body["provenance"] == str(out / "provenance.json")
-        assert len(body["artifact_files"]) == 2
-        kinds = [c[1][1] for c in fake_client.instances[-1].calls if c[0] == "download"]
-        assert kinds == [FileKind.ARTIFACT, FileKind.PROVENANCE]
+        assert body["provenance"] == str((out / "provenance.json").resolve())
+        assert json.loads((out / "provenance.json").read_text()) == {"job": "job-1"}
+        assert sorted(body["artifact_files"]) == sorted(
+            str((out / "artifact" / n).resolve()) for n in ("adapter_config.json", "adapter_model.safetensors")
+        )
+        downloads = [c[1] for c in fake_client.instances[-1].calls if c[0] == "download"]
+        assert downloads == [("job-1", FileKind.ARTIFACT, out)]  # one tree: artifact/ and provenance.json
         human = runner.invoke(app, ["job", "download", "job-1", "-o", str(out), *AUTH])
         assert human.stdout.strip() == str(out)
         assert "downloaded 2 artifact files" in human.stderr

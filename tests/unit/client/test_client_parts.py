@@ -3,27 +3,30 @@
 from __future__ import annotations
 
 import stat
+import subprocess
+import sys
+import threading
 from datetime import date
 
 import pytest
 from essaim.client import keys
 from essaim.client.errors import IdentityError
 from essaim.client.idle import NoSession, detect_idle_source
-from essaim.client.netlimit import MB, DailyTraffic, NetCaps, RateLimiter
+from essaim.client.netlimit import MB, DailyTraffic, NetCaps, NetPacer, RateLimiter, TrafficMeter
 from essaim.protocol.auth_metadata import registration_message
 
 
 def test_daily_traffic_counts_resets_at_midnight_and_persists(tmp_path):
     day = [date(2024, 5, 6)]
     t = DailyTraffic(tmp_path / "traffic.json", today=lambda: day[0])
-    t.add_totals(sent=100, received=50)  # the first reading only sets the baseline
+    t.add_totals(sent=100, received=50)  # a trainer's counters start at 0: all of it is today's
     t.add_totals(sent=1100, received=50)
-    assert t.today_bytes() == 1000
+    assert t.today_bytes() == 1150
     t.add_totals(sent=10, received=0)  # a new trainer: counters restarted
-    assert t.today_bytes() == 1010
+    assert t.today_bytes() == 1160
     t.save(every=0)
     again = DailyTraffic(tmp_path / "traffic.json", today=lambda: day[0])
-    assert again.today_bytes() == 1010
+    assert again.today_bytes() == 1160
     day[0] = date(2024, 5, 7)
     assert again.today_bytes() == 0
 
@@ -51,6 +54,55 @@ def test_rate_limiter_token_bucket():
     now[0] = 2.0
     assert limiter.delay_for(1024) == 0.0
     assert RateLimiter(0).delay_for(10**9) == 0.0
+
+
+class _Meter:
+    def __init__(self) -> None:
+        self.sent = self.received = 0
+
+    def totals(self) -> tuple[int, int]:
+        return self.sent, self.received
+
+
+def test_net_pacer_holds_the_trainer_when_traffic_runs_ahead_of_a_cap():
+    now, meter = [0.0], _Meter()
+    pacer = NetPacer(NetCaps(upload_kbps=10, download_kbps=0), meter, clock=lambda: now[0])
+    assert pacer.active and pacer() == 0.0
+    meter.sent = 100 * 1024  # 100 KB at once; the bucket holds 5 s = 50 KB
+    now[0] = 1.0
+    assert pacer() == pytest.approx(5.0)
+    now[0] = 1.2
+    meter.sent += 10**9
+    assert pacer() == 0.0  # read at most every 0.5 s
+    meter.received = 10**9  # no download cap
+    now[0] = 20.0
+    assert pacer() == pytest.approx(10**9 / 10240 - 14.0, rel=1e-3)
+    assert not NetPacer(NetCaps(), meter).active and NetPacer(NetCaps(), meter)() == 0.0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-process I/O counters are Linux's")
+@pytest.mark.timeout(30)
+def test_traffic_meter_reads_the_relay_child_kernel_counters():
+    meter = TrafficMeter(names=("cat",))
+    relay = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        def feed() -> None:
+            relay.stdin.write(b"x" * MB)
+            relay.stdin.flush()
+
+        writer = threading.Thread(target=feed, daemon=True)
+        writer.start()
+        got = 0
+        while got < MB:
+            got += len(relay.stdout.read1(MB))
+        writer.join(10)
+        sent, received = meter.totals()
+        assert MB <= sent + received <= MB + 64 * 1024  # read 1 MB + wrote 1 MB, relayed once
+        relay.stdin.close()
+        relay.wait(5)
+        assert sum(meter.totals()) == sent + received  # an exited relay keeps its last count
+    finally:
+        relay.kill()
 
 
 def test_identity_key_is_made_once_with_mode_0600(tmp_path):
