@@ -24,28 +24,41 @@ Links:
 
 Per configuration, over the measured epochs:
 
-- *bytes sent per peer per epoch*: on the limited link, the ``tx_bytes`` counter of the peer's veth
-  (everything the peer's namespace sent: Ethernet, IP and TCP headers included); on loopback, the
-  sum of ``bytes_sent`` (TCP payload, retransmissions included) over the TCP sockets of the peer's
-  libp2p daemon (``p2pd``, the process that carries all of hivemind's traffic), read with
-  ``ss -tinp`` at every epoch boundary and every 3 s. Both are recorded on the limited link, as a
-  cross-check. Sockets opened and closed between two readings would be missed by the ``ss`` count
-  (libp2p keeps one connection per pair of peers open, so there are almost none).
+- *bytes sent per peer per epoch*, two counters: **TCP**, the sum of ``bytes_sent`` (payload,
+  retransmissions included) over the TCP sockets of the peer's libp2p daemon (``p2pd``, the process
+  that carries all of hivemind's traffic), read with ``ss -tinp`` at every epoch boundary and every
+  3 s, on every link; **wire**, on the limited link only, the ``tx_bytes`` counter of the peer's veth
+  (everything its namespace sent: Ethernet, IP and TCP headers and pure ACKs included, which weigh
+  a lot when the messages are small). A socket opened and closed between two ``ss`` readings would
+  be missed; libp2p keeps one connection per pair of peers open, so there are almost none (the
+  wire counter misses nothing). The table also divides the TCP figure by ``2(n-1)/n * S``, what one
+  all-reduce must send: the rest is the DHT, progress records and matchmaking, which hivemind runs
+  as a tight loop of DHT lookups while a peer waits for its group (tens of kB/s per peer).
 - *averaging round time*: hivemind's averager is patched (class level, before its processes fork)
   to log when each of its all-reduce rounds starts and ends on each peer
-  (``DecentralizedAverager._aggregate_with_group``: from the moment the peer joins the formed group's
-  all-reduce to its averaged tensors). A round's time is the last peer's end minus the last peer's
-  start: the transfer once every peer is in, without the wait for the last peer to reach the end of
-  its epoch (reported apart as the straggler wait). It is compared with the all-reduce limit
+  (``DecentralizedAverager._aggregate_with_group``: from the moment the peer joins the formed
+  group's all-reduce to its averaged tensors). A round's time is the last peer's end minus the last
+  peer's start: the transfer once every peer is in, without the wait for the last peer to reach
+  the end of its epoch (kept apart as the straggler wait). It is compared with the all-reduce limit
   ``2(n-1)/n * S / B``: S is the bytes of the averaged tensors (the trainable parameters after
-  compression), B the per-peer link rate (tc's rate counts Ethernet frames, so even a perfect round
-  takes ~4% longer than the limit). Target: round <= 1.5 x limit.
-- *compute fraction*: per peer, the trainer's own compute counter (forward, backward and the
-  optimizer's local work on every micro-batch, excluding whole the step that ends an epoch, which
-  waits for the averaging round) over the wall time between the same epoch boundaries. Target
-  >= 0.90 in local mode on every peer (INTELLECT-1 reported 83% across continents).
+  compression, hivemind's own estimate), B the per-peer link rate (tc's rate counts Ethernet
+  frames, and the uplink also carries the ACKs of what the peer receives, so even a perfect round
+  takes 5-7% longer than the limit). Target: round <= 1.5 x limit.
+  Rounds of a LoRA adapter are a few round trips of small messages: latency, not bandwidth, bounds
+  them, and their limit is a few milliseconds.
+- *compute fraction*: per peer, the trainer's own compute counter (``TrainingPeer``: forward,
+  backward and the optimizer's work on every micro-batch, but none of the step that ends an epoch,
+  which waits for the averaging round) over the wall time between the same epoch boundaries.
+  Target >= 0.90 on every peer in local mode (INTELLECT-1 reported 83% across continents). The
+  epoch-ending step's time is split into before the peer's round (its group forming at the time
+  hivemind scheduled, the other peers arriving), the round, and after it (the optimizer or outer
+  step); the JSON has the split and the compute per epoch that 0.90 would need.
 - *LoRA / full*: bytes per epoch of the LoRA run over the full fine-tune's, for the ``--full``
-  (peers:link) pairs.
+  (peers:link) pairs, with the same ratio for the averaged tensors alone.
+
+The epochs stop short of the 5th, where essaim also averages the whole training state
+(``average_state_every=5``: parameters and optimizer statistics); ``--warmup-epochs 1 --epochs 4``
+puts that round in the window (``state_rounds`` in the JSON).
 
     .venv/bin/python bench/swarm.py                                  # the default set, ~10 min on 2 cores
     .venv/bin/python bench/swarm.py --peers 2 --links loopback --modes local --epochs 2

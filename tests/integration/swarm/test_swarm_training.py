@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
@@ -56,6 +57,11 @@ def test_sync_mode_peers_end_with_the_same_weights(swarm: Any) -> None:
     assert not torch.allclose(_flat(a), _initial(swarm), atol=1e-3)
     records = _both_published(swarm)
     assert all(r["epoch"] >= EPOCHS and r["samples"] > 0 for r in records.values())
+    if sys.platform.startswith("linux"):  # each trainer reports its libp2p daemon's traffic (/proc/PID/io)
+        a_round = _flat(a).numel() // 2  # half of the gradients (fp16 on the wire) each way, at least once
+        for trainer in (alice, carol):
+            stopped = [e for e in trainer.events if e["event"] == "stopped"][-1]
+            assert stopped["bytes_sent"] > a_round and stopped["bytes_received"] > a_round, stopped
 
 
 def test_local_mode_peers_are_pulled_together_and_learn(swarm: Any) -> None:
