@@ -182,6 +182,8 @@ class Traffic:
                 return
 
     def sample(self) -> dict[str, Any]:
+        import psutil
+
         out: dict[str, Any] = {"t": time.time()}
         if self.iface:
             base = Path("/sys/class/net") / self.iface / "statistics"
@@ -189,6 +191,11 @@ class Traffic:
                 out["veth_tx"] = int((base / "tx_bytes").read_text())
                 out["veth_rx"] = int((base / "rx_bytes").read_text())
         if self.p2pd_pid:
+            with contextlib.suppress(Exception):  # psutil errors, or no /proc/PID/io here
+                io = psutil.Process(self.p2pd_pid).io_counters()
+                # what the app's TrafficMeter (client/netlimit.py) counts: p2pd relays every byte
+                # between its TCP sockets and the trainer's unix socket, so read+write is twice the traffic
+                out["p2pd_io"] = (io.read_chars + io.write_chars) // 2
             self._read_sockets()
             out["tcp_sent"] = sum(s for s, _ in self._sockets.values())
             out["tcp_received"] = sum(r for _, r in self._sockets.values())
@@ -646,7 +653,7 @@ def analyze(
                 round(m["wall"] - result["start"].get("t", m["wall"]), 2) for m in result["marks"]
             ],
         }
-        for key in ("veth_tx", "veth_rx", "tcp_sent", "tcp_received"):
+        for key in ("veth_tx", "veth_rx", "tcp_sent", "tcp_received", "p2pd_io"):
             if key in a and key in b:
                 item[f"{key}_per_epoch"] = round((b[key] - a[key]) / (last - first))
         per_peer.append(item)
@@ -654,6 +661,12 @@ def analyze(
     trainable = results[0]["trainable"]
     s_bytes = results[0]["averaged_bytes"]
     tcp = [p["tcp_sent_per_epoch"] for p in good if "tcp_sent_per_epoch" in p]
+    # the app's meter (p2pd's read+write chars / 2) against the TCP payload both ways
+    meter = [
+        p["p2pd_io_per_epoch"] / (p["tcp_sent_per_epoch"] + p["tcp_received_per_epoch"])
+        for p in good
+        if p.get("p2pd_io_per_epoch") and p.get("tcp_sent_per_epoch")
+    ]
     wire = [p["veth_tx_per_epoch"] for p in good if "veth_tx_per_epoch" in p]
 
     # all-reduce rounds of the measured epochs: those that started after every peer reached epoch `first`
@@ -718,6 +731,7 @@ def analyze(
         )
         if tcp
         else None,
+        "trafficmeter_over_tcp": round(statistics.mean(meter), 3) if meter else None,
         "round_s_median": round(median, 4) if median is not None else None,
         "round_s_p90": round(_quantile(times, 0.9), 4) if times else None,
         "rounds": len(grad_rounds),
@@ -891,6 +905,13 @@ def markdown(report: dict[str, Any]) -> str:
             f"Background traffic: in the LoRA runs, where the averaged tensors are small, each peer sent "
             f"{min(rates) / 1e3:.0f}-{max(rates) / 1e3:.0f} kB/s of TCP payload (DHT, progress records, "
             f"matchmaking), so their bytes per epoch grow with the epoch's length.",
+        ]
+    meters = [r["trafficmeter_over_tcp"] for r in report["rows"] if r.get("trafficmeter_over_tcp")]
+    if meters:
+        lines += [
+            "",
+            f"The app's traffic meter (`client/netlimit.py` TrafficMeter: p2pd's read+write chars / 2) "
+            f"counted {min(meters):.2f}-{max(meters):.2f} x the TCP payload sent and received.",
         ]
     for note in report["notes"]:
         lines.append(f"\nNote: {note}")

@@ -55,6 +55,7 @@ STOP_GRACE_S = 1.0
 HARD_EXIT_S = 15.0
 HAND_OVER_S = 60.0  # after the last epoch, how long to wait for the keeper to take the final state
 TOKEN_FILE = "swarm_token"
+REVOKED_FILE = "revoked.json"  # the swarm's newest revocation list, re-read by the DHT's authorizer
 ENV_MAX_VRAM_MB = "ESSAIM_GPU_MAX_VRAM_MB"  # the volunteer's cap on GPU memory, set by the app
 
 
@@ -189,7 +190,7 @@ class Trainer:
         import torch
         from essaim.protocol.recipe import load_recipe
         from essaim.protocol.types import shards_for_slots
-        from essaim.swarm.auth import SwarmAuthorizer, token_file_refresher
+        from essaim.swarm.auth import SwarmAuthorizer, token_file_refresher, watch_revocations
         from essaim.swarm.data import build_train_dataset
         from essaim.swarm.dht import shutdown_dht, start_dht, visible_maddrs
         from essaim.swarm.identity import ensure_p2p_identity, load_or_create_private_key
@@ -210,6 +211,7 @@ class Trainer:
         authorizer = SwarmAuthorizer(
             key, a.swarm_token, a.coordinator_key_bytes(), a.job_id,
             refresh=token_file_refresher(self.work_dir / TOKEN_FILE),
+            revocations_path=self.work_dir / REVOKED_FILE,
         )
         files = self._job_files(recipe)
         if self.stop_requested.is_set():
@@ -228,7 +230,9 @@ class Trainer:
                         host_maddrs=a.host_maddrs, announce_maddrs=a.announce_maddrs or None,
                         client_mode=client_mode, record_validators=progress_validators(a.job_id), private_key=key)
         optimizer = None
+        watching = threading.Event()
         try:
+            watch_revocations(dht, a.job_id, a.coordinator_key_bytes(), self.work_dir / REVOKED_FILE, watching)
             optimizer = build_optimizer(loaded, recipe, dht=dht, run_id=a.job_id, private_key=key,
                                         verbose=self.verbose)
             peer = TrainingPeer(job_id=a.job_id, recipe=recipe, loaded=loaded, dataset=dataset,
@@ -257,6 +261,7 @@ class Trainer:
             self.events.send(StoppedEvent(reason=reason, **_final(peer), **self._traffic()))
             return 0
         finally:
+            watching.set()
             self.arm_exit_timer()
             if optimizer is not None:
                 optimizer.shutdown()

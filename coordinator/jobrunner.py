@@ -46,6 +46,9 @@ MAX_REMEMBERED_PEERS = 32
 SWARM_KEY = "swarm-key.pem"
 TOKEN_TTL_S = 3600.0
 POLL_S = 2.0
+REVOKED_FILE = "revoked.json"
+REVOCATIONS_EVERY_S = 4.0  # how often bans are read from the store (peers fetch the list every 5 s)
+REVOCATIONS_REPUBLISH_S = 120.0
 COORDINATOR_ID = "coordinator"
 
 
@@ -74,6 +77,8 @@ class JobRunner:
         self.stop_event = threading.Event()
         self.monitor = MonitorState()
         self._peer_owners: dict[str, tuple[str, bool]] = {}  # peer id -> (volunteer id, banned)
+        self._revoked_keys: frozenset[bytes] | None = None
+        self._revocations_read_at = self._revocations_published_at = 0.0
         self._owners_read_at = 0.0
 
     # ---- set up ----
@@ -120,8 +125,9 @@ class JobRunner:
         coordinator_key = load_or_create_swarm_key(self.data_dir / SWARM_KEY)
         authorizer = SwarmAuthorizer(
             key, token_path.read_text(), public_key_der(coordinator_key), self.job_id,
-            refresh=token_file_refresher(token_path),
+            refresh=token_file_refresher(token_path), revocations_path=self.dir / REVOKED_FILE,
         )
+        self._coordinator_key, self._keeper_key = coordinator_key, key
         dht = self._start_dht(
             start_dht, identity=identity, authorizer=authorizer, validators=progress_validators(self.job_id), key=key,
         )
@@ -227,6 +233,7 @@ class JobRunner:
             if time.time() - last_peers > REMEMBER_PEERS_S:
                 self._remember_dht(dht)
                 last_peers = time.time()
+            self._revoke_banned(dht)
             swarm_epoch = max(optimizer.global_epoch, 0)
             metrics = self._monitor(dht, recipe, job, swarm_epoch)
             if job.status == JobStatus.PAUSED:
@@ -247,6 +254,35 @@ class JobRunner:
         if optimizer.local_epoch > max(keeper.record.checkpoint_epoch, 0):
             keeper.checkpoint()  # told to stop: keep what the swarm reached
         return 0
+
+    def _revoke_banned(self, dht: Any) -> None:
+        """Publish the coordinator-signed list of banned volunteers' keys: peers refuse their tokens."""
+        from essaim.coordinator.swarm_keys import sign_revocations
+        from essaim.swarm.auth import publish_revocations, write_revocations
+
+        now = time.time()
+        if now - self._revocations_read_at < REVOCATIONS_EVERY_S:
+            return
+        self._revocations_read_at = now
+        banned = self.store.list_volunteers(status=VolunteerStatus.BANNED, limit=1_000_000)
+        keys = frozenset(v.public_key for v in banned if v.public_key)
+        if keys == self._revoked_keys and now - self._revocations_published_at < REVOCATIONS_REPUBLISH_S:
+            return
+        try:
+            value = sign_revocations(self._coordinator_key, self.job_id, sorted(keys), now=now)
+        except EssaimError as exc:  # a key that is not RSA never got a swarm token anyway
+            logger.warning("revocation list: %s", exc)
+            keys = frozenset(k for k in keys if _is_rsa(k))
+            value = sign_revocations(self._coordinator_key, self.job_id, sorted(keys), now=now)
+        write_revocations(self.dir / REVOKED_FILE, value)  # this peer refuses them at once
+        try:
+            publish_revocations(dht, self.job_id, value, owner_key=self._keeper_key)
+        except Exception as exc:  # the DHT may be briefly unreachable: try again next time
+            logger.warning("could not publish the revocation list: %s", exc or type(exc).__name__)
+            return
+        if keys != (self._revoked_keys or frozenset()):
+            logger.info("job %s: %d banned volunteer key(s) revoked in the swarm", self.job_id, len(keys))
+        self._revoked_keys, self._revocations_published_at = keys, now
 
     def _owner(self, peer_id: str) -> tuple[str, bool] | None:
         found = self._peer_owners.get(peer_id)
@@ -403,3 +439,13 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _is_rsa(der: bytes) -> bool:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    try:
+        return isinstance(serialization.load_der_public_key(der), rsa.RSAPublicKey)
+    except ValueError:
+        return False

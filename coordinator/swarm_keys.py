@@ -21,7 +21,6 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-
 from essaim.coordinator.errors import InvalidArgument
 
 TOKEN_PREFIX = "essaim-swarm-v1."
@@ -110,3 +109,25 @@ def issue_swarm_token(
     signature = base64.b64encode(key.sign(signed, _PSS, hashes.SHA256()))
     message = _field(1, username.encode()) + _field(2, public) + _field(3, expiry.encode()) + _field(4, signature)
     return TOKEN_PREFIX + base64.urlsafe_b64encode(message).decode().rstrip("="), expires_at
+
+
+REVOCATIONS_PREFIX = b"essaim-swarm-revoked-v1"
+
+
+def revocations_signed_bytes(job_id: str, issued_at: float, keys: list[str]) -> bytes:
+    """What the coordinator signs in a revocation list (:mod:`essaim.swarm.auth` checks the same bytes)."""
+    return b"|".join([REVOCATIONS_PREFIX, job_id.encode(), repr(float(issued_at)).encode(),
+                      ",".join(sorted(keys)).encode()])
+
+
+def sign_revocations(key: rsa.RSAPrivateKey, job_id: str, public_keys_der: list[bytes], *,
+                     now: float | None = None) -> dict[str, object]:
+    """The job's list of revoked peer keys (banned volunteers), signed by the coordinator.
+
+    Peers refuse every swarm token issued for a key in the newest list they saw, so a ban reaches
+    the swarm without waiting for the banned volunteer's token to run out.
+    """
+    keys = sorted({openssh_from_der(der).decode() for der in public_keys_der})
+    issued_at = float(time.time() if now is None else now)
+    signature = base64.b64encode(key.sign(revocations_signed_bytes(job_id, issued_at, keys), _PSS, hashes.SHA256()))
+    return {"job": job_id, "issued_at": issued_at, "keys": keys, "signature": signature.decode()}

@@ -21,6 +21,12 @@ Tokens are short-lived: a banned volunteer gets no new one, and its current one 
 ``refresh`` callable (for instance :func:`token_file_refresher`) supplies a fresh token before the
 current one expires; it runs inside the DHT's process, so it must not rely on the caller's threads.
 
+Bans reach the swarm sooner than that through a revocation list: the job's runner (the bootstrap
+peer) publishes the coordinator-signed list of banned volunteers' keys under ``<job>_revoked`` in
+the DHT; every peer fetches it (:func:`watch_revocations`, every few seconds) into a file its
+authorizer re-reads (``revocations_path``), and from then on refuses any token issued for those keys.
+A list that does not verify with the coordinator's key, or is older than the one held, is ignored.
+
 Limit: hivemind checks tokens on DHT calls only. The averagers' own streams (all-reduce, state
 download) are reached through peer ids and keys found in the DHT, which a peer without a token
 cannot read, but they do not check tokens themselves.
@@ -33,10 +39,13 @@ import base64
 import binascii
 import json
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from essaim.swarm.errors import AuthError
 from essaim.swarm.identity import RSAPrivateKey, RSAPublicKey, load_public_key, openssh_public_key
@@ -49,6 +58,9 @@ logger = logging.getLogger(__name__)
 TOKEN_PREFIX = "essaim-swarm-v1."
 _SIGNED_PREFIX = b"essaim-swarm-token-v1"
 REFRESH_EVERY_S = 5.0
+_REVOKED_PREFIX = b"essaim-swarm-revoked-v1"  # the same bytes as essaim.coordinator.swarm_keys signs
+REVOCATIONS_RECHECK_S = 1.0
+REVOCATIONS_EXPIRATION_S = 600.0
 REFRESH_TIMEOUT_S = 10.0
 
 
@@ -151,6 +163,89 @@ def token_file_refresher(path: str | Path) -> Callable[[], str | None]:
     return refresh
 
 
+def revocations_key(job_id: str) -> str:
+    return f"{job_id}_revoked"
+
+
+def check_revocations(value: Any, coordinator_public_key: RSAPublicKey, *, job_id: str) -> tuple[float, frozenset[bytes]]:
+    """``(issued_at, revoked OpenSSH keys)`` of a signed revocation list; raises AuthError when refused."""
+    try:
+        keys = [str(k) for k in value["keys"]]
+        issued_at = float(value["issued_at"])
+        signature = str(value["signature"]).encode()
+        listed_job = str(value["job"])
+    except (TypeError, KeyError, ValueError):
+        raise AuthError("the revocation list is malformed") from None
+    if listed_job != job_id:
+        raise AuthError(f"the revocation list is for job {listed_job!r}, not {job_id!r}")
+    signed = b"|".join([_REVOKED_PREFIX, job_id.encode(), repr(issued_at).encode(), ",".join(sorted(keys)).encode()])
+    if not coordinator_public_key.verify(signed, signature):
+        raise AuthError("the revocation list is not signed by this job's coordinator")
+    return issued_at, frozenset(k.encode() for k in keys)
+
+
+def publish_revocations(dht: Any, job_id: str, value: dict[str, Any], *, owner_key: RSAPrivateKey,
+                        timeout: float = 10.0) -> bool:
+    """Store a signed revocation list in the job's DHT, under the publisher's own subkey."""
+    from essaim.swarm.records import owner_subkey
+    from hivemind.utils import get_dht_time
+
+    future = dht.store(revocations_key(job_id), subkey=owner_subkey(owner_key), value=value,
+                       expiration_time=get_dht_time() + REVOCATIONS_EXPIRATION_S, return_future=True)
+    return bool(future.result(timeout))
+
+
+def fetch_revocations(dht: Any, job_id: str, coordinator_public_key: RSAPublicKey, *,
+                      timeout: float = 10.0) -> dict[str, Any] | None:
+    """The newest revocation list in the DHT that the coordinator signed, or None."""
+    found = dht.get(revocations_key(job_id), latest=True, return_future=True).result(timeout)
+    best: tuple[float, dict[str, Any]] | None = None
+    if found is not None and isinstance(found.value, dict):
+        for item in found.value.values():
+            value = getattr(item, "value", None)
+            try:
+                issued_at, _ = check_revocations(value, coordinator_public_key, job_id=job_id)
+            except AuthError as exc:
+                logger.debug("ignoring a revocation list: %s", exc)
+                continue
+            if best is None or issued_at > best[0]:
+                best = (issued_at, value)
+    return best[1] if best else None
+
+
+def write_revocations(path: str | Path, value: dict[str, Any]) -> None:
+    """Hand a revocation list to the authorizer (it re-reads the file), atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
+
+
+def watch_revocations(dht: Any, job_id: str, coordinator_public_key: bytes | RSAPublicKey, path: str | Path,
+                      stop: threading.Event, *, every: float = 5.0) -> threading.Thread:
+    """A daemon thread copying the newest signed revocation list from the DHT to ``path``."""
+    public = (coordinator_public_key if isinstance(coordinator_public_key, RSAPublicKey)
+              else load_public_key(coordinator_public_key))
+
+    def loop() -> None:
+        held = -1.0
+        while not stop.wait(every):
+            try:
+                value = fetch_revocations(dht, job_id, public, timeout=every * 2)
+            except Exception as exc:  # the DHT may be shutting down, or briefly unreachable
+                logger.debug("could not read the revocation list: %s", exc)
+                continue
+            if value is not None and float(value["issued_at"]) > held:
+                held = float(value["issued_at"])
+                write_revocations(path, value)
+                logger.info("revocation list of %s: %d key(s) refused", time.strftime("%H:%M:%S",
+                            time.localtime(held)), len(value["keys"]))
+
+    thread = threading.Thread(target=loop, name="essaim-revocations", daemon=True)
+    thread.start()
+    return thread
+
+
 class SwarmAuthorizer(TokenAuthorizerBase):
     """hivemind authorizer for one job's DHT: signs with ``local_private_key``, shows ``token``, and
     accepts only peers whose token the coordinator signed for ``job_id`` and that has not expired.
@@ -169,6 +264,7 @@ class SwarmAuthorizer(TokenAuthorizerBase):
         *,
         refresh: Callable[[], str | None] | None = None,
         refresh_margin_s: float | None = None,
+        revocations_path: str | Path | None = None,
     ) -> None:
         super().__init__(local_private_key)
         self.job_id = job_id
@@ -184,6 +280,10 @@ class SwarmAuthorizer(TokenAuthorizerBase):
         self._issued_life = max(1.0, float(self._token.expiration_time) - time.time())
         self._verified: dict[bytes, float] = {}
         self._last_refresh = 0.0
+        self._revocations_path = Path(revocations_path) if revocations_path else None
+        self._revocations_seen: tuple[float, float] = (0.0, -1.0)  # (checked at, file mtime)
+        self._revoked_issued_at = -1.0
+        self.revoked: frozenset[bytes] = frozenset()
 
     def _check_own(self, token: str) -> AccessToken:
         access = decode_swarm_token(token)
@@ -214,7 +314,31 @@ class SwarmAuthorizer(TokenAuthorizerBase):
             logger.error("the swarm token has expired and no fresh one is available; DHT calls will be refused")
         return self._token
 
+    def _reload_revocations(self) -> None:
+        checked_at, mtime = self._revocations_seen
+        if self._revocations_path is None or time.monotonic() - checked_at < REVOCATIONS_RECHECK_S:
+            return
+        try:
+            current = self._revocations_path.stat().st_mtime
+        except OSError:
+            current = -1.0
+        self._revocations_seen = (time.monotonic(), current)
+        if current == mtime or current < 0:
+            return
+        try:
+            value = json.loads(self._revocations_path.read_text())
+            issued_at, revoked = check_revocations(value, self._coordinator_key, job_id=self.job_id)
+        except (OSError, ValueError, AuthError) as exc:
+            logger.warning("ignoring the revocation list %s: %s", self._revocations_path, exc)
+            return
+        if issued_at > self._revoked_issued_at:
+            self._revoked_issued_at, self.revoked = issued_at, revoked
+
     def is_token_valid(self, access_token: AccessToken) -> bool:
+        self._reload_revocations()
+        if bytes(access_token.public_key) in self.revoked:
+            logger.debug("refused a revoked swarm token")
+            return False
         key = access_token.SerializeToString()
         now = time.time()
         expires = self._verified.get(key)

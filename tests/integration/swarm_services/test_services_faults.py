@@ -4,12 +4,14 @@ it spawns), one long job and volunteer trainers started as ``essaim demo`` start
 The tests run in order on the same swarm (each leaves it training for the next): volunteers train
 and the monitor follows; a volunteer killed with SIGKILL rejoins; a late joiner loads the state;
 the coordinator (then the coordinator and its job runner) die and come back; every volunteer
-leaves and one comes back to the keeper's state.
+leaves and one comes back to the keeper's state; a banned volunteer's swarm token is refused.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -198,3 +200,40 @@ def test_when_every_volunteer_leaves_the_job_waits_and_resumes_from_the_keeper(
     assert joined["source"] == "peers" and joined["epoch"] >= kept["checkpoint_epoch"] > 0, (joined, kept)
     harness.wait_until(lambda: swarm.job().metrics.epoch > left_at, 240, "the job to move on again")
     assert_epochs_never_go_back(swarm)
+
+
+def _probe(swarm: Any, volunteer: Any, token: str) -> dict[str, Any]:
+    """join_probe.py: a peer with the volunteer's key and swarm token tries to join the job's DHT."""
+    probe = Path(__file__).resolve().parents[1] / "swarm" / "join_probe.py"
+    command = [sys.executable, str(probe), "--peer", swarm.runner_info()["maddrs"][0], "--job-id", swarm.job_id,
+               "--key", str(volunteer.key_path), "--trust", str(swarm.data_dir / "swarm-key.pem"),
+               "--token", token]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, start_new_session=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert lines, f"the probe failed:\n{done.stderr[-3000:]}"
+    return json.loads(lines[-1])
+
+
+@pytest.mark.timeout(300)
+def test_a_banned_volunteers_swarm_token_stops_working_within_a_heartbeat_interval(
+        swarm: Any, harness: ModuleType) -> None:
+    alice = by_name(swarm, "alice")
+    alice.wait_for(lambda e: e["event"] in ("progress", "epoch"), 300, "training")
+    mallory = swarm.volunteer("mallory")
+    mallory.register()
+    token = mallory.assignment().swarm_token
+    assert _probe(swarm, mallory, token)["joined"] is True  # a valid token, not yet banned
+
+    with swarm.admin() as admin:
+        admin.ban_volunteer(mallory.volunteer_id, "poisoned gradients")
+    banned_at = time.monotonic()
+    revoked = alice.work_dir / "revoked.json"
+    # the job runner publishes the signed list; alice's trainer copies it for her DHT's authorizer
+    harness.wait_until(lambda: revoked.exists() and json.loads(revoked.read_text())["keys"], 30,
+                       "the revocation list to reach alice")
+    interval = float(harness.COORDINATOR_ENV["ESSAIM_COORDINATOR_HEARTBEAT_INTERVAL_S"])
+    assert time.monotonic() - banned_at < max(interval, 10.0)  # the runner reads bans every 4 s, peers every 5 s
+    refused = _probe(swarm, mallory, token)  # the same token, still unexpired
+    assert refused["joined"] is False, refused
+    with swarm.client(mallory.token) as client, pytest.raises(Exception, match="banned"):
+        client.get_assignment(mallory.volunteer_id, harness.hardware())

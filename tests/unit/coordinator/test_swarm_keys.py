@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from essaim.coordinator import swarm_keys
 
 
@@ -47,7 +46,6 @@ def test_key_is_stable_across_loads(tmp_path: Path) -> None:
 def test_non_rsa_volunteer_key_is_refused() -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
-
     from essaim.coordinator.errors import InvalidArgument
 
     der = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
@@ -55,3 +53,51 @@ def test_non_rsa_volunteer_key_is_refused() -> None:
     )
     with pytest.raises(InvalidArgument, match="RSA"):
         swarm_keys.openssh_from_der(der)
+
+
+def test_revocation_lists_verify_and_make_the_authorizer_refuse_banned_keys(tmp_path: Path) -> None:
+    auth = pytest.importorskip("essaim.swarm.auth")
+    identity = pytest.importorskip("essaim.swarm.identity")
+    coordinator = swarm_keys.load_or_create_swarm_key(tmp_path / "swarm-key.pem")
+    trusted = identity.load_public_key(swarm_keys.public_key_der(coordinator))
+    keys = {name: identity.load_or_create_private_key(tmp_path / f"{name}.pem") for name in ("me", "bad", "good")}
+    der = {name: identity.public_key_bytes(k) for name, k in keys.items()}
+    tokens = {
+        name: auth.decode_swarm_token(swarm_keys.issue_swarm_token(
+            coordinator, job_id="job1", volunteer_id=name, peer_public_key_der=der[name], ttl_s=600)[0])
+        for name in keys
+    }
+
+    listed = swarm_keys.sign_revocations(coordinator, "job1", [der["bad"]], now=1000.0)
+    issued_at, revoked = auth.check_revocations(listed, trusted, job_id="job1")
+    assert issued_at == 1000.0 and revoked == {identity.openssh_public_key(der["bad"])}
+    with pytest.raises(auth.AuthError, match="not signed"):
+        auth.check_revocations({**listed, "keys": []}, trusted, job_id="job1")  # a peer emptied the list
+    with pytest.raises(auth.AuthError, match="for job"):
+        auth.check_revocations(listed, trusted, job_id="job2")
+    with pytest.raises(auth.AuthError, match="malformed"):
+        auth.check_revocations({"keys": 3}, trusted, job_id="job1")
+
+    path = tmp_path / "revoked.json"
+    own = swarm_keys.issue_swarm_token(coordinator, job_id="job1", volunteer_id="me",
+                                       peer_public_key_der=der["me"], ttl_s=600)[0]
+    authorizer = auth.SwarmAuthorizer(keys["me"], own, swarm_keys.public_key_der(coordinator), "job1",
+                                      revocations_path=path)
+    assert authorizer.is_token_valid(tokens["bad"]) and authorizer.is_token_valid(tokens["good"])
+    auth.write_revocations(path, listed)
+    time.sleep(auth.REVOCATIONS_RECHECK_S + 0.1)
+    assert not authorizer.is_token_valid(tokens["bad"])  # refused even though it was cached as valid
+    assert authorizer.is_token_valid(tokens["good"])
+
+    # an older list, or one the coordinator did not sign, changes nothing
+    auth.write_revocations(path, swarm_keys.sign_revocations(coordinator, "job1", [], now=999.0))
+    time.sleep(auth.REVOCATIONS_RECHECK_S + 0.1)
+    assert not authorizer.is_token_valid(tokens["bad"])
+    auth.write_revocations(path, {**swarm_keys.sign_revocations(coordinator, "job1", [], now=5000.0), "keys": []}
+                           | {"signature": listed["signature"]})
+    time.sleep(auth.REVOCATIONS_RECHECK_S + 0.1)
+    assert not authorizer.is_token_valid(tokens["bad"])
+    # a newer list that lifts the ban
+    auth.write_revocations(path, swarm_keys.sign_revocations(coordinator, "job1", [], now=6000.0))
+    time.sleep(auth.REVOCATIONS_RECHECK_S + 0.1)
+    assert authorizer.is_token_valid(tokens["bad"])
