@@ -33,7 +33,9 @@ Per configuration, over the measured epochs:
   be missed; libp2p keeps one connection per pair of peers open, so there are almost none (the
   wire counter misses nothing). The table also divides the TCP figure by ``2(n-1)/n * S``, what one
   all-reduce must send: the rest is the DHT, progress records and matchmaking, which hivemind runs
-  as a tight loop of DHT lookups while a peer waits for its group (tens of kB/s per peer).
+  as a tight loop of DHT lookups while a peer waits for its group (tens of kB/s per peer). The
+  JSON also checks the app's own meter (``client/netlimit.py`` TrafficMeter: p2pd's
+  ``/proc/PID/io`` read+write chars / 2) against the TCP payload both ways (``trafficmeter_over_tcp``).
 - *averaging round time*: hivemind's averager is patched (class level, before its processes fork)
   to log when each of its all-reduce rounds starts and ends on each peer
   (``DecentralizedAverager._aggregate_with_group``: from the moment the peer joins the formed
@@ -591,12 +593,10 @@ def run_config(
             peer.send("go")
         results = [peer.expect("done", deadline) for peer in peers]
         loads.append(os.getloadavg()[0])
-        for peer in peers:
-            peer.send("quit")
     except RuntimeError as exc:
         return {**cfg, "error": str(exc)}
     finally:
-        for peer in peers:
+        for peer in peers:  # all done (or failed): now they may leave
             peer.send("quit")
         for peer in peers:
             peer.close()

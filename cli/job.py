@@ -22,7 +22,6 @@ import typer
 from essaim import output
 from essaim.output import console
 from essaim.protocol.errors import FailedPrecondition, InvalidArgument, RecipeError, Unavailable
-from essaim.protocol.recipe import example_recipe_text, load_recipe_file
 from essaim.protocol.types import FileKind, Job, JobStatus
 from essaim.remote import CoordinatorOption, TokenOption, client_from_options
 
@@ -123,6 +122,8 @@ def init(
     force: Annotated[bool, typer.Option("--force", help="Overwrite FILE if it exists.")] = False,
 ) -> None:
     """Print the documented example recipe, a starting point that validates as is."""
+    from essaim.protocol.recipe import example_recipe_text  # pydantic: only for recipe commands
+
     text = example_recipe_text()
     if output_file is None:
         typer.echo(text, nl=not text.endswith("\n"))
@@ -143,6 +144,8 @@ def validate(
     as_json: JsonOption = False,
 ) -> None:
     """Check a recipe: every problem is named with its field path, the value given and what is expected."""
+    from essaim.protocol.recipe import load_recipe_file
+
     try:
         recipe = load_recipe_file(file)
     except RecipeError as err:
@@ -173,6 +176,8 @@ def submit(
     token: TokenOption = None,
 ) -> None:
     """Validate a recipe, upload the files it references and submit it; prints the job id last."""
+    from essaim.protocol.recipe import load_recipe_file
+
     load_recipe_file(file)  # fail on a bad recipe before touching the network
     with client_from_options(coordinator, token) as client, output.transfer_progress("uploading") as progress:
         job = client.submit_recipe_file(file, priority=priority, progress=progress)

@@ -15,14 +15,15 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import typer
 from essaim.coordinator.errors import ConfigError, EssaimError, NotFound
-from essaim.coordinator.settings import CoordinatorSettings
 from essaim.protocol.types import Role
-from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    from essaim.coordinator.settings import CoordinatorSettings
 
 app = typer.Typer(
     help="Run and administer an essaim coordinator.", no_args_is_help=True, add_completion=False
@@ -44,6 +45,9 @@ DB_URL = typer.Option(
 
 def make_settings(**flags: Any) -> CoordinatorSettings:
     """Settings from flags (those not None) over the environment over defaults."""
+    from essaim.coordinator.settings import CoordinatorSettings  # pydantic: only for coordinator commands
+    from pydantic import ValidationError
+
     try:
         return CoordinatorSettings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as exc:
