@@ -123,8 +123,9 @@ def test_late_joiner_loads_state_and_a_killed_peer_rejoins(swarm: Any) -> None:
 @pytest.mark.timeout(420)
 def test_pause_resume_throttle_and_finish_over_the_pipe(swarm: Any) -> None:
     swarm.start_bootstrap()
-    trainer = swarm.start_trainer("alice", swarm.recipe(averaging="local", target_batch_size=480))
-    trainer.wait_for(lambda e: e["event"] == "progress", 240, "training")
+    # alone in its swarm, an epoch is a few seconds (progress events come every 2 s, and at each epoch)
+    trainer = swarm.start_trainer("alice", swarm.recipe(averaging="local", target_batch_size=1600))
+    trainer.wait_for(lambda e: e["event"] in ("progress", "epoch"), 240, "training")
 
     def cpu_rate(seconds: float = 3.0) -> float:
         start = trainer.cpu_seconds()
@@ -146,13 +147,15 @@ def test_pause_resume_throttle_and_finish_over_the_pipe(swarm: Any) -> None:
     trainer.send({"cmd": "throttle", "threads": 1, "duty_cycle": 0.5})
     trainer.send({"cmd": "resume"})
     trainer.wait_for(lambda e: e["event"] == "resumed", 10, "the resume")
-    trainer.wait_for(lambda e: e["event"] == "progress" and e["samples"] > samples, 60, "progress after resume")
+    trainer.wait_for(lambda e: e["event"] in ("progress", "epoch") and e["samples"] > samples, 60,
+                     "progress after resume")
     assert not [e for e in trainer.events if e["event"] == "error"]
 
     # finish: complete the current epoch (its averaging included), then stop
     epoch = max(e.get("epoch", 0) for e in trainer.events)
     trainer.send({"cmd": "finish"})
     stopped = trainer.wait_for(lambda e: e["event"] == "stopped", 120, "the end of the epoch")
-    assert stopped["reason"] == "finished" and stopped["epoch"] == epoch + 1
+    # the epoch it was in when the command arrived (it may have moved on since the last event) ends
+    assert stopped["reason"] == "finished" and epoch + 1 <= stopped["epoch"] <= epoch + 2, (epoch, stopped)
     assert stopped["samples"] > samples
     assert trainer.proc.wait(30) == 0
