@@ -168,7 +168,11 @@ def start_demo_swarm(launcher: Any, data_dir: Path, *args: str) -> DemoSwarm:
         data_file_sha256=files_job.files[0].sha256,
         tokens=[coord.admin_token, researcher, *(m.token for m in members)],
     )
-    _wait_for(lambda: sum(1 for v in get_json(swarm.url + "/api/v1/volunteers")["items"] if v["current_job_id"]) == 3)
+    def settled() -> bool:  # heartbeats are written in batches: wait until every one is stored
+        items = get_json(swarm.url + "/api/v1/volunteers")["items"]
+        return sum(1 for v in items if v["current_job_id"]) == 3 and all(v["state"] for v in items)
+
+    _wait_for(settled)
     return swarm
 
 
