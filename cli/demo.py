@@ -115,6 +115,7 @@ class Volunteer:
     progress: dict[str, Any] = field(default_factory=dict)
     job_id: str = ""
     error: str = ""
+    threads: int = 1  # its share of this machine's cores
 
     def register(self) -> None:
         from essaim.client import keys
@@ -152,14 +153,15 @@ class Volunteer:
         trainer_job = assignment_for_trainer(
             assignment, volunteer_id=self.volunteer_id,
             identity_key_path=str(self.directory / "identity.pem"),
-            host_maddrs=["/ip4/127.0.0.1/tcp/0"], client_mode="off",
+            host_maddrs=["/ip4/127.0.0.1/tcp/0"], client_mode="off", threads=self.threads,
         )
         path = self.directory / "assignment.json"
         path.write_text(trainer_job.model_dump_json())
         self.handle = TrainerHandle(
             command=default_trainer_command(), assignment_file=path, work_dir=self.directory / "work",
             coordinator=self.coordinator, token=self.token, low_priority=False,
-            env={"ESSAIM_LOG_LEVEL": os.environ.get("ESSAIM_LOG_LEVEL", "INFO")},
+            env={"ESSAIM_LOG_LEVEL": os.environ.get("ESSAIM_LOG_LEVEL", "INFO"),
+                 "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)},
         )
         self.handle.start()
         self.state = "joining"
@@ -268,7 +270,10 @@ def run_demo(*, volunteers: int, output: Path, keep_running: bool, timeout: floa
         recipe = make_demo_job(work / "job", config=_demo_config())
         coordinator = start_coordinator(work / "coordinator", work / "coordinator.log")
         dashboard = f"http://{coordinator.http}/"
-        crew = [Volunteer(f"volunteer-{i + 1}", work / f"volunteer-{i + 1}", coordinator.grpc)
+        # trainers that each spin as many threads as the machine has cores starve one another (one of
+        # three got ~1% of the work on two cores): each gets its share instead
+        share = max(1, (os.cpu_count() or 1) // volunteers)
+        crew = [Volunteer(f"volunteer-{i + 1}", work / f"volunteer-{i + 1}", coordinator.grpc, threads=share)
                 for i in range(volunteers)]
         job: Job | None = None
         try:
