@@ -268,12 +268,7 @@ class JobRunner:
         keys = frozenset(v.public_key for v in banned if v.public_key)
         if keys == self._revoked_keys and now - self._revocations_published_at < REVOCATIONS_REPUBLISH_S:
             return
-        try:
-            value = sign_revocations(self._coordinator_key, self.job_id, sorted(keys), now=now)
-        except EssaimError as exc:  # a key that is not RSA never got a swarm token anyway
-            logger.warning("revocation list: %s", exc)
-            keys = frozenset(k for k in keys if _is_rsa(k))
-            value = sign_revocations(self._coordinator_key, self.job_id, sorted(keys), now=now)
+        value = sign_revocations(self._coordinator_key, self.job_id, sorted(keys), now=now)
         write_revocations(self.dir / REVOKED_FILE, value)  # this peer refuses them at once
         try:
             publish_revocations(dht, self.job_id, value, owner_key=self._keeper_key)
@@ -439,13 +434,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def _is_rsa(der: bytes) -> bool:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    try:
-        return isinstance(serialization.load_der_public_key(der), rsa.RSAPublicKey)
-    except ValueError:
-        return False

@@ -125,9 +125,16 @@ def sign_revocations(key: rsa.RSAPrivateKey, job_id: str, public_keys_der: list[
     """The job's list of revoked peer keys (banned volunteers), signed by the coordinator.
 
     Peers refuse every swarm token issued for a key in the newest list they saw, so a ban reaches
-    the swarm without waiting for the banned volunteer's token to run out.
+    the swarm without waiting for the banned volunteer's token to run out. Keys that are not RSA are
+    left out: they were never given a swarm token.
     """
-    keys = sorted({openssh_from_der(der).decode() for der in public_keys_der})
+    keys = []
+    for der in public_keys_der:
+        try:
+            keys.append(openssh_from_der(der).decode())
+        except InvalidArgument:
+            continue
+    keys = sorted(set(keys))
     issued_at = float(time.time() if now is None else now)
     signature = base64.b64encode(key.sign(revocations_signed_bytes(job_id, issued_at, keys), _PSS, hashes.SHA256()))
     return {"job": job_id, "issued_at": issued_at, "keys": keys, "signature": signature.decode()}

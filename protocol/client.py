@@ -347,9 +347,9 @@ class CoordinatorClient:
         Dataset and eval files are resolved relative to the recipe file; ``model.name_or_path`` and
         ``model.tokenizer`` are uploaded too when they name an existing local directory.
         """
-        path = Path(path)
         from essaim.protocol.recipe import load_recipe_file  # pydantic: only when submitting
 
+        path = Path(path)
         recipe = load_recipe_file(path)
         files = []
         for recipe_path, local in local_files_of_recipe(recipe, path.parent):

@@ -323,21 +323,16 @@ class TrainingPeer:
     def _duty_sleep(self, spent: float) -> None:
         with self._lock:
             duty = self._duty_cycle
-        if duty >= 1.0:
-            return
-        deadline = time.monotonic() + spent * (1.0 - duty) / duty
-        while not self._stop.is_set() and not self._paused.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0 or self._interrupt.wait(left):
-                return
+        if duty < 1.0:
+            self._hold(spent * (1.0 - duty) / duty)
 
     def _pace(self) -> None:
-        if self.pacer is None:
-            return
-        hold = min(self.pacer(), 60.0)  # re-asked after each micro-batch; a long hold comes in parts
-        if hold <= 0:
-            return
-        deadline = time.monotonic() + hold
+        if self.pacer is not None:
+            self._hold(min(self.pacer(), 60.0))  # re-asked after each micro-batch: a long hold comes in parts
+
+    def _hold(self, seconds: float) -> None:
+        """Sleep ``seconds``; a stop, a pause or any other control ends it early."""
+        deadline = time.monotonic() + seconds
         while not self._stop.is_set() and not self._paused.is_set():
             left = deadline - time.monotonic()
             if left <= 0 or self._interrupt.wait(left):

@@ -68,7 +68,13 @@ def test_revocation_lists_verify_and_make_the_authorizer_refuse_banned_keys(tmp_
         for name in keys
     }
 
-    listed = swarm_keys.sign_revocations(coordinator, "job1", [der["bad"]], now=1000.0)
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    not_rsa = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )  # registered, never given a swarm token: left out of the list
+    listed = swarm_keys.sign_revocations(coordinator, "job1", [der["bad"], not_rsa], now=1000.0)
     issued_at, revoked = auth.check_revocations(listed, trusted, job_id="job1")
     assert issued_at == 1000.0 and revoked == {identity.openssh_public_key(der["bad"])}
     with pytest.raises(auth.AuthError, match="not signed"):
