@@ -41,9 +41,10 @@ ClientFactory = Callable[..., Any]
 
 
 def default_client_factory(address: str, *, token: str | None = None) -> Any:
-    from essaim.protocol.client import CoordinatorClient  # grpc: imported only when a coordinator is set
+    """The app's client: :class:`LiteClient` (HTTP/2 in Python), so the app never loads grpcio."""
+    from essaim.protocol.lite_client import LiteClient  # imported only when a coordinator is set
 
-    return CoordinatorClient(address, token=token, timeout=10.0, retries=0)
+    return LiteClient(address, token=token, timeout=10.0)
 
 
 @dataclass(slots=True)

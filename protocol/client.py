@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 from essaim.protocol import serde
 from essaim.protocol.auth_metadata import bearer_metadata
-from essaim.protocol.errors import EssaimError, InvalidArgument, Unavailable, from_grpc_code_name
+from essaim.protocol.errors import EssaimError, InvalidArgument, Unavailable, from_grpc_status
 from essaim.protocol.retry import RetryPolicy
 from essaim.protocol.types import (
     Assignment,
@@ -56,12 +56,8 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 def translate_rpc_error(err: grpc.RpcError, address: str) -> EssaimError:
     """The essaim error for a failed gRPC call; unreachable coordinators name their address."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
-    details = (err.details() if hasattr(err, "details") else None) or str(code)
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return Unavailable(f"cannot reach the coordinator at {address}: {details}")
-    if code == grpc.StatusCode.UNKNOWN and not details:
-        details = "the coordinator answered with an unknown error"
-    return from_grpc_code_name(code.name, details)
+    details = err.details() if hasattr(err, "details") else None
+    return from_grpc_status(code.name, details or "", address)
 
 
 CHUNK_BYTES = 1024 * 1024
@@ -310,11 +306,7 @@ class CoordinatorClient:
         return serde.heartbeat_reply_from_proto(reply)
 
     def get_assignment(self, volunteer_id: str, hardware: Hardware) -> Assignment:
-        request = pb.GetAssignmentRequest(
-            header=serde.request_header(),
-            volunteer_id=volunteer_id,
-            hardware=serde.hardware_to_proto(hardware),
-        )
+        request = serde.assignment_request_to_proto(volunteer_id, hardware)
         return serde.assignment_from_proto(self._unary("GetAssignment", request))
 
     def list_volunteers(self, *, online_only: bool = False, limit: int = 0) -> list[Volunteer]:

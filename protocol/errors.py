@@ -12,8 +12,8 @@
     └── Unavailable                  coordinator unreachable or overloaded          (UNAVAILABLE, exit 5)
 
 Messages are written for the person who reads them: what is wrong and how to fix it. The server
-maps these to gRPC status codes (``GRPC_CODE_NAMES``); the client maps status codes back with
-``from_grpc_code_name`` so callers only ever see these classes, never ``grpc.RpcError``.
+maps these to gRPC status codes (``GRPC_CODE_NAMES``); the clients map status codes back with
+``from_grpc_status`` so callers only ever see these classes, never ``grpc.RpcError``.
 """
 
 from __future__ import annotations
@@ -101,3 +101,15 @@ _BY_CODE_NAME["DEADLINE_EXCEEDED"] = Unavailable
 def from_grpc_code_name(code_name: str, message: str) -> EssaimError:
     """The essaim error for a gRPC status code name (``grpc.StatusCode.X.name``)."""
     return _BY_CODE_NAME.get(code_name, EssaimError)(message)
+
+
+def from_grpc_status(code_name: str, details: str, address: str) -> EssaimError:
+    """The essaim error for a call to ``address`` that failed with this status; both clients use it.
+
+    UNAVAILABLE and DEADLINE_EXCEEDED say the coordinator cannot be reached and name its address.
+    """
+    if code_name in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+        return Unavailable(f"cannot reach the coordinator at {address}: {details or code_name}")
+    if code_name == "UNKNOWN" and not details:
+        details = "the coordinator answered with an unknown error"
+    return from_grpc_code_name(code_name, details or f"the call failed with {code_name}")

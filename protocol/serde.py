@@ -359,6 +359,12 @@ def assignment_to_proto(a: Assignment) -> pb.Assignment:
     return msg
 
 
+def assignment_request_to_proto(volunteer_id: str, hardware: Hardware) -> pb.GetAssignmentRequest:
+    return pb.GetAssignmentRequest(
+        header=request_header(), volunteer_id=volunteer_id, hardware=hardware_to_proto(hardware)
+    )
+
+
 def assignment_from_proto(msg: pb.Assignment) -> Assignment:
     return Assignment(
         job=job_from_proto(msg.job) if msg.has_job else None,

@@ -20,6 +20,7 @@ from essaim.protocol.client import (
     upload_chunks,
 )
 from essaim.protocol.errors import EssaimError, InvalidArgument, NotFound, Unavailable
+from essaim.protocol.lite_client import _STATUS_NAMES
 from essaim.protocol.recipe import load_recipe, load_recipe_file
 from essaim.protocol.retry import RetryPolicy
 from essaim.protocol.types import FileChunk
@@ -131,6 +132,22 @@ def test_translate_rpc_error() -> None:
     )
     nf = translate_rpc_error(_FakeError(grpc.StatusCode.NOT_FOUND, "no job"), "h:1")
     assert isinstance(nf, NotFound) and str(nf) == "no job" and nf.exit_code == 3
+
+
+@pytest.mark.parametrize("code", list(grpc.StatusCode)[1:])
+@pytest.mark.parametrize("details", ["why it failed", ""])
+def test_status_codes_are_translated_for_both_clients(code: grpc.StatusCode, details: str) -> None:
+    err = translate_rpc_error(_FakeError(code, details), "h:1")
+    assert (
+        isinstance(err, EssaimError)
+        and str(err)
+        and err.grpc_code_name in (code.name, "UNKNOWN", "UNAVAILABLE")
+    )
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        assert isinstance(err, Unavailable) and str(err).startswith("cannot reach the coordinator at h:1: ")
+    elif details:
+        assert str(err) == details
+    assert _STATUS_NAMES[code.value[0]] == code.name  # the light client reads grpc-status numbers
 
 
 def test_retry_policy_retries_only_given_errors() -> None:
