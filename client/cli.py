@@ -7,26 +7,23 @@
     essaim config show | set KEY VALUE
 
 ``app`` is mounted at the top level of ``essaim`` by :mod:`essaim.main`. The flags of ``run`` are
-made from :data:`essaim.client.settings.SETTINGS`, so each setting has one. Commands other than
+made from :data:`essaim.client.settings.SETTINGS`, so each setting has one. Once ``run`` (or the
+tray) has its options, the process becomes :mod:`essaim.client.entry`, which holds no CLI library. Commands other than
 ``run`` talk to the running app over the local control endpoint (:mod:`essaim.client.control`);
 ``config`` works on the file directly when the app is not running.
 """
 
 from __future__ import annotations
 
-import faulthandler
 import inspect
 import json
 import logging
-import logging.handlers
 import os
-import signal
 import sys
-import threading
 from typing import Annotated, Any
 
 import typer
-from essaim.client import control
+from essaim.client import control, entry
 from essaim.client.config import Paths, load_settings, render, save_value
 from essaim.client.errors import AppNotRunning, NoDisplay
 from essaim.client.settings import SETTINGS, parse_duration
@@ -38,56 +35,13 @@ config_app = typer.Typer(help="Show or change the volunteer app's settings.", no
 app.add_typer(config_app, name="config")
 
 
-def _log_to_file(paths: Paths) -> None:
-    """Entry points only: keep a rotating app.log that the tray's "Open logs" shows."""
-    paths.log_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.handlers.RotatingFileHandler(
-        paths.log_dir / "app.log", maxBytes=2_000_000, backupCount=3
-    )
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    if root.level > logging.INFO or root.level == logging.NOTSET:
-        root.setLevel(logging.INFO)
-
-
-def serve(*, flags: dict[str, Any], tray: bool, paths: Paths | None = None) -> None:
-    """Start the app (supervisor + control endpoint, and the tray unless headless) until stopped."""
-    from essaim.client.supervisor import Supervisor
-
-    paths = paths or Paths.default()
-    paths.ensure()
-    _log_to_file(paths)
-    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>` prints every thread's stack (a stuck app)
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
-    supervisor = Supervisor(paths=paths, flags=flags)
-    server = control.ControlServer(paths.control_address, handler=supervisor.command)
-    server.start()
-    stop = threading.Event()
-    try:
-        if tray:
-            from essaim.client.tray import Tray
-
-            Tray(
-                supervisor, paths=paths, stop=stop, force_exit=True, on_exit=server.stop
-            ).run()  # main thread
-        else:
-            if threading.current_thread() is threading.main_thread():
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    signal.signal(sig, lambda *_: stop.set())
-            supervisor.run(stop)
-    finally:
-        stop.set()
-        server.stop()
-
-
 def _run(headless: bool, **options: Any) -> None:
     flags = {key: options[_param(key)] for key in SETTINGS if options.get(_param(key)) is not None}
     if not headless:
         problem = display_problem()
         if problem:
             raise NoDisplay(problem)
-    serve(flags=flags, tray=not headless)
+    entry.launch(flags=flags, tray=not headless)
 
 
 def _param(key: str) -> str:
@@ -247,7 +201,7 @@ def tray_main() -> None:
     problem = display_problem()
     if problem:
         raise NoDisplay(problem)
-    serve(flags={}, tray=True)
+    entry.launch(flags={}, tray=True)
 
 
 start_tray = tray_main

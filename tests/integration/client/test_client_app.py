@@ -4,7 +4,9 @@ local control from the CLI, pause/resume/finish, crash restarts with backoff, a 
 from __future__ import annotations
 
 import json
+import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -147,7 +149,6 @@ def test_a_trainer_that_ignores_pause_is_suspended(tmp_path, launch_app, client_
 
 def test_without_a_display_the_tray_says_so_and_suggests_headless(tmp_path, client_kit):
     import subprocess
-    import sys
 
     env = client_kit.app_env(tmp_path)  # no DISPLAY, no WAYLAND_DISPLAY
     for argv in (["-m", "essaim"], ["-m", "essaim.client.cli", "run"]):  # `essaim` alone starts the tray
@@ -155,3 +156,21 @@ def test_without_a_display_the_tray_says_so_and_suggests_headless(tmp_path, clie
         assert proc.returncode == 2, proc.stderr
         assert "no graphical display to show the tray icon (DISPLAY is not set)" in proc.stderr
         assert "essaim run --headless" in proc.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_running_app_holds_neither_the_cli_libraries_nor_grpcio(tmp_path, launch_app, launch_coordinator):
+    """`run` parses its flags with the CLI, then becomes the app's own module (same pid): a registered,
+    heartbeating app has loaded neither grpcio's core nor pydantic's."""
+    coord = launch_coordinator(tmp_path / "coordinator")
+    app = launch_app(
+        tmp_path / "app", "--coordinator", coord.grpc_address, "--idle-minutes", "7", trainer=False
+    )
+    st = app.wait(lambda s: s["coordinator"]["connected"], "registration and a heartbeat", timeout=60)
+    assert st["coordinator"]["volunteer_id"]
+    assert "policy.idle_minutes = 7.0    # flag" in app.ask({"cmd": "config_show"})["text"]
+    argv = Path(f"/proc/{app.proc.pid}/cmdline").read_bytes().split(b"\0")
+    assert b"essaim.client.entry" in argv
+    maps = Path(f"/proc/{app.proc.pid}/maps").read_text()
+    assert "grpc/_cython" not in maps and "pydantic_core" not in maps
+    assert app.stop() == 0
