@@ -114,6 +114,11 @@ class TrainingSpec(_Section):
         lt=1,
         description="local mode: Nesterov momentum of the outer step; 0 with outer_lr 1 is plain averaging",
     )
+    overlap_averaging: bool = Field(
+        default=True,
+        description="local mode: average in the background while the next epoch trains; "
+        "each outer step lands one epoch late",
+    )
     compression: Literal["none", "fp16", "8bit"] = "fp16"
     matchmaking_time: float = Field(default=5.0, gt=0, le=600, description="seconds to gather peers")
     averaging_timeout: float = Field(default=60.0, gt=0, le=3600)

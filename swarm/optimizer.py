@@ -20,6 +20,14 @@ its gradient-averaging mode on the anchor tensors, with a gradient averager that
 pseudo-gradient instead of accumulated gradients (:class:`PseudoGradientAverager`). With
 ``outer_lr=1`` and ``outer_momentum=0`` this is plain parameter averaging.
 
+With ``training.overlap_averaging`` (the default) the averaging round does not stall training: at
+the end of epoch k the peer hands its pseudo-gradient to a background round and goes on training
+from where it is. When the outer step lands (during epoch k+1), the peer moves its parameters by
+``new anchor - parameters at the end of epoch k``: it keeps the progress it made meanwhile and takes
+the swarm's update, one epoch late (the overlap of Streaming DiLoCo, Douillard et al. 2025). A peer
+waits for a round only when the next epoch ends before it. This costs two more float32 copies of
+the trainable weights (hivemind's host copy of the anchors, and the parameters at the boundary).
+
 Only the model's trainable parameters (LoRA weights, or all weights for a full fine-tune) are given
 to hivemind, so only they are averaged and shared. The learning-rate schedule
 (``optimizer.schedule``, ``warmup_epochs``) follows the swarm epoch, not local steps.
@@ -62,6 +70,7 @@ from hivemind.compression import (
 )
 from hivemind.optim.grad_averager import GradientAverager
 from hivemind.optim.progress_tracker import ProgressTracker
+from hivemind.optim.state_averager import TrainingStateAverager
 from hivemind.utils import get_dht_time
 
 logger = logging.getLogger(__name__)
@@ -131,6 +140,7 @@ class OptimizerSettings:
     max_grad_norm: float | None
     average_state_every: int
     load_state_timeout: float
+    overlap: bool = False  # local mode: average in the background (training.overlap_averaging)
 
 
 def optimizer_settings(recipe: Recipe, *, run_id: str, average_state_every: int = 5) -> OptimizerSettings:
@@ -149,6 +159,7 @@ def optimizer_settings(recipe: Recipe, *, run_id: str, average_state_every: int 
         max_grad_norm=recipe.optimizer.max_grad_norm,
         average_state_every=average_state_every,
         load_state_timeout=max(60.0, 2 * training.averaging_timeout),
+        overlap=training.averaging == "local" and training.overlap_averaging,
     )
 
 
@@ -175,14 +186,27 @@ class _GradAverager(GradientAverager):
 
 class PseudoGradientAverager(_GradAverager):
     """DiLoCo's averager: ``parameters`` are the anchors; the "gradient" it averages is
-    ``anchor - local`` for the model's trainable ``local_parameters``, weighted by samples."""
+    ``anchor - local`` for the model's trainable ``local_parameters``, weighted by samples.
+
+    With ``hold_boundary`` (overlapped averaging) the local parameters go on changing while the
+    round runs: the first load of an epoch keeps a copy of them (:attr:`boundary`), and every load
+    until the outer step has been applied (hivemind reloads when a round fails) uses that copy.
+    """
 
     def __init__(
-        self, parameters: Sequence[torch.nn.Parameter], *, local_parameters: Sequence[torch.Tensor], **kwargs: Any
+        self, parameters: Sequence[torch.nn.Parameter], *, local_parameters: Sequence[torch.Tensor],
+        hold_boundary: bool = False, **kwargs: Any,
     ) -> None:
         self.local_parameters = tuple(local_parameters)
+        self.hold_boundary = hold_boundary
+        self.boundary: tuple[torch.Tensor, ...] | None = None
         kwargs["reuse_grad_buffers"] = True  # no accumulators: nothing is accumulated
         super().__init__(parameters, **kwargs)
+
+    def take_boundary(self) -> tuple[torch.Tensor, ...] | None:
+        """The local parameters at the end of the epoch whose outer step is being applied (once)."""
+        boundary, self.boundary = self.boundary, None
+        return boundary
 
     @torch.no_grad()
     def accumulate_grads_(self, batch_size: int) -> None:
@@ -191,8 +215,15 @@ class PseudoGradientAverager(_GradAverager):
 
     @torch.no_grad()
     def load_accumulators_into_averager_(self) -> None:
+        local_parameters: Sequence[torch.Tensor] = self.local_parameters
+        if self.hold_boundary:
+            if self.boundary is None:
+                self.boundary = tuple(
+                    p.detach().to(device="cpu", dtype=torch.float32, copy=True) for p in self.local_parameters
+                )
+            local_parameters = self.boundary
         with self.get_tensors() as averaged:
-            for out, anchor, local in zip(averaged, self.parameters, self.local_parameters, strict=True):
+            for out, anchor, local in zip(averaged, self.parameters, local_parameters, strict=True):
                 out.copy_(anchor.detach()).sub_(local.detach().to(device="cpu", dtype=torch.float32))
 
     @torch.no_grad()
@@ -270,12 +301,63 @@ class _Tracker(ProgressTracker):
         return self._last_fetch > self._target_reached_at
 
 
+class _StateAverager(TrainingStateAverager):
+    """hivemind's TrainingStateAverager that tells its owner before the host copy of the parameters
+    (the outer step's result, an averaged or a downloaded state) is copied into the main ones, and
+    that never offers a state under an epoch it has not reached: while an epoch's delayed optimizer
+    step has not run, the epoch is counted but the parameters are still the previous epoch's, so
+    they are offered (to newcomers and the keeper) as that epoch's."""
+
+    before_apply: Callable[[], None] | None = None
+    step_pending = False  # an epoch's delayed optimizer step was submitted and has not run yet
+
+    def step(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("optimizer_step") and kwargs.get("delay_optimizer_step"):
+            self.step_pending = True
+        return super().step(*args, **kwargs)
+
+    def _update_scheduler(self) -> None:  # runs right after each optimizer step, under lock_optimizer
+        super()._update_scheduler()
+        self.step_pending = False
+
+    def _apply_optimizer_parameters_(self) -> None:
+        if self.before_apply is not None:
+            self.before_apply()
+        super()._apply_optimizer_parameters_()
+        self.step_pending = False  # whatever ran (or failed), the parameters are now the ones offered
+
+    def get_current_state(self) -> Any:
+        with self.lock_optimizer:  # not halfway through a background optimizer step
+            metadata, tensors, infos = super().get_current_state()
+            if self.step_pending:
+                metadata = {**metadata, "epoch": metadata["epoch"] - 1}
+        return metadata, tensors, infos
+
+
 class _HivemindOptimizer(hivemind.Optimizer):
     """hivemind.Optimizer that tells its owner when it replaced its state with a peer's, and that
     does not arrange averaging rounds ahead of time while it is alone in the swarm (hivemind would
-    start a matchmaking every epoch that can only time out, keeping a lone peer's CPU busy)."""
+    start a matchmaking every epoch that can only time out, keeping a lone peer's CPU busy) or
+    while its last round still runs."""
 
     on_state_loaded: Callable[[], None] | None = None
+
+    def _make_state_averager(self, **kwargs: Any) -> TrainingStateAverager:
+        return _StateAverager(  # hivemind.Optimizer._make_state_averager, with the subclass
+            dht=self.dht,
+            prefix=f"{self.run_id}_state_averager",
+            min_matchmaking_time=self.matchmaking_time,
+            allreduce_timeout=self.allreduce_timeout,
+            shutdown_timeout=self.shutdown_timeout,
+            offload_optimizer=self.offload_optimizer,
+            custom_gradients=self.offload_optimizer,
+            status_loglevel=self.status_loglevel,
+            next_chunk_timeout=self.next_chunk_timeout,
+            client_mode=self.client_mode,
+            auxiliary=self.auxiliary,
+            start=True,
+            **kwargs,
+        )
 
     def _make_progress_tracker(self, target_batch_size: int, **kwargs: Any) -> ProgressTracker:
         return _Tracker(dht=self.dht, prefix=self.run_id, target_batch_size=target_batch_size,
@@ -285,7 +367,11 @@ class _HivemindOptimizer(hivemind.Optimizer):
         return self.tracker.global_progress.num_peers < 2
 
     def _maybe_schedule_gradient_averaging(self) -> None:
-        if not self._alone():
+        running = self.scheduled_grads is not None and self.scheduled_grads.triggered and not self.scheduled_grads.done()
+        # hivemind would start looking for the next round's group while the last one still runs in
+        # the background (overlapped mode); gradient groups carry no epoch, so a peer still on the
+        # last round could join it and wait for tensors that come an epoch later ("received 50%")
+        if not self._alone() and not running:
             super()._maybe_schedule_gradient_averaging()
 
     def _maybe_schedule_state_averaging(self) -> None:
@@ -328,6 +414,7 @@ class SwarmOptimizer:
         lr_at: Callable[[int], float],
         anchors: tuple[torch.Tensor, ...] = (),
         inner: torch.optim.Optimizer | None = None,
+        overlap: bool = False,
     ) -> None:
         self.settings = settings
         self.names = [name for name, _ in named_params]
@@ -335,12 +422,15 @@ class SwarmOptimizer:
         self.hv = hv
         self.anchors = anchors
         self.inner = inner
+        self.overlap = overlap
         self._lr_at = lr_at
         self._base_lrs = [g["lr"] for g in inner.param_groups] if inner is not None else []
         self._epoch_seen = hv.local_epoch
         self._reloaded = False
         self._quiet: Any = None
         hv.on_state_loaded = self._after_state_loaded
+        if overlap:
+            hv.state_averager.before_apply = self._before_anchor_update
         self._set_inner_lr()
 
     # ---- what the training loop uses ----
@@ -374,8 +464,8 @@ class SwarmOptimizer:
             self.inner.step()
             self.inner.zero_grad(set_to_none=True)
             self.hv.step(batch_size=batch_size)
-            if self.local_epoch != self._epoch_seen:
-                self._sync_model_from_anchors()
+            if self.local_epoch != self._epoch_seen and not self.overlap:
+                self._sync_model_from_anchors()  # overlapped: _before_anchor_update, when the step lands
         changed = self.local_epoch != before
         self._epoch_seen = self.local_epoch
         if changed:
@@ -402,6 +492,14 @@ class SwarmOptimizer:
         if quiet is not None:
             quiet.__exit__(None, None, None)
 
+    def settle(self) -> None:
+        """Wait for an averaging round still running in the background (overlapped local mode) and
+        take its outer step: at the end of the job, so the final weights include the last one."""
+        try:
+            self.hv.state_averager.step(wait_for_delayed_updates=True)
+        except Exception as exc:
+            logger.warning("the last averaging round did not finish: %s", exc)
+
     def join(self) -> int:
         """Load the swarm's newest state from a peer (or the keeper) if any has one; returns the epoch."""
         try:
@@ -422,7 +520,8 @@ class SwarmOptimizer:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume this peer: epoch, hivemind/outer and inner optimizer states."""
         state: dict[str, Any] = {"epoch": self.local_epoch, "mode": self.mode, "names": list(self.names)}
-        state["hivemind"] = self.hv.state_dict()
+        with self.hv.state_averager.lock_optimizer:  # an overlapped outer step may be running
+            state["hivemind"] = self.hv.state_dict()
         if self.inner is not None:
             state["inner"] = self.inner.state_dict()
             state["anchors"] = [a.detach().clone() for a in self.anchors]
@@ -439,8 +538,9 @@ class SwarmOptimizer:
             self.inner.load_state_dict(state["inner"])
             for anchor, saved in zip(self.anchors, state["anchors"], strict=True):
                 anchor.copy_(saved)
-        else:
-            self._push_model_to_offloaded()
+            if self.overlap:
+                self.hv.grad_averager.take_boundary()
+        self._push_main_to_offloaded()
         self._epoch_seen = self.local_epoch
         self._set_inner_lr()
 
@@ -460,17 +560,33 @@ class SwarmOptimizer:
             param.copy_(anchor.to(device=param.device, dtype=param.dtype))
 
     @torch.no_grad()
-    def _push_model_to_offloaded(self) -> None:
+    def _push_main_to_offloaded(self) -> None:
+        """Copy the parameters hivemind optimizes (the model's in sync mode, the anchors in local
+        mode) into its host copy, if it keeps one."""
         averager = self.hv.state_averager
         if not averager.offload_optimizer:
             return
         offloaded = [p for group in averager.optimizer.param_groups for p in group["params"]]
-        for main, copy in zip(self.params, offloaded, strict=True):
+        for main, copy in zip(averager.main_parameters, offloaded, strict=True):
             copy.copy_(main.detach().to(device=copy.device, dtype=copy.dtype))
+
+    @torch.no_grad()
+    def _before_anchor_update(self) -> None:
+        """Overlapped local mode, just before hivemind copies new anchors in: move the local
+        parameters by ``new anchor - base``, where the base is what they were at the end of the
+        epoch this outer step is for (or the current anchor for any other update of the anchors),
+        so they keep what they learned since and take the swarm's update."""
+        averager = self.hv.state_averager
+        new = [p for group in averager.optimizer.param_groups for p in group["params"]]
+        base = self.hv.grad_averager.take_boundary() or self.anchors
+        for param, fresh, old in zip(self.params, new, base, strict=True):
+            param.add_(torch.sub(fresh, old).to(device=param.device, dtype=param.dtype))
 
     def _after_state_loaded(self) -> None:
         self._reloaded = True
         if self.inner is not None:
+            if self.overlap:
+                self.hv.grad_averager.take_boundary()
             self._sync_model_from_anchors()
         self._epoch_seen = self.local_epoch
         self._set_inner_lr()
@@ -528,8 +644,6 @@ def build_optimizer(
         state_averaging_compression=settings.compression,
         load_state_compression=NoCompression(),
         average_state_every=settings.average_state_every,
-        delay_optimizer_step=False,
-        delay_grad_averaging=False,
         # alone, hivemind looks for peers' progress every 3 s; look at least twice per matchmaking
         # period so peers that start together agree on the epoch from the first one
         tracker_opts={
@@ -546,6 +660,8 @@ def build_optimizer(
                 optimizer=torch_optimizer_factory(recipe.optimizer),
                 scheduler=partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=lr_at),
                 grad_averager_factory=_GradAverager,
+                delay_optimizer_step=False,
+                delay_grad_averaging=False,
                 **common,
             )
             optimizer = SwarmOptimizer(settings=settings, named_params=named, hv=hv, lr_at=lr_at)
@@ -555,17 +671,22 @@ def build_optimizer(
             )
             outer = partial(torch.optim.SGD, lr=settings.outer_lr, momentum=settings.outer_momentum,
                             nesterov=settings.outer_momentum > 0)
+            # the keeper never trains: it has no boundary to overlap
+            overlap = settings.overlap and not auxiliary
             hv = _HivemindOptimizer(
                 params=anchors,
                 optimizer=outer,
-                offload_optimizer=False,
-                delay_state_averaging=False,
-                grad_averager_factory=partial(PseudoGradientAverager, local_parameters=params),
+                offload_optimizer=overlap,
+                delay_optimizer_step=overlap,
+                delay_grad_averaging=overlap,
+                delay_state_averaging=overlap,
+                grad_averager_factory=partial(PseudoGradientAverager, local_parameters=params, hold_boundary=overlap),
                 **common,
             )
             inner = torch_optimizer_factory(recipe.optimizer)(params)
             optimizer = SwarmOptimizer(
-                settings=settings, named_params=named, hv=hv, lr_at=lr_at, anchors=anchors, inner=inner
+                settings=settings, named_params=named, hv=hv, lr_at=lr_at, anchors=anchors, inner=inner,
+                overlap=overlap,
             )
     except TrainingError:
         raise
@@ -574,8 +695,9 @@ def build_optimizer(
     if auxiliary:
         optimizer.serve_state(False)
     logger.info(
-        "optimizer: %s mode, %d tensors, target batch %d, compression %s",
-        settings.mode, len(params), settings.target_batch_size, recipe.training.compression,
+        "optimizer: %s mode%s, %d tensors, target batch %d, compression %s",
+        settings.mode, ", averaging overlapped with training" if optimizer.overlap else "", len(params),
+        settings.target_batch_size, recipe.training.compression,
     )
     return optimizer
 

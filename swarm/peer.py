@@ -197,6 +197,8 @@ class TrainingPeer:
         try:
             self._join()
             reason = self._train()
+            if reason in ("completed", "finished"):
+                self.optimizer.settle()  # the last epoch's outer step, when it was overlapped
             self._save_state()
             self._publish(wait=True)
             return reason

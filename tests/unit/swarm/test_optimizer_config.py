@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import threading
 import time
 from typing import Any
 
@@ -128,7 +129,7 @@ def test_local_mode_is_diloco_with_a_nesterov_outer_step(dht: Any) -> None:
 
     tiny = _Tiny()
     recipe = _recipe(averaging="local", outer_lr=0.5, compression="none", target_batch_size=32, batch_size=8,
-                     matchmaking_time=1.0)
+                     matchmaking_time=1.0, overlap_averaging=False)
     opt = build_optimizer(tiny, recipe, dht=dht, run_id="unit-local")
     try:
         assert opt.names == ["0.weight", "1.weight", "1.bias"]  # the frozen bias is not averaged
@@ -146,6 +147,85 @@ def test_local_mode_is_diloco_with_a_nesterov_outer_step(dht: Any) -> None:
             # Nesterov SGD, first step: anchor' = anchor - lr * (1 + momentum) * pseudo-gradient
             assert torch.allclose(anchor, s - 0.5 * (1 + OUTER_MOMENTUM) * g, atol=1e-6)
             assert torch.allclose(param, anchor)  # every peer restarts from the new anchor
+    finally:
+        _release(opt)
+
+
+@pytest.mark.timeout(120)
+def test_overlapped_local_mode_keeps_training_and_takes_the_outer_step_one_epoch_late(dht: Any) -> None:
+    from essaim.swarm.optimizer import build_optimizer
+
+    tiny = _Tiny()
+    recipe = _recipe(averaging="local", outer_lr=0.5, compression="none", target_batch_size=32, batch_size=8,
+                     matchmaking_time=1.0)
+    assert recipe.training.overlap_averaging  # the default
+    opt = build_optimizer(tiny, recipe, dht=dht, run_id="unit-overlap")
+    try:
+        assert opt.overlap
+        start = [p.detach().clone() for p in opt.params]
+        _until_next_epoch(opt, tiny)
+        assert opt.local_epoch == 1
+        boundary = opt.hv.grad_averager.boundary
+        assert boundary is not None
+        # the epoch ended, yet the peer was not sent back to an anchor: it goes on from where it is
+        assert all(torch.equal(p, b) for p, b in zip(opt.params, boundary, strict=True))
+        pseudo = [s - b for s, b in zip(start, boundary, strict=True)]
+        assert any(g.abs().max() > 0 for g in pseudo)
+        opt.hv.state_averager.step(wait_for_delayed_updates=True, apply_delayed_updates=False)
+        assert all(torch.equal(a, s) for a, s in zip(opt.anchors, start, strict=True))  # not applied yet
+        _steps(opt, tiny, 2)  # two more local steps; the first one's hivemind step applies the update
+        assert opt.hv.grad_averager.boundary is None
+        # replay: the update landed at the start of the first step's hivemind part, after its inner step
+        for anchor, s, g in zip(opt.anchors, start, pseudo, strict=True):
+            assert torch.allclose(anchor, s - 0.5 * (1 + OUTER_MOMENTUM) * g, atol=1e-6)
+        assert opt.local_epoch == 1 and opt.state_dict()["epoch"] == 1
+    finally:
+        _release(opt)
+
+
+@pytest.mark.timeout(120)
+def test_the_overlapped_update_moves_the_parameters_by_the_new_anchor_minus_the_boundary(dht: Any) -> None:
+    from essaim.swarm.optimizer import build_optimizer
+
+    tiny = _Tiny()
+    recipe = _recipe(averaging="local", outer_lr=0.5, compression="none", target_batch_size=32, batch_size=8,
+                     matchmaking_time=1.0)
+    opt = build_optimizer(tiny, recipe, dht=dht, run_id="unit-overlap-merge")
+    try:
+        _until_next_epoch(opt, tiny)
+        boundary = [b.clone() for b in opt.hv.grad_averager.boundary]
+        x, y = torch.randn(8, 4), torch.randn(8, 1)
+        torch.nn.functional.mse_loss(tiny.model(x), y).backward()
+        opt.inner.step()  # local progress made while the round runs (no hivemind step yet)
+        opt.inner.zero_grad(set_to_none=True)
+        before = [p.detach().clone() for p in opt.params]
+        assert any(not torch.equal(p, b) for p, b in zip(before, boundary, strict=True))
+        opt.hv.state_averager.step(wait_for_delayed_updates=True)  # the outer step lands
+        for param, prior, anchor, b in zip(opt.params, before, opt.anchors, boundary, strict=True):
+            assert torch.allclose(param, prior + (anchor - b), atol=1e-6)
+        assert opt.hv.grad_averager.boundary is None
+    finally:
+        _release(opt)
+
+
+@pytest.mark.timeout(120)
+def test_a_state_is_offered_under_the_epoch_its_parameters_belong_to(dht: Any) -> None:
+    from essaim.swarm.optimizer import build_optimizer
+
+    tiny = _Tiny()
+    recipe = _recipe(averaging="local", compression="none", target_batch_size=32, batch_size=8, matchmaking_time=1.0)
+    opt = build_optimizer(tiny, recipe, dht=dht, run_id="unit-overlap-offer")
+    try:
+        averager = opt.hv.state_averager
+        assert averager.get_current_state()[0]["epoch"] == 0
+        round_done = threading.Event()  # an epoch whose averaging round is still running
+        averager.step(increment_epoch=True, optimizer_step=True, delay_optimizer_step=True, delay_averaging=True,
+                      wait_for_trigger=round_done.wait)
+        assert averager.local_epoch == 1
+        assert averager.get_current_state()[0]["epoch"] == 0  # still epoch 0's parameters
+        round_done.set()
+        averager.step(wait_for_delayed_updates=True)
+        assert averager.get_current_state()[0]["epoch"] == 1
     finally:
         _release(opt)
 
