@@ -14,7 +14,6 @@ Used by the coordinator client, the volunteer app and the benchmarks. If calls f
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
@@ -57,6 +56,8 @@ class RetryPolicy:
 
     async def acall(self, fn: Callable[[], Awaitable[T]]) -> T:
         """The asyncio twin of :meth:`call`."""
+        import asyncio  # here: the volunteer app, which never awaits, is spared its import (~7 MB)
+
         start = time.monotonic()
         delays = self.delays()
         while True:
