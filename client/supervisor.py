@@ -128,8 +128,8 @@ class Supervisor:
         if self._idle_source is None:
             self._idle_source = detect_idle_source()
         logger.info("user idle time from: %s", self._idle_source.name)
-        try:
-            keys.load_or_create_private_key(self.paths.identity_file)
+        try:  # the key is made when first needed: registering, or by the trainer
+            keys.check_identity_file(self.paths.identity_file)
         except ClientError as exc:
             self.fatal = str(exc)
         self._connect()

@@ -33,7 +33,7 @@ class Identity:
     """A volunteer's key pair, as the app keeps it."""
 
     def __init__(self) -> None:
-        self.key = keys.rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.key = keys.new_private_key()
         self.public_key = keys.public_key_der(self.key)
 
     def sign(self, data: bytes) -> bytes:

@@ -67,7 +67,7 @@ class Identity:
     """A volunteer's RSA key pair, as the app keeps it."""
 
     def __init__(self) -> None:
-        self.key = keys.rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.key = keys.new_private_key()
         self.public_key = keys.public_key_der(self.key)
 
     def register(self, client: Any, *, name: str, team: str, hardware: Hardware) -> Any:

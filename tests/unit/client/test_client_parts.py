@@ -132,6 +132,33 @@ def test_unreadable_identity_key_says_how_to_fix(tmp_path):
         keys.load_or_create_private_key(path)
 
 
+def test_the_light_identity_check_agrees_with_loading_the_key(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    path = tmp_path / "identity.pem"
+    keys.check_identity_file(path)  # none yet: made when first needed
+    assert not path.exists()
+    pem = keys.load_or_create_private_key(path) and path.read_text()
+    path.chmod(0o644)
+    keys.check_identity_file(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    other = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    for bad, why in [
+        ("not a key", "move the file away"),
+        (pem[: len(pem) // 2], "move the file away"),
+        (pem.replace(pem.splitlines()[1], "!" * 64), "move the file away"),
+        (other.decode(), "not an RSA key"),
+    ]:
+        path.write_text(bad)
+        with pytest.raises(IdentityError, match=why):
+            keys.check_identity_file(path)
+        with pytest.raises(IdentityError, match=why):
+            keys.load_or_create_private_key(path)
+
+
 def test_no_display_and_no_session_is_headless(monkeypatch):
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
