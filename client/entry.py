@@ -2,12 +2,15 @@
 
     essaim run --headless --idle-minutes 5       Typer parses and checks the flags (essaim.client.cli),
       -> launch(flags=..., tray=False)            then this process becomes, same pid (os.execv):
-      -> python -m essaim.client.entry --flags '{"policy.idle_minutes": 5.0}' --log-level INFO
+      -> python -m essaim.client.entry --flags '{"policy.idle_minutes": 5.0}' --log-level INFO \
+             -- /path/to/essaim run --headless --idle-minutes 5
 
 The app runs for days, so what it holds in memory counts: Typer, Click, Rich and pydantic, which the
 command line needs, would stay loaded for nothing (about 15 MB). ``essaim run`` and ``essaim`` alone
 therefore parse their options, then replace themselves with this module, which imports only the
-app. ``--tray`` shows the tray icon; ``--flags`` carries the settings given on the command line.
+app. ``--tray`` shows the tray icon; ``--flags`` carries the settings given on the command line;
+what follows ``--`` is the command as it was typed, ignored but kept visible to ``ps`` and
+``pkill -f`` (the Windows tray stops the app that way).
 Errors end the process with ``error: <message>`` and the error's exit code, as the CLI does.
 """
 
@@ -38,6 +41,7 @@ def launch(*, flags: dict[str, Any], tray: bool) -> NoReturn:
     argv = [sys.executable, "-m", MODULE, "--flags", json.dumps(flags), "--log-level", str(level)]
     if tray:
         argv.append("--tray")
+    argv += ["--", *sys.argv]  # the command as typed stays in ps, for `pkill -f "essaim run --headless"`
     sys.stdout.flush()
     sys.stderr.flush()
     if not sys.executable or not hasattr(os, "execv"):
@@ -99,9 +103,11 @@ def _parse(argv: list[str]) -> tuple[dict[str, Any], bool, str]:
             flags = json.loads(next(args, "{}"))
         elif arg == "--log-level":
             level = next(args, level).upper()
+        elif arg == "--":
+            break  # the command line the app was started with, kept for ps
         else:
             raise SystemExit(
-                f"usage: python -m {MODULE} [--tray] [--flags JSON] [--log-level LEVEL]; "
+                f"usage: python -m {MODULE} [--tray] [--flags JSON] [--log-level LEVEL] [-- COMMAND...]; "
                 f"unknown argument {arg!r} (start the app with `essaim run`)"
             )
     return flags, tray, level

@@ -169,8 +169,9 @@ def test_the_running_app_holds_neither_the_cli_libraries_nor_grpcio(tmp_path, la
     st = app.wait(lambda s: s["coordinator"]["connected"], "registration and a heartbeat", timeout=60)
     assert st["coordinator"]["volunteer_id"]
     assert "policy.idle_minutes = 7.0    # flag" in app.ask({"cmd": "config_show"})["text"]
-    argv = Path(f"/proc/{app.proc.pid}/cmdline").read_bytes().split(b"\0")
-    assert b"essaim.client.entry" in argv
+    argv = Path(f"/proc/{app.proc.pid}/cmdline").read_bytes().decode().split("\0")
+    assert "essaim.client.entry" in argv
+    assert "cli.py run --other-cpu-pause-percent 0" in " ".join(argv)  # as typed, for ps and pkill -f
     maps = Path(f"/proc/{app.proc.pid}/maps").read_text()
     assert "grpc/_cython" not in maps and "pydantic_core" not in maps
     assert app.stop() == 0
