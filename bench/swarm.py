@@ -7,7 +7,9 @@ its own DHT (no coordinator, no swarm tokens: the DHT's authorizer is off), peer
 others' initial peer. The job is ``essaim demo``'s generated Llama (``--size small``: 4 layers of
 256, 4.2M parameters; ``--size demo``: 133k) with a short swarm epoch (``--target`` samples), LoRA
 (r 8 on q_proj and v_proj) or full fine-tune, ``sync`` (gradient averaging) or ``local`` (DiLoCo
-local updates, pseudo-gradient averaging) mode, fp16 compression as in the demo's recipe. All
+local updates, pseudo-gradient averaging, the round overlapped with the next epoch's training, as
+recipes have it by default) or ``local-blocking`` (the same with ``training.overlap_averaging:
+false``: training waits for each round) mode, fp16 compression as in the demo's recipe. All
 peers are built first, then told to start together; they train ``--warmup-epochs`` swarm epochs
 that are not measured, then ``--epochs`` that are. Peers start from the same weights (the job's
 seeded init) and do not download state from each other (``join_swarm=False``).
@@ -50,11 +52,13 @@ Per configuration, over the measured epochs:
   them, and their limit is a few milliseconds.
 - *compute fraction*: per peer, the trainer's own compute counter (``TrainingPeer``: forward,
   backward and the optimizer's work on every micro-batch, but none of the step that ends an epoch,
-  which waits for the averaging round) over the wall time between the same epoch boundaries.
-  Target >= 0.90 on every peer in local mode (INTELLECT-1 reported 83% across continents). The
-  epoch-ending step's time is split into before the peer's round (its group forming at the time
-  hivemind scheduled, the other peers arriving), the round, and after it (the optimizer or outer
-  step); the JSON has the split and the compute per epoch that 0.90 would need.
+  which starts the averaging round and, unless it is overlapped, waits for it) over the wall time
+  between the same epoch boundaries. Target >= 0.90 on every peer in local mode (INTELLECT-1
+  reported 83% across continents). The epoch-ending step's time is split into before the peer's
+  round (its group forming at the time hivemind scheduled, the other peers arriving), the round,
+  and after it (the optimizer or outer step); the JSON has the split and the compute per epoch
+  that 0.90 would need. In overlapped local mode the step only waits when the previous epoch's
+  round is still running.
 - *LoRA / full*: bytes per epoch of the LoRA run over the full fine-tune's, for the ``--full``
   (peers:link) pairs, with the same ratio for the averaged tensors alone.
 
@@ -519,13 +523,18 @@ def _peer_env(threads: int) -> dict[str, str]:
     return env
 
 
+MODES = ("sync", "local", "local-blocking")
+
+
 def make_recipe(job_dir: Path, cfg: dict[str, Any], args: argparse.Namespace) -> Path:
     import yaml
 
     data = yaml.safe_load((job_dir / "recipe.yaml").read_text())
     data["adapter"] = dict(LORA) if cfg["adapter"] == "lora" else {"type": "full"}
     training = data["training"]
-    training["averaging"] = cfg["mode"]
+    training["averaging"] = "sync" if cfg["mode"] == "sync" else "local"
+    if cfg["mode"] != "sync":
+        training["overlap_averaging"] = cfg["mode"] == "local"
     training["epochs"] = args.warmup_epochs + args.epochs  # the peers stop ("completed") at the last one
     training["target_batch_size"] = args.target
     training["batch_size"] = args.batch
@@ -774,7 +783,7 @@ def targets(row: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if row.get("round_over_limit") is not None:
         out["round_le_1.5x_limit"] = row["round_over_limit"] <= TARGET_ROUND_RATIO
-    if row["mode"] == "local" and row.get("compute_fraction_min") is not None:
+    if row["mode"].startswith("local") and row.get("compute_fraction_min") is not None:
         out["compute_fraction_ge_0.90"] = row["compute_fraction_min"] >= TARGET_COMPUTE_LOCAL
     return out
 
@@ -972,7 +981,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=["loopback", "limited"],
         help="loopback and/or limited (default both)",
     )
-    parser.add_argument("--modes", type=_csv(str), default=["sync", "local"], help="sync and/or local")
+    parser.add_argument(
+        "--modes", type=_csv(str), default=["sync", "local"],
+        help="sync, local (averaging overlapped with training) and/or local-blocking (default sync,local)",
+    )
     parser.add_argument(
         "--full",
         type=_csv(str),
@@ -1011,8 +1023,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         if link not in ("loopback", "limited"):
             parser.error(f"unknown link {link!r}: use loopback and/or limited")
     for mode in args.modes:
-        if mode not in ("sync", "local"):
-            parser.error(f"unknown mode {mode!r}: use sync and/or local")
+        if mode not in MODES:
+            parser.error(f"unknown mode {mode!r}: use {', '.join(MODES)}")
     for item in args.full:
         if not re.fullmatch(r"\d+:(loopback|limited)", item):
             parser.error(f"--full takes N:LINK pairs such as 2:limited, not {item!r}")
