@@ -34,6 +34,10 @@ logger = logging.getLogger(__name__)
 Item = pystray.MenuItem
 SEP = pystray.Menu.SEPARATOR
 EXIT_GRACE = 3.0
+COUNTER_REFRESH_SECONDS = 5.0
+"""A status that differs from the one shown only in its figures (the idle time counting up) is shown
+at most this often: refreshed every second, the tooltip took the tray app from 0.23 to 0.42 % of a core."""
+_NO_DIGITS = str.maketrans("", "", "0123456789")
 SCHEDULES = {
     "Any time": dict.fromkeys(("mon", "tue", "wed", "thu", "fri", "sat", "sun"), "all"),
     "Nights and weekends": {
@@ -174,6 +178,10 @@ class _XorgWaker:
             logger.debug("tray wake failed: %s", exc)
 
 
+def _digitless(text: str) -> str:
+    return text.translate(_NO_DIGITS)
+
+
 class Tray:
     def __init__(
         self,
@@ -192,7 +200,7 @@ class Tray:
         self.paths = paths
         self.stop = stop
         self.opener = opener
-        self._shown = ""
+        self._shown, self._shown_at = "", 0.0
         self._thread: threading.Thread | None = None
         self._latest: dict[str, Any] = {}
         self._dirty = threading.Event()
@@ -283,12 +291,17 @@ class Tray:
         key = f"{state}|{status.get('reason')}"
         if key == self._shown:
             return
+        now = time.monotonic()
+        if _digitless(key) == _digitless(self._shown) and now - self._shown_at < COUNTER_REFRESH_SECONDS:
+            return  # only a counter moved ("idle 0:41 of 3:00"): the supervisor's next status retries
         title = f"essaim: {status.get('reason', state)}"[:127]  # some trays cut longer tooltips
         if state != self._shown.split("|", 1)[0]:
             image = icon_image(state)
             self._call(lambda: setattr(self.icon, "icon", image))
         self._call(lambda: setattr(self.icon, "title", title))
-        self._shown = key
+        self._shown, self._shown_at = key, now
+        if not getattr(self.icon, "HAS_MENU", True):  # plain X11 shows no menu: no call, no wake-up
+            return
         try:
             self._call(self.icon.update_menu)
         except Exception:  # not every backend can update a menu before it is shown
