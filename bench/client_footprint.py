@@ -2,11 +2,12 @@
 
     python bench/client_footprint.py [--seconds 60] [--out bench/results]
 
-Runs the real app in three set-ups, with no trainer running: headless under an X server (it reads
-the user's idle time every second), headless connected to a real coordinator (registration and
-heartbeats), and the tray (pystray) in Xvfb with trayer as the tray host. For each it samples the
-app process once a second after a 5 s warm-up: peak and final RSS, USS, and CPU time over the
-window as a share of one core. Targets: <= 60 MB RSS, <= 0.5% of one core. Writes
+Runs the real app in four set-ups, with no trainer running: headless under an X server (it reads
+the user's idle time every second), headless connected to a real coordinator (first run: it makes
+its identity key and registers, which loads ``cryptography``), the same app started again (the
+everyday case: registered already, heartbeats only), and the tray (pystray) in Xvfb with trayer
+as the tray host. For each it samples the app process once a second after a 5 s warm-up: peak
+and final RSS, USS, and CPU time over the window as a share of one core. Targets: <= 60 MB RSS, <= 0.5% of one core. Writes
 ``client_footprint.json`` and ``client_footprint.md``. Needs Debian's xvfb and trayer.
 """
 
@@ -86,18 +87,25 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, h.xvfb() as display:
         base = Path(tmp)
 
-        def run(name: str, *flags: str, headless: bool = True) -> None:
+        def run(name: str, *flags: str, headless: bool = True, root: str = "") -> None:
             print(f"{name} ...", flush=True)
             app = h.start_app(
-                base / name.replace(" ", "-"), *flags, display=display, headless=headless, trainer=False
+                base / (root or name.replace(" ", "-")),
+                *flags,
+                display=display,
+                headless=headless,
+                trainer=False,
             )
             try:
                 st = app.status()
                 assert st["trainer_pid"] is None
+                figures = measure(app.proc.pid, args.seconds)
+                link = app.status().get("coordinator")
                 results[name] = {
-                    **measure(app.proc.pid, args.seconds),
+                    **figures,
                     "state": st["state"],
                     "reason": st["reason"],
+                    "coordinator_connected": link["connected"] if link else None,
                 }
             finally:
                 app.stop()
@@ -106,7 +114,9 @@ def main() -> int:
         coordinator = load("tests_conftest", ROOT / "tests" / "conftest.py")
         coord = coordinator.start_coordinator(base / "coordinator")
         try:
-            run("headless, connected to a coordinator", "--coordinator", coord.grpc_address)
+            flags = ("--coordinator", coord.grpc_address)
+            run("headless, connected to a coordinator (first run: registers)", *flags, root="connected")
+            run("headless, connected, started again (registered)", *flags, root="connected")
         finally:
             coord.stop()
         if shutil.which("trayer"):
