@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,22 +26,16 @@ from essaim.protocol.auth_metadata import bearer_metadata
 from essaim.protocol.errors import EssaimError, InvalidArgument, Unavailable, from_grpc_status
 from essaim.protocol.retry import RetryPolicy
 from essaim.protocol.types import (
-    Assignment,
     FileChunk,
     FileKind,
-    Hardware,
-    HeartbeatReply,
-    HeartbeatReport,
     Job,
     JobFile,
-    JobProgress,
     JobStatus,
-    Registration,
-    RegistrationRequest,
     Volunteer,
 )
 from essaim.protocol.v1 import coordinator_pb2 as pb
 from essaim.protocol.v1 import coordinator_pb2_grpc as pb_grpc
+from essaim.protocol.volunteer_calls import VolunteerCalls
 
 if TYPE_CHECKING:
     from essaim.protocol.recipe import Recipe
@@ -198,7 +192,7 @@ class _Incoming:
         self.tmp.unlink(missing_ok=True)
 
 
-class CoordinatorClient:
+class CoordinatorClient(VolunteerCalls):
     """Blocking client of one coordinator. ``retries`` is how many times idempotent calls are retried."""
 
     def __init__(
@@ -257,57 +251,10 @@ class CoordinatorClient:
     def _retrying(self, fn: Callable[[], T]) -> T:
         return self._retry.call(fn)
 
-    # ---- volunteers ----
+    # ---- volunteers (register, heartbeat, get_assignment: VolunteerCalls) ----
 
-    def register(
-        self,
-        *,
-        public_key: bytes,
-        peer_id: str,
-        name: str,
-        hardware: Hardware,
-        team: str = "",
-        timestamp: float,
-        signature: bytes,
-    ) -> Registration:
-        """Join the coordinator; the returned token authenticates this volunteer's later calls."""
-        request = serde.registration_request_to_proto(
-            RegistrationRequest(
-                public_key=public_key,
-                peer_id=peer_id,
-                name=name,
-                timestamp=timestamp,
-                signature=signature,
-                hardware=hardware,
-                team=team,
-            )
-        )
-        return serde.registration_from_proto(self._unary("Register", request))
-
-    def heartbeat(
-        self,
-        *,
-        volunteer_id: str,
-        state: str,
-        reason: str = "",
-        hardware: Hardware | None = None,
-        progress: Sequence[JobProgress] = (),
-        client_version: str = "",
-    ) -> HeartbeatReply:
-        report = HeartbeatReport(
-            volunteer_id=volunteer_id,
-            state=state,
-            reason=reason,
-            hardware=hardware,
-            progress=list(progress),
-            client_version=client_version,
-        )
-        reply = self._unary("Heartbeat", serde.heartbeat_report_to_proto(report))
-        return serde.heartbeat_reply_from_proto(reply)
-
-    def get_assignment(self, volunteer_id: str, hardware: Hardware) -> Assignment:
-        request = serde.assignment_request_to_proto(volunteer_id, hardware)
-        return serde.assignment_from_proto(self._unary("GetAssignment", request))
+    def _volunteer_call(self, method: str, request: Any, reply_type: type) -> Any:
+        return self._unary(method, request)
 
     def list_volunteers(self, *, online_only: bool = False, limit: int = 0) -> list[Volunteer]:
         request = pb.ListVolunteersRequest(

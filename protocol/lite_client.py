@@ -33,7 +33,6 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote
 
@@ -42,20 +41,10 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
-from essaim.protocol import serde
 from essaim.protocol.auth_metadata import bearer_metadata
 from essaim.protocol.errors import EssaimError, InvalidArgument, from_grpc_status
-from essaim.protocol.types import (
-    Assignment,
-    Hardware,
-    HeartbeatReply,
-    HeartbeatReport,
-    JobProgress,
-    Registration,
-    RegistrationRequest,
-)
-from essaim.protocol.v1 import coordinator_pb2 as pb
 from essaim.protocol.version import __version__
+from essaim.protocol.volunteer_calls import VolunteerCalls
 
 SERVICE_PATH = "/essaim.v1.Coordinator/"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -139,7 +128,7 @@ class _Reply:
             self.reset = int(event.error_code or 0)
 
 
-class LiteClient:
+class LiteClient(VolunteerCalls):
     """Blocking client of one coordinator for the volunteer app's three calls; thread-safe, one call at a time."""
 
     def __init__(
@@ -347,57 +336,8 @@ class LiteClient:
             )
         return body[5:]
 
-    # ---- the volunteer's calls ----
-
-    def register(
-        self,
-        *,
-        public_key: bytes,
-        peer_id: str,
-        name: str,
-        hardware: Hardware,
-        team: str = "",
-        timestamp: float,
-        signature: bytes,
-    ) -> Registration:
-        """Join the coordinator; the returned token authenticates this volunteer's later calls."""
-        request = serde.registration_request_to_proto(
-            RegistrationRequest(
-                public_key=public_key,
-                peer_id=peer_id,
-                name=name,
-                timestamp=timestamp,
-                signature=signature,
-                hardware=hardware,
-                team=team,
-            )
-        )
-        return serde.registration_from_proto(self.call("Register", request, pb.RegisterResponse))
-
-    def heartbeat(
-        self,
-        *,
-        volunteer_id: str,
-        state: str,
-        reason: str = "",
-        hardware: Hardware | None = None,
-        progress: Sequence[JobProgress] = (),
-        client_version: str = "",
-    ) -> HeartbeatReply:
-        report = HeartbeatReport(
-            volunteer_id=volunteer_id,
-            state=state,
-            reason=reason,
-            hardware=hardware,
-            progress=list(progress),
-            client_version=client_version,
-        )
-        reply = self.call("Heartbeat", serde.heartbeat_report_to_proto(report), pb.HeartbeatResponse)
-        return serde.heartbeat_reply_from_proto(reply)
-
-    def get_assignment(self, volunteer_id: str, hardware: Hardware) -> Assignment:
-        request = serde.assignment_request_to_proto(volunteer_id, hardware)
-        return serde.assignment_from_proto(self.call("GetAssignment", request, pb.Assignment))
+    def _volunteer_call(self, method: str, request: Any, reply_type: type) -> Any:
+        return self.call(method, request, reply_type)
 
 
 def _remaining(deadline: float) -> float:

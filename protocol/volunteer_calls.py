@@ -1,0 +1,83 @@
+"""The three calls a volunteer's app makes, shared by both coordinator clients.
+
+:class:`~essaim.protocol.client.CoordinatorClient` (grpcio) and
+:class:`~essaim.protocol.lite_client.LiteClient` (h2, for the always-on app) send them the same way;
+each provides ``_volunteer_call(method, request, reply_type)``, which sends one unary request and
+returns the reply message. Nothing here imports grpcio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from essaim.protocol import serde
+from essaim.protocol.types import (
+    Assignment,
+    Hardware,
+    HeartbeatReply,
+    HeartbeatReport,
+    JobProgress,
+    Registration,
+    RegistrationRequest,
+)
+from essaim.protocol.v1 import coordinator_pb2 as pb
+
+
+class VolunteerCalls:
+    """Register, Heartbeat and GetAssignment, as domain types in and out (see the module doc)."""
+
+    def _volunteer_call(self, method: str, request: Any, reply_type: type) -> Any:
+        raise NotImplementedError
+
+    def register(
+        self,
+        *,
+        public_key: bytes,
+        peer_id: str,
+        name: str,
+        hardware: Hardware,
+        team: str = "",
+        timestamp: float,
+        signature: bytes,
+    ) -> Registration:
+        """Join the coordinator; the returned token authenticates this volunteer's later calls."""
+        request = serde.registration_request_to_proto(
+            RegistrationRequest(
+                public_key=public_key,
+                peer_id=peer_id,
+                name=name,
+                timestamp=timestamp,
+                signature=signature,
+                hardware=hardware,
+                team=team,
+            )
+        )
+        return serde.registration_from_proto(self._volunteer_call("Register", request, pb.RegisterResponse))
+
+    def heartbeat(
+        self,
+        *,
+        volunteer_id: str,
+        state: str,
+        reason: str = "",
+        hardware: Hardware | None = None,
+        progress: Sequence[JobProgress] = (),
+        client_version: str = "",
+    ) -> HeartbeatReply:
+        report = HeartbeatReport(
+            volunteer_id=volunteer_id,
+            state=state,
+            reason=reason,
+            hardware=hardware,
+            progress=list(progress),
+            client_version=client_version,
+        )
+        reply = self._volunteer_call(
+            "Heartbeat", serde.heartbeat_report_to_proto(report), pb.HeartbeatResponse
+        )
+        return serde.heartbeat_reply_from_proto(reply)
+
+    def get_assignment(self, volunteer_id: str, hardware: Hardware) -> Assignment:
+        request = serde.assignment_request_to_proto(volunteer_id, hardware)
+        return serde.assignment_from_proto(self._volunteer_call("GetAssignment", request, pb.Assignment))
