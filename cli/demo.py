@@ -213,7 +213,7 @@ def _render(job: Job | None, volunteers: list[Volunteer], started: float, dashbo
             m.eval_metric_name or "eval", f"{m.eval_metric:.3f}" if m.eval_metric_name else "-",
             "samples/s", f"{m.samples_per_second:.1f}",
         )
-        head.add_row("peers", str(m.live_peers), "elapsed", f"{elapsed:.0f} s")
+        head.add_row("peers averaged", str(m.live_peers), "elapsed", f"{elapsed:.0f} s")
     head.add_row("dashboard", dashboard)
     table = Table(title="volunteers", expand=False)
     for column in ("name", "state", "epoch", "samples", "samples/s", "loss"):

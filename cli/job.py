@@ -66,7 +66,7 @@ def metrics_line(job: Job) -> str:
     if m.eval_metric_name:
         parts.append(f"eval {m.eval_metric_name} {m.eval_metric:.4g}")
     if m.live_peers or job.status == JobStatus.RUNNING:
-        parts.append(f"{m.live_peers} peer{'s' if m.live_peers != 1 else ''}")
+        parts.append(f"{m.live_peers} peer{'s' if m.live_peers != 1 else ''} averaged")
     if m.eta_seconds and not job.status.is_final:
         parts.append(f"ETA {output.duration(m.eta_seconds)}")
     return " · ".join(parts)

@@ -113,6 +113,9 @@ def format_status(st: dict[str, Any]) -> str:
     if job:
         pid = f", trainer pid {st['trainer_pid']} ({trainer.get('state')})" if st.get("trainer_pid") else ""
         lines.append(f"job: {job.get('name') or job.get('id')}{pid}")
+        swarm = st.get("swarm") or {}
+        if swarm.get("summary"):
+            lines.append(f"swarm: {swarm['summary']}")
     coordinator = st.get("coordinator")
     if coordinator:
         how = (

@@ -226,6 +226,22 @@ _TABLE: list[Setting] = [
         minimum=0.05,
         maximum=5,
     ),
+    _s(
+        "network.listen_port",
+        int,
+        0,
+        "TCP port the swarm listens on (0: any); set it to a port your router forwards to this machine",
+        minimum=0,
+        maximum=65535,
+    ),
+    _s(
+        "network.client_mode",
+        str,
+        "auto",
+        "auto: ask the coordinator whether this machine can be dialed; on: never accept connections; "
+        "off: always (a public server)",
+        choices=("auto", "on", "off"),
+    ),
     _s("limits.upload_kbps", int, 0, "cap on training upload, kilobytes per second (0: none)", minimum=0),
     _s("limits.download_kbps", int, 0, "cap on training download, kilobytes per second (0: none)", minimum=0),
     _s(

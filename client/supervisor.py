@@ -38,7 +38,7 @@ from essaim.client.observe import Observer, SystemSample
 from essaim.client.policy import Decision, Observations, PolicyConfig, PolicyState, decide
 from essaim.client.settings import parse_duration
 from essaim.client.trainer_handle import default_trainer_command
-from essaim.client.worker import Contribution, Worker
+from essaim.client.worker import Contribution, Worker, swarm_line
 from essaim.protocol.types import Assignment
 from essaim.protocol.version import __version__
 
@@ -292,6 +292,8 @@ class Supervisor:
             volunteer_id=self.link.snapshot().volunteer_id,
             identity_key_path=str(self.paths.identity_file),
             device=None if self.cfg.use_gpu else "cpu",
+            host_maddrs=[f"/ip4/0.0.0.0/tcp/{int(self.settings['network.listen_port'])}"],
+            client_mode=str(self.settings["network.client_mode"]),
         )
         return description.model_dump(mode="json")
 
@@ -353,6 +355,7 @@ class Supervisor:
             },
             "trainer_pid": w.handle.pid if w.handle is not None and w.running else None,
             "progress": dataclasses.asdict(w.progress) if w.progress else None,
+            "swarm": {**w.swarm, "summary": swarm_line(w.swarm)} if w.swarm else None,
             "idle_seconds": None if self.idle_seconds is None else round(self.idle_seconds, 1),
             "idle_source": self._idle_source.name if self._idle_source else "",
             "pause_until": self.pstate.pause_until if self.pstate.manual == "paused" else None,

@@ -225,9 +225,9 @@ class Trainer:
         if self.stop_requested.is_set():
             return self._stopped_early()
 
-        client_mode = {"auto": None, "on": True, "off": False}[a.client_mode]
+        client_mode, host_maddrs, announce_maddrs, seen = _network_mode(a)
         dht = start_dht(initial_peers=a.initial_peers, identity_path=identity, authorizer=authorizer,
-                        host_maddrs=a.host_maddrs, announce_maddrs=a.announce_maddrs or None,
+                        host_maddrs=host_maddrs, announce_maddrs=announce_maddrs or None,
                         client_mode=client_mode, record_validators=progress_validators(a.job_id), private_key=key)
         optimizer = None
         watching = threading.Event()
@@ -238,7 +238,8 @@ class Trainer:
             peer = TrainingPeer(job_id=a.job_id, recipe=recipe, loaded=loaded, dataset=dataset,
                                 shard_ids=shard_ids, optimizer=optimizer, dht=dht, volunteer_id=a.volunteer_id,
                                 on_event=self._on_event, state_dir=self.work_dir,
-                                pacer=pacer if pacer.active else None)
+                                pacer=pacer if pacer.active else None,
+                                coordinator_peers=_peer_ids(a.initial_peers))
             peer.throttle(threads=a.threads, duty_cycle=a.duty_cycle)
             if a.paused:
                 peer.pause()
@@ -250,6 +251,9 @@ class Trainer:
             self.events.send(StartedEvent(
                 job_id=a.job_id, volunteer_id=a.volunteer_id, peer_id=str(dht.peer_id),
                 maddrs=visible_maddrs(dht), mode=recipe.training.averaging, device=loaded.device, pid=os.getpid(),
+                client_mode=dht.client_mode, reachability=seen.label if seen is not None else "",
+                observed=seen.observed if seen is not None else "",
+                reachability_reason=seen.reason if seen is not None else "",
             ))
             if self.stop_requested.is_set():
                 peer.stop(timeout=0)
@@ -319,6 +323,36 @@ def _download(a: TrainerAssignment, address: str, token: str | None, cache_dir: 
 
         cache_dir.mkdir(parents=True, exist_ok=True)
         return ContentCache(cache_dir).fetch_all(job_files, fetcher)
+
+
+def _network_mode(a: TrainerAssignment) -> tuple[bool, list[str], list[str], Any]:
+    """Full or client mode, the addresses to listen on and to announce, and what the coordinator
+    saw (None when the assignment set the mode by hand).
+
+    ``auto`` asks the job's coordinator peer to dial this machine back
+    (:mod:`essaim.swarm.reachability`): reachable, it joins as a full peer (and announces the
+    address the coordinator saw when that is a router's, i.e. a port forward); not reachable, in
+    client mode, averaging through the coordinator's averaging peer; no answer, the guess of
+    :func:`essaim.swarm.dht.decide_client_mode`, which says client mode unless it is sure."""
+    from essaim.swarm.dht import decide_client_mode
+    from essaim.swarm.reachability import check_reachability, is_local_address, pin_ports
+
+    if a.client_mode != "auto":
+        return a.client_mode == "on", list(a.host_maddrs), list(a.announce_maddrs), None
+    host_maddrs = pin_ports(a.host_maddrs)
+    seen = check_reachability(a.initial_peers, host_maddrs=host_maddrs)
+    client_mode = decide_client_mode(a.initial_peers) if seen.reachable is None else not seen.reachable
+    announce = list(a.announce_maddrs)
+    if seen.reachable and seen.address and seen.observed and not is_local_address(seen.observed) and not announce:
+        announce = [seen.address]  # the router forwards this port to us: that is our address for others
+    logger.info("reachability: %s%s%s; joining in %s mode", seen.label,
+                f" (seen from {seen.observed})" if seen.observed else "",
+                f": {seen.reason}" if seen.reason else "", "client" if client_mode else "full")
+    return client_mode, host_maddrs, announce, seen
+
+
+def _peer_ids(maddrs: list[str]) -> list[str]:
+    return [m.rsplit("/p2p/", 1)[1] for m in maddrs if "/p2p/" in m]
 
 
 def _hand_over(dht: Any, job_id: str, initial_peers: list[str], epoch: int, stop: threading.Event) -> None:

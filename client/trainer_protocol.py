@@ -99,6 +99,10 @@ class StartedEvent(_Event):
     mode: str = ""
     device: str = ""
     pid: int = 0
+    client_mode: bool = False  # outgoing connections only: it averages through full peers
+    reachability: str = ""  # public | nat | unknown (checked with the coordinator), "" when set by hand
+    observed: str = ""  # the address the coordinator saw this machine's connection come from
+    reachability_reason: str = ""
 
 
 class JoinedEvent(_Event):
@@ -118,6 +122,9 @@ class _ProgressFields(_Event):
     peers: int = 0
     bytes_sent: int = 0  # the swarm traffic since the trainer started (essaim.client.netlimit.TrafficMeter)
     bytes_received: int = 0
+    round_epoch: int | None = None  # the last averaging round this peer took part in (the epoch it closed)
+    round_peers: int | None = None  # the other volunteers it averaged with in that round
+    round_error: str = ""  # why that round averaged with nobody ("" when it averaged)
 
 
 class ProgressEvent(_ProgressFields):

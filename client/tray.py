@@ -29,6 +29,7 @@ import pystray
 from essaim.client.config import Paths
 from essaim.client.icons import icon_image, state_of
 from essaim.client.supervisor import Supervisor
+from essaim.client.worker import round_note
 
 logger = logging.getLogger(__name__)
 Item = pystray.MenuItem
@@ -288,13 +289,14 @@ class Tray:
 
     def _show(self, status: dict[str, Any]) -> None:
         state = state_of(status.get("state", ""))
-        key = f"{state}|{status.get('reason')}"
+        key = f"{state}|{status.get('reason')}|{round_note(status)}"
         if key == self._shown:
             return
         now = time.monotonic()
         if _digitless(key) == _digitless(self._shown) and now - self._shown_at < COUNTER_REFRESH_SECONDS:
             return  # only a counter moved ("idle 0:41 of 3:00"): the supervisor's next status retries
-        title = f"essaim: {status.get('reason', state)}"[:127]  # some trays cut longer tooltips
+        note = round_note(status)
+        title = f"essaim: {status.get('reason', state)}"[: 126 - len(note)] + (f"\n{note}" if note else "")
         if state != self._shown.split("|", 1)[0]:
             image = icon_image(state)
             self._call(lambda: setattr(self.icon, "icon", image))

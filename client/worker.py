@@ -78,6 +78,7 @@ class Worker:
         self.restart_at = 0.0
         self.last_error = ""
         self.progress: JobProgress | None = None
+        self.swarm: dict[str, Any] = {}  # reachability and the last averaging round (see swarm_line)
         self.token_expires_at = 0.0
         self._samples_seen = 0
         self._compute_seen = 0.0
@@ -232,7 +233,8 @@ class Worker:
         if kind == "started":
             if self.trainer_state == "starting":
                 self.trainer_state = "running"
-        elif kind == "progress":
+            self.swarm = {k: event.get(k) for k in ("client_mode", "reachability", "observed", "reachability_reason")}
+        elif kind in ("progress", "epoch"):
             self._progress(event)
         elif kind == "paused":
             if self.trainer_state == "pausing":
@@ -249,6 +251,8 @@ class Worker:
             self._exited(int(event.get("returncode", -1)), now)
 
     def _progress(self, event: dict[str, Any]) -> None:
+        if event.get("round_epoch") is not None:
+            self.swarm.update({k: event.get(k) for k in ("round_epoch", "round_peers", "round_error")})
         samples = int(event.get("samples", 0) or 0)
         compute = float(event.get("compute_seconds", 0.0) or 0.0)
         self.progress = JobProgress(
@@ -300,3 +304,37 @@ class Worker:
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "job"
+
+
+def swarm_line(swarm: dict[str, Any]) -> str:
+    """How this volunteer takes part in its swarm, in one line for `essaim status` and the tray:
+    "NAT-ed: averages through the coordinator's peer; epoch 4 averaged with 2 other volunteers"."""
+    if not swarm:
+        return ""
+    reach = swarm.get("reachability") or ""
+    if swarm.get("client_mode"):
+        how = "NAT-ed: averages through the coordinator's peer" if reach in ("nat", "") else (
+            f"reachability {reach}: averages through the coordinator's peer")
+    else:
+        how = "reachable: a full peer of the swarm" if reach in ("public", "") else f"reachability {reach}: full peer"
+    if swarm.get("observed"):
+        how += f" (seen as {swarm['observed']})"
+    epoch = swarm.get("round_epoch")
+    if epoch is None:
+        return f"{how}; no averaging round yet"
+    if swarm.get("round_error"):
+        return f"{how}; epoch {epoch} averaged with nobody: {swarm['round_error']}"
+    n = int(swarm.get("round_peers") or 0)
+    return f"{how}; epoch {epoch} averaged with {n} other volunteer{'s' if n != 1 else ''}"
+
+
+def round_note(status: dict[str, Any]) -> str:
+    """The tray tooltip's second line, from the app's status: "NAT-ed; epoch 4: averaged with 2 others"."""
+    swarm = status.get("swarm") or {}
+    if swarm.get("round_epoch") is None:
+        return ""
+    where = "NAT-ed; " if swarm.get("client_mode") else ""
+    if swarm.get("round_error"):
+        return f"{where}epoch {swarm['round_epoch']}: averaged with nobody"
+    n = int(swarm.get("round_peers") or 0)
+    return f"{where}epoch {swarm['round_epoch']}: averaged with {n} other{'s' if n != 1 else ''}"

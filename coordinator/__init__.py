@@ -12,5 +12,8 @@ uploaded files and artifacts, and the contributions ledger. Layout, one noun per
     servicer.py    the thin gRPC servicer;    http.py  /healthz, /metrics, JSON API
     server.py      runs both on one event loop; cli.py  ``essaim coordinator ...``
 
-It never imports torch or hivemind: swarm services are injected (service.SwarmGateway).
+It never imports torch or hivemind: swarm services are injected (service.SwarmGateway). They run
+one process per running job (gateway.py starts jobrunner.py): the DHT bootstrap peer, the job's
+averaging peer that takes part in every round (averaging.py), the rounds it saw (rounds.py), the
+monitor (monitor.py) and the checkpoint keeper (keeper.py).
 """

@@ -28,14 +28,19 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from essaim.coordinator.monitor import Accepted, MonitorState, PeerReport, claims, swarm_metrics
+from essaim.coordinator.rounds import ROUNDS_FILE, RoundBook
 from essaim.coordinator.store import LedgerDraft, Store, open_store
+from essaim.coordinator.swarm_view import PUBLISH_EVERY_S, publish_swarm_view
 from essaim.protocol.errors import EssaimError
 from essaim.protocol.recipe import Recipe, load_recipe
 from essaim.protocol.types import FINAL_JOB_STATUSES, Job, JobMetrics, JobStatus, VolunteerStatus
+from essaim.swarm.reachability import read_checks
+from essaim.swarm.rounds import RoundOutcome
 
 logger = logging.getLogger("essaim.coordinator.jobrunner")
 
@@ -47,6 +52,7 @@ SWARM_KEY = "swarm-key.pem"
 TOKEN_TTL_S = 3600.0
 POLL_S = 2.0
 REVOKED_FILE = "revoked.json"
+REACHABILITY_FILE = "reachability.json"  # how the job's peer saw each volunteer (essaim.swarm.reachability)
 REVOCATIONS_EVERY_S = 4.0  # how often bans are read from the store (peers fetch the list every 5 s)
 REVOCATIONS_REPUBLISH_S = 120.0
 COORDINATOR_ID = "coordinator"
@@ -80,6 +86,12 @@ class JobRunner:
         self._revoked_keys: frozenset[bytes] | None = None
         self._revocations_read_at = self._revocations_published_at = 0.0
         self._owners_read_at = 0.0
+        self._view_at = 0.0  # when the swarm view (essaim.coordinator.swarm_view) was last stored
+        self.rounds = RoundBook(self.dir / ROUNDS_FILE)
+        self._behind_since: float | None = None
+        self._following: Future[Any] | None = None
+        self._behind_from = 0
+        self._scoring: ThreadPoolExecutor | None = None  # evaluations, off the runner's loop
 
     # ---- set up ----
     def _files(self, job: Job) -> dict[str, Path]:
@@ -107,11 +119,12 @@ class JobRunner:
         return path
 
     def run(self) -> int:
+        from essaim.coordinator.averaging import AveragingLoop
         from essaim.coordinator.keeper import Keeper
         from essaim.coordinator.swarm_keys import load_or_create_swarm_key, public_key_der
         from essaim.swarm.auth import SwarmAuthorizer, token_file_refresher
         from essaim.swarm.data import load_eval_set
-        from essaim.swarm.dht import shutdown_dht, start_dht, visible_maddrs
+        from essaim.swarm.dht import maddrs_for_others, shutdown_dht, start_dht, visible_maddrs
         from essaim.swarm.identity import ensure_p2p_identity, load_or_create_private_key, public_key_bytes
         from essaim.swarm.model import load_model
         from essaim.swarm.optimizer import build_auxiliary_optimizer
@@ -134,19 +147,29 @@ class JobRunner:
         optimizer = None
         try:
             maddrs = visible_maddrs(dht)
-            _write_json(self.dir / RUNNER_FILE, {"pid": os.getpid(), "maddrs": maddrs, "job_id": self.job_id})
+            self._serve_reachability(dht)
+            handed = maddrs_for_others(maddrs, announce_host=self.announce_host)
+            _write_json(self.dir / RUNNER_FILE, {"pid": os.getpid(), "maddrs": handed, "job_id": self.job_id})
             self._remember_dht(dht, maddrs)
-            logger.info("job %s: bootstrap peer at %s", self.job_id, ", ".join(maddrs))
+            logger.info("job %s: bootstrap and averaging peer at %s", self.job_id, ", ".join(handed))
             files = self._files(job)
             loaded = load_model(recipe, files=files, seed=recipe.training.seed)
             eval_set = load_eval_set(recipe, loaded.tokenizer, files=files)
+            keeper = Keeper(recipe=recipe, loaded=loaded, optimizer=None, eval_set=eval_set, job_dir=self.dir)
+            keeper.evaluate_before()  # the base model, before the averaging peer is in the swarm
             optimizer = build_auxiliary_optimizer(loaded, recipe, dht=dht, run_id=self.job_id, private_key=key)
-            keeper = Keeper(recipe=recipe, loaded=loaded, optimizer=optimizer, eval_set=eval_set, job_dir=self.dir)
+            keeper.optimizer = optimizer
             keeper.restore()
-            keeper.evaluate_before()
             optimizer.serve_state(True)
             self._load_ledger_totals(job)
-            return self._loop(dht, recipe, keeper, optimizer)
+            averaging = AveragingLoop(optimizer)
+            averaging.start()
+            try:
+                return self._loop(dht, recipe, keeper, optimizer, averaging)
+            finally:
+                averaging.stop()
+                if self._scoring is not None:
+                    self._scoring.shutdown(wait=True, cancel_futures=True)
         finally:
             if optimizer is not None:
                 optimizer.shutdown()
@@ -161,6 +184,7 @@ class JobRunner:
         runner, even at the same address, would stay alone (no records to read, no state to
         follow) until they ask the coordinator again; it dials them instead."""
         from essaim.swarm.errors import DHTError
+        from essaim.swarm.reachability import free_port
 
         memory = self._dht_memory()
         port = int(memory.get("port") or 0)
@@ -170,7 +194,10 @@ class JobRunner:
             if (attempt, initial) in tried:
                 continue
             tried.append((attempt, initial))
-            announce = [f"/ip4/{self.announce_host}/tcp/{attempt}"] if self.announce_host else None
+            announce = None
+            if self.announce_host:  # libp2p announces no port 0: pick the port now
+                attempt = attempt or free_port(self.host)
+                announce = [f"/ip4/{self.announce_host}/tcp/{attempt}"]
             try:
                 return start_dht(
                     initial_peers=initial, identity_path=identity, authorizer=authorizer,
@@ -178,11 +205,20 @@ class JobRunner:
                     record_validators=validators, private_key=key, startup_timeout=30.0,
                 )
             except DHTError as exc:
-                if (attempt, initial) == (0, []):
+                if tried[-1][0] == 0 and not initial:
                     raise
                 logger.warning("job %s: could not start the DHT on port %d with %d known peers (%s); trying "
                                "otherwise", self.job_id, attempt, len(initial), exc)
         raise AssertionError("unreachable: the last attempt raises")
+
+    def _serve_reachability(self, dht: Any) -> None:
+        """Answer the volunteers' "can you dial me back?" checks (:mod:`essaim.swarm.reachability`)."""
+        from essaim.swarm.reachability import serve_reachability_checks
+
+        try:
+            serve_reachability_checks(dht, listen_host=self.host, record=str(self.dir / REACHABILITY_FILE))
+        except Exception as exc:  # volunteers then fall back to client mode, which always works
+            logger.warning("job %s: cannot serve reachability checks: %s", self.job_id, exc)
 
     def _dht_memory(self) -> dict[str, Any]:
         try:
@@ -219,9 +255,14 @@ class JobRunner:
             self.monitor.accepted[c.volunteer_id] = Accepted(c.samples, c.compute_seconds, at)
 
     # ---- the loop ----
-    def _loop(self, dht: Any, recipe: Recipe, keeper: Any, optimizer: Any) -> int:
+    def _loop(self, dht: Any, recipe: Recipe, keeper: Any, optimizer: Any, averaging: Any) -> int:
+        """Until the job ends: bans, tokens, metrics and ledger every ``POLL_S``; checkpoints saved on
+        the averaging peer's thread and evaluated on another, so this loop never waits for a round."""
         target = recipe.training.epochs
         last_token = last_peers = time.time()
+        saving: Future[Any] | None = None
+        scoring: Future[Any] | None = None
+        self._scoring = ThreadPoolExecutor(max_workers=1, thread_name_prefix="essaim-eval")
         while not self.stop_event.wait(POLL_S):
             job = self.store.get_job(self.job_id)
             if job.status in FINAL_JOB_STATUSES:
@@ -234,26 +275,111 @@ class JobRunner:
                 self._remember_dht(dht)
                 last_peers = time.time()
             self._revoke_banned(dht)
-            swarm_epoch = max(optimizer.global_epoch, 0)
-            metrics = self._monitor(dht, recipe, job, swarm_epoch)
+            self._note_rounds(averaging.new_rounds(), job)
+            self._publish_view()
+            epoch = optimizer.local_epoch
+            metrics = self._monitor(dht, recipe, job, max(epoch, 0))
             if job.status == JobStatus.PAUSED:
+                averaging.pause()
                 continue
-            try:
-                changed = keeper.follow(min(swarm_epoch or metrics.epoch, target))
-            except EssaimError as exc:
-                logger.warning("keeper could not load the swarm's state: %s", exc)
-                changed = False
-            if changed and (keeper.due() or optimizer.local_epoch >= target):
-                result = keeper.checkpoint()
+            averaging.resume()
+            self._catch_up(keeper, averaging, recipe, metrics.epoch, epoch)
+            keeper.record.followed_epoch = max(keeper.record.followed_epoch, epoch)
+            final = epoch >= target
+            if saving is None and scoring is None and (
+                    keeper.due() or (final and keeper.record.checkpoint_epoch < epoch)):
+                saving = averaging.submit(keeper.save)
+            if saving is not None and saving.done():
+                done, saving = saving, None
+                try:
+                    scoring = self._scoring.submit(keeper.score, *done.result())
+                except Exception as exc:
+                    logger.warning("job %s: the checkpoint failed: %s", self.job_id, exc)
+            if scoring is not None and scoring.done():
+                done, scoring = scoring, None
+                try:
+                    result = done.result()
+                except Exception as exc:
+                    logger.warning("job %s: the evaluation failed: %s", self.job_id, exc)
+                    result = None
                 if result is not None:
                     metrics.eval_metric, metrics.eval_metric_name = result.value, result.metric
                     self.store.update_job_metrics(self.job_id, metrics)
-            if optimizer.local_epoch >= target:
-                self._complete(recipe, keeper, metrics)
+            if final and saving is None and scoring is None and keeper.record.checkpoint_epoch >= target:
+                self._note_rounds(averaging.new_rounds(), job)
+                self._publish_view(force=True)
+                problem = self.rounds.why_not_averaged(target)
+                if problem is None:
+                    self._complete(recipe, keeper, metrics)
+                else:
+                    self._fail(problem)
                 return 0
+        averaging.stop()
         if optimizer.local_epoch > max(keeper.record.checkpoint_epoch, 0):
             keeper.checkpoint()  # told to stop: keep what the swarm reached
         return 0
+
+    def _catch_up(self, keeper: Any, averaging: Any, recipe: Recipe, swarm_epoch: int, epoch: int) -> None:
+        """Load the swarm's state from the peers when the volunteers have been further on than the
+        averaging peer for longer than a round takes (a restarted runner: its rounds went on
+        without it). Only peers that accept connections can send it."""
+        if self._following is not None:
+            if not self._following.done():
+                return
+            try:
+                self._following.result()
+            except EssaimError as exc:
+                logger.warning("keeper could not load the swarm's state: %s", exc)
+            self._following = None
+            self._behind_since = time.time()  # the next try, if still behind, after the same patience
+            for missed in range(self._behind_from, keeper.optimizer.local_epoch):
+                self.rounds.add(RoundOutcome(epoch=missed, error="the coordinator's averaging peer missed this "
+                                             "round; it took up the swarm's state afterwards"), [])
+            return
+        target = recipe.training.epochs
+        if min(swarm_epoch, target) <= epoch:
+            self._behind_since = None
+            return
+        now = time.time()
+        if self._behind_since is None:
+            self._behind_since = now
+        patience = 2 * (recipe.training.matchmaking_time + recipe.training.averaging_timeout) + 10.0
+        if now - self._behind_since >= patience:
+            logger.info("job %s: the volunteers are at epoch %d, the averaging peer at %d: catching up",
+                        self.job_id, swarm_epoch, epoch)
+            self._behind_from = epoch
+            self._following = averaging.submit(keeper.follow, min(swarm_epoch, target))
+
+    def _note_rounds(self, outcomes: list[Any], job: Job) -> None:
+        """Record the averaging peer's rounds by volunteer, and say in the job's status reason how the
+        last one went (a round that averaged nobody is reported, not hidden)."""
+        if not outcomes:
+            return
+        for outcome in outcomes:
+            volunteers = sorted({owner[0] for owner in map(self._owner, outcome.peers) if owner is not None})
+            self.rounds.add(outcome, volunteers)
+        reason = self.rounds.describe_last()
+        if reason and reason != job.status_reason and job.status == JobStatus.RUNNING:
+            with contextlib.suppress(EssaimError):
+                self.store.update_job_status(self.job_id, JobStatus.RUNNING, reason, expect=[JobStatus.RUNNING])
+
+    def _publish_view(self, *, force: bool = False) -> None:
+        """Store how each volunteer takes part in the swarm (reachability, last round), every
+        ``PUBLISH_EVERY_S`` seconds (:mod:`essaim.coordinator.swarm_view`)."""
+        if not force and time.time() - self._view_at < PUBLISH_EVERY_S:
+            return
+        self._view_at = time.time()
+        try:
+            publish_swarm_view(self.store, self.job_id, rounds=self.rounds,
+                               checks=read_checks(self.dir / REACHABILITY_FILE), owner=self._owner)
+        except EssaimError as exc:
+            logger.warning("job %s: could not store how volunteers take part in the swarm: %s", self.job_id, exc)
+
+    def _fail(self, problem: str) -> None:
+        logger.error("job %s: %s", self.job_id, problem)
+        with contextlib.suppress(EssaimError):
+            self.store.update_job_status(self.job_id, JobStatus.FAILED, problem[:500],
+                                         expect=[JobStatus.RUNNING, JobStatus.PAUSED])
 
     def _revoke_banned(self, dht: Any) -> None:
         """Publish the coordinator-signed list of banned volunteers' keys: peers refuse their tokens."""
@@ -317,7 +443,7 @@ class JobRunner:
             )
         metrics = swarm_metrics(
             reports, target_epochs=recipe.training.epochs, target_batch_size=recipe.training.target_batch_size,
-            swarm_epoch=swarm_epoch, previous=job.metrics,
+            swarm_epoch=swarm_epoch, previous=job.metrics, averaged=self.rounds.averaged_volunteers() or set(),
         )
         metrics.samples = max(metrics.samples, job.metrics.samples)
         new = claims(reports, self.monitor, target_batch_size=recipe.training.target_batch_size,

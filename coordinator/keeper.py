@@ -1,6 +1,8 @@
-"""The checkpoint keeper: an auxiliary peer of a job's swarm that never trains.
+"""The checkpoint keeper: the state of the job's averaging peer, saved, evaluated and served.
 
-It follows the swarm's state (loading it from the peers after every epoch), saves it every
+The job's averaging peer (:mod:`.averaging`) takes part in every round and applies its outer step,
+so it holds the swarm's state without downloading it; the keeper loads it from peers only when the
+averaging peer fell behind (a restarted runner whose volunteers went on). It saves it every
 ``training.checkpoint_every_epochs`` epochs (model weights as safetensors, optimizer state beside
 them), evaluates it on the job's eval set, and offers it to newcomers, so a job survives all its
 volunteers leaving: the first one back loads the keeper's state instead of starting over. When the
@@ -11,11 +13,13 @@ Used by :mod:`essaim.coordinator.jobrunner` (one keeper per running job, in the 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
+import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +73,8 @@ class Keeper:
         self.eval_set = eval_set
         self.job_dir = job_dir
         self.record = KeeperRecord.load(job_dir / KEEPER_STATE)
+        self._record_lock = threading.Lock()  # save() and score() run on different threads
+        self._replica: Any = None
 
     # ---- start ----
     def restore(self) -> int:
@@ -85,10 +91,10 @@ class Keeper:
         logger.info("restored the checkpoint of epoch %d", epoch)
         return epoch
 
-    def evaluate_now(self) -> EvalResult | None:
+    def evaluate_now(self, loaded: Any = None) -> EvalResult | None:
         if self.eval_set is None or self.recipe.eval is None:
             return None
-        result = evaluate(self.loaded, self.eval_set, self.recipe.eval)
+        result = evaluate(loaded or self.loaded, self.eval_set, self.recipe.eval)
         self.record.eval_metric = result.metric
         return result
 
@@ -105,7 +111,8 @@ class Keeper:
 
     # ---- following the swarm ----
     def follow(self, swarm_epoch: int) -> bool:
-        """Load the swarm's state when it moved on to a new epoch; True when the state changed."""
+        """Load the swarm's state from the peers when it is further on than ``swarm_epoch`` says
+        this keeper is; True when the state changed."""
         if swarm_epoch <= self.optimizer.local_epoch:
             return False
         self.optimizer.serve_state(False)  # do not serve a state while it is being replaced
@@ -113,6 +120,12 @@ class Keeper:
             epoch = self._join()
         finally:
             self.optimizer.serve_state(True)
+        if epoch < swarm_epoch:
+            logger.warning(
+                "no peer sent the state of epoch %d (NAT-ed volunteers serve none): the averaging peer takes "
+                "up the swarm at epoch %d with the state of epoch %d", swarm_epoch, swarm_epoch, epoch)
+            self.optimizer.take_up_epoch(swarm_epoch)
+            epoch = swarm_epoch
         if epoch <= self.record.followed_epoch:
             return False
         self.record.followed_epoch = epoch
@@ -153,20 +166,48 @@ class Keeper:
         return epoch > 0 and epoch - max(self.record.checkpoint_epoch, 0) >= every
 
     def checkpoint(self) -> EvalResult | None:
-        """Save the current state and evaluate it; returns the evaluation (None without an eval set)."""
+        """Save the current state and evaluate it (:meth:`save`, then :meth:`score`); returns the
+        evaluation (None without an eval set). Only where no averaging loop runs any more."""
+        return self.score(*self.save())
+
+    def save(self) -> tuple[int, Any]:
+        """Save the state (weights as safetensors, optimizer state beside them) and copy the model
+        for its evaluation; returns the epoch and that copy. Run on the averaging peer's thread
+        (:meth:`essaim.coordinator.averaging.AveragingLoop.submit`): a round never lands half-way."""
+        self.optimizer.settle()  # a round still running in the background lands first
         epoch = self.optimizer.local_epoch
         save_state(self.job_dir / CHECKPOINT, self.loaded, metadata={"epoch": str(epoch)})
         tmp = self.job_dir / (OPTIMIZER_STATE + ".tmp")
         torch.save(self.optimizer.state_dict(), tmp)
         os.replace(tmp, self.job_dir / OPTIMIZER_STATE)
-        result = self.evaluate_now()
-        if result is not None:
+        replica = self._copy_for_eval()
+        with self._record_lock:
+            self.record.checkpoint_epoch = epoch
+            self.record.save(self.job_dir / KEEPER_STATE)
+        logger.info("checkpoint of epoch %d saved", epoch)
+        return epoch, replica
+
+    def score(self, epoch: int, replica: Any) -> EvalResult | None:
+        """Evaluate the copy :meth:`save` made and add it to the eval curve (any thread)."""
+        result = self.evaluate_now(replica) if replica is not None else None
+        if result is None:
+            return None
+        with self._record_lock:
             self.record.curve = [p for p in self.record.curve if p["epoch"] != epoch]
             self.record.curve.append({"epoch": epoch, "value": result.value})
-        self.record.checkpoint_epoch = epoch
-        self.record.save(self.job_dir / KEEPER_STATE)
-        logger.info(
-            "checkpoint of epoch %d saved%s", epoch,
-            f"; {result.metric} = {result.value:.4f}" if result is not None else "",
-        )
+            self.record.save(self.job_dir / KEEPER_STATE)
+        logger.info("eval of epoch %d: %s = %.4f", epoch, result.metric, result.value)
         return result
+
+    @torch.no_grad()
+    def _copy_for_eval(self) -> Any:
+        """The model as it is now, in a replica the rounds do not touch (made once, then refreshed)."""
+        if self.eval_set is None or self.recipe.eval is None:
+            return None
+        if self._replica is None:
+            self._replica = replace(self.loaded, model=copy.deepcopy(self.loaded.model))
+        else:
+            replica = dict(self._replica.trainable_parameters())
+            for name, param in self.loaded.trainable_parameters():
+                replica[name].copy_(param)
+        return self._replica

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from essaim.protocol.types import JobMetrics
@@ -86,12 +86,18 @@ def swarm_metrics(
     target_batch_size: int,
     swarm_epoch: int | None = None,
     previous: JobMetrics | None = None,
+    averaged: Collection[str] | None = None,
     now: float | None = None,
 ) -> JobMetrics:
-    """The job's metrics from its peers' latest records (live = updated in the last 45 s)."""
+    """The job's metrics from its peers' latest records (live = updated in the last 45 s).
+
+    ``live_peers`` counts the live volunteers whose updates the last averaging round averaged
+    (``averaged``, volunteer ids, from the coordinator's averaging peer), not those that merely
+    report progress; without ``averaged`` (no averaging peer), the live ones."""
     now = time.time() if now is None else now
     trusted = [r for r in reports.values() if not r.banned]
     live = [r for r in trusted if now - r.updated_at <= LIVE_RECORD_S]
+    peers = len(live) if averaged is None else len({r.volunteer_id for r in live} & set(averaged))
     epoch = max([r.epoch for r in trusted] + [swarm_epoch or 0, previous.epoch if previous else 0])
     rate = sum(r.samples_per_second for r in live)
     losses = [r.loss for r in live if r.loss is not None and math.isfinite(r.loss)]
@@ -104,7 +110,7 @@ def swarm_metrics(
         samples=sum(r.samples for r in trusted),
         samples_per_second=rate,
         loss=loss,
-        live_peers=len(live),
+        live_peers=peers,
         eta_seconds=eta,
     )
     if previous is not None:

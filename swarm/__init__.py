@@ -13,7 +13,9 @@ Compute side (what one peer computes):
 - ``demo_task``  the built-in job of ``essaim demo`` (a tiny Llama learns to add)
 
 Swarm side (how peers train together): the DHT with its token authorizer, signed progress
-records, the hivemind optimizer and the training loop live in their own modules of this package.
+records, the hivemind optimizer and the training loop live in their own modules of this package,
+with ``reachability`` (can other peers dial this one? asked of the job's coordinator peer, which
+dials back) and ``rounds`` (who a peer averaged with in each round, or why nobody).
 
 This package imports only essaim.protocol from essaim; heavy libraries (torch, transformers, peft,
 datasets, hivemind) are imported by the modules that need them, never by this file.

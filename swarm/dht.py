@@ -90,14 +90,6 @@ def install_orphan_guard() -> None:
     _fork_hook_installed = True
 
 
-def _is_private(host: str) -> bool:
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host in ("localhost",) or host.endswith(".local")
-    return address.is_private or address.is_loopback or address.is_link_local
-
-
 def _maddr_host(maddr: str) -> str | None:
     """The host part of a multiaddr (``/ip4/1.2.3.4/tcp/...`` -> ``1.2.3.4``), or None."""
     parts = maddr.split("/")
@@ -131,18 +123,47 @@ def has_public_address() -> bool:
 
 
 def decide_client_mode(initial_peers: Sequence[str]) -> bool:
-    """Whether to run as a DHT client (outgoing connections only), guessed from the network.
+    """Whether to run as a DHT client (outgoing connections only) when reachability could not be
+    checked (:func:`essaim.swarm.reachability.check_reachability` is the real answer).
 
-    A peer joins as a full DHT member when its initial peers are on a private network (it is then
-    on the same network, reachable) or when it has a public address itself; otherwise it is most
-    likely behind a NAT that others cannot cross, and joins in client mode. Override with the
-    trainer's ``--client-mode on|off`` when the guess is wrong (symptom: other peers log failed dials
-    to this peer, or this peer never averages with anyone).
+    Full mode only where others can surely dial this peer: a swarm on this machine (every initial
+    peer on loopback) or a machine with a public address of its own. Anything else, a home network
+    included, joins in client mode, which always works: client-mode peers average through the
+    coordinator's averaging peer. A private address of the coordinator says nothing about this
+    peer (a public coordinator may be handed out by its LAN address too).
     """
     hosts = [_maddr_host(m) for m in initial_peers]
-    if not hosts or any(h is not None and _is_private(h) for h in hosts):
-        return False
+    if not hosts or all(h is not None and _is_loopback(h) for h in hosts):
+        return False  # the first peer of a swarm, or a swarm on this machine
     return not has_public_address()
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def maddrs_for_others(maddrs: Sequence[str], *, announce_host: str | None = None) -> list[str]:
+    """The multiaddrs a bootstrap peer hands out: those of ``announce_host`` when one is set, else
+    every one but loopback and link-local ones (useless to anyone on another machine), unless
+    nothing else is left (a swarm on this machine)."""
+    if announce_host:
+        announced = [m for m in maddrs if _maddr_host(m) == announce_host]
+        if announced:
+            return announced
+    outside = []
+    for maddr in maddrs:
+        host = _maddr_host(maddr)
+        try:
+            ip = ipaddress.ip_address(host or "")
+        except ValueError:
+            outside.append(maddr)
+            continue
+        if not (ip.is_loopback or ip.is_link_local):
+            outside.append(maddr)
+    return outside or list(maddrs)
 
 
 def start_dht(

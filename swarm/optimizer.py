@@ -46,10 +46,12 @@ gradients" or "Averaging failed" often. Used by the trainer and by the coordinat
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -60,6 +62,7 @@ import torch
 from essaim.protocol.recipe import OptimizerSpec, Recipe
 from essaim.swarm.errors import TrainingError
 from essaim.swarm.identity import RSAPrivateKey
+from essaim.swarm.rounds import ALONE, RoundOutcome, describe_failure
 from hivemind.averaging.control import AveragingStage
 from hivemind.compression import (
     CompressionBase,
@@ -75,6 +78,9 @@ from hivemind.utils import get_dht_time
 
 logger = logging.getLogger(__name__)
 REPORT_EVERY_S = 0.5  # a peer's progress record in the DHT is at most this stale
+ROUNDS_KEPT = 64
+QUIET_SWARM_S = 10.0  # the averaging peer takes no step while no volunteer reported for this long
+ASSIST_EVERY_S = 0.1  # how often the coordinator's averaging peer looks whether a round is due
 
 OUTER_MOMENTUM = 0.9
 MIN_CHUNK_TIMEOUT_S = 5.0
@@ -183,6 +189,12 @@ class _GradAverager(GradientAverager):
     def load_state_from_peers(self, wait: bool = True, timeout: float | None = None) -> None:
         return None
 
+    @torch.no_grad()
+    def accumulate_grads_(self, batch_size: int) -> None:
+        if batch_size == 0:  # the coordinator's averaging peer: nothing to add (hivemind divides by it)
+            return
+        super().accumulate_grads_(batch_size)
+
 
 class PseudoGradientAverager(_GradAverager):
     """DiLoCo's averager: ``parameters`` are the anchors; the "gradient" it averages is
@@ -274,6 +286,34 @@ class _Tracker(ProgressTracker):
 
     _last_fetch = -math.inf
     _target_reached_at: float | None = None
+    def __init__(self, *args: Any, always_report: bool = False, **kwargs: Any) -> None:
+        self.always_report = always_report  # before hivemind starts the reporting thread
+        super().__init__(*args, **kwargs)
+
+    async def _progress_reporter(self) -> None:
+        """hivemind publishes a peer's progress only while it gathers samples ("do not report aux
+        peers"). The coordinator's averaging peer gathers none, yet it must be seen: it is the one
+        full peer of a swarm of NAT-ed volunteers, and client-mode peers take the swarm's epoch
+        from full peers only. So it reports every ``REPORT_EVERY_S`` seconds, with no samples."""
+        if not self.always_report:
+            return await super()._progress_reporter()
+        loop = asyncio.get_event_loop()
+        store_task = None
+        try:
+            while not self.shutdown_triggered.is_set():
+                await loop.run_in_executor(None, self.should_report_progress.wait, 2 * REPORT_EVERY_S)
+                self.should_report_progress.clear()
+                now = get_dht_time()
+                progress = self._get_local_progress(self.local_progress.epoch, 0)
+                store_task = asyncio.create_task(asyncio.wait_for(
+                    self.dht.store(key=self.training_progress_key, subkey=self._local_public_key,
+                                   value=progress.dict(), expiration_time=now + self.metadata_expiration,
+                                   return_future=True),
+                    timeout=self.metadata_expiration,
+                ))
+        finally:
+            if store_task is not None:
+                store_task.cancel()
 
     @property
     def should_report_progress(self) -> threading.Event:
@@ -283,10 +323,35 @@ class _Tracker(ProgressTracker):
     def should_report_progress(self, _event: threading.Event) -> None:  # set once by hivemind's __init__
         self._report_event = _ThrottledEvent(REPORT_EVERY_S)
 
+    max_peer_epoch = 0  # the highest epoch any peer reports, client-mode ones included
+    newest_report = -math.inf  # when another peer last reported progress (DHT time)
+
     def _parse_swarm_progress_data(self, metadata: Any) -> Any:
         progress = super()._parse_swarm_progress_data(metadata)
         self._last_fetch = get_dht_time()
+        if isinstance(metadata, dict):
+            mine = self.local_progress.peer_id
+            records = [v.value for v in metadata.values() if isinstance(getattr(v, "value", None), dict)]
+            others = [r for r in records if r.get("peer_id") != mine]
+            self.max_peer_epoch = max([int(r.get("epoch", 0)) for r in records] + [progress.epoch])
+            self.newest_report = max([float(r.get("time", -math.inf)) for r in others], default=-math.inf)
+            if self.always_report:
+                self._count_client_epochs(progress, others)
         return progress
+
+    def _count_client_epochs(self, progress: Any, others: list[dict[str, Any]]) -> None:
+        """hivemind takes the swarm's epoch from full peers only; in a swarm of NAT-ed volunteers
+        the coordinator's averaging peer is the only one, so it would never see the volunteers move
+        on without it (after a round it missed, it would wait forever). It takes their median epoch
+        instead: the epoch most of them are at, which no single volunteer can drag it past."""
+        epochs = sorted(int(r.get("epoch", 0)) for r in others if r.get("client_mode"))
+        if not epochs:
+            return
+        median = epochs[len(epochs) // 2]
+        if median > progress.epoch:
+            progress.epoch = median
+            progress.samples_accumulated = sum(int(r.get("samples_accumulated", 0)) for r in others
+                                               if int(r.get("epoch", -1)) == median)
 
     @property
     def ready_to_update_epoch(self) -> bool:
@@ -341,6 +406,39 @@ class _HivemindOptimizer(hivemind.Optimizer):
     while its last round still runs."""
 
     on_state_loaded: Callable[[], None] | None = None
+    rounds: deque[RoundOutcome]  # the last ROUNDS_KEPT gradient rounds, newest last
+    _round_epochs: dict[int, int]
+
+    def _note_round(self, outcome: RoundOutcome) -> None:
+        if not hasattr(self, "rounds"):
+            self.rounds = deque(maxlen=ROUNDS_KEPT)
+        self.rounds.append(outcome)
+        self.rounds_noted = getattr(self, "rounds_noted", 0) + 1
+        if outcome.averaged:
+            logger.info("epoch %d: averaged with %d peer(s)", outcome.epoch, len(outcome.peers) - 1)
+        else:
+            logger.info("epoch %d: averaged with nobody: %s", outcome.epoch, outcome.error)
+
+    def _average_gradients_and_load_into_optimizer(self, maybe_step_control: Any) -> None:
+        """hivemind's, then the round's outcome is noted (hivemind only logs it)."""
+        super()._average_gradients_and_load_into_optimizer(maybe_step_control)
+        epochs = getattr(self, "_round_epochs", {})
+        epoch = epochs.pop(id(maybe_step_control), self.local_epoch - 1)
+        if maybe_step_control is None:
+            self._note_round(RoundOutcome(epoch=epoch, error=ALONE))
+            return
+        error = ""
+        peers: tuple[str, ...] = ()
+        if not maybe_step_control.done():
+            error = describe_failure(None)
+        elif maybe_step_control.cancelled():
+            error = describe_failure(RuntimeError("cancelled"))
+        elif maybe_step_control.exception() is not None:
+            error = describe_failure(maybe_step_control.exception())
+        else:
+            gathered = maybe_step_control.result()
+            peers = tuple(str(p) for p in gathered) if isinstance(gathered, dict) else ()
+        self._note_round(RoundOutcome(epoch=epoch, peers=peers, error=error))
 
     def _make_state_averager(self, **kwargs: Any) -> TrainingStateAverager:
         return _StateAverager(  # hivemind.Optimizer._make_state_averager, with the subclass
@@ -379,7 +477,24 @@ class _HivemindOptimizer(hivemind.Optimizer):
             super()._maybe_schedule_state_averaging()
 
     def _begin_averaging_gradients(self, grad_scaler: Any) -> bool:
+        epoch = self.local_epoch  # the epoch this round closes (the counter moves on before it ends)
+        scheduled: Any = getattr(self, "scheduled_grads", None)
+        if scheduled is not None and scheduled.done():
+            # the last epoch's round, finished (overlapped mode waits for it just before this): not
+            # a group arranged for this epoch. hivemind would drop it *and* skip this epoch's round
+            self.scheduled_grads = None
         began = super()._begin_averaging_gradients(grad_scaler)
+        if began:
+            if not hasattr(self, "_round_epochs"):
+                self._round_epochs = {}
+            self._round_epochs[id(self.scheduled_grads)] = epoch
+        elif self.tracker.global_epoch > epoch + 1:
+            self._note_round(RoundOutcome(epoch=epoch, error=(
+                f"late: the swarm had moved on to epoch {self.tracker.global_epoch}, so this peer's samples of "
+                f"epoch {epoch} were not averaged")))
+        else:
+            alone = self.tracker.global_progress.num_peers < 2
+            self._note_round(RoundOutcome(epoch=epoch, error=ALONE if alone else "the round could not start"))
         if not began and not self.offload_optimizer:
             # without a round hivemind only refreshes the averager's buffers, which are the
             # optimizer's gradients when it is offloaded; here they must be copied into .grad
@@ -450,6 +565,71 @@ class SwarmOptimizer:
     def num_peers(self) -> int:
         """Peers that reported progress to the swarm lately (this one included once it trained)."""
         return int(self.hv.tracker.global_progress.num_peers)
+
+    @property
+    def last_round(self) -> RoundOutcome | None:
+        """The newest gradient round's outcome (who this peer averaged with, or why not)."""
+        rounds = getattr(self.hv, "rounds", None)
+        return rounds[-1] if rounds else None
+
+    def describe_swarm(self) -> str:
+        """One line on what this peer sees of the swarm (for the averaging peer's logs)."""
+        tracker = self.hv.tracker
+        progress = tracker.global_progress
+        age = get_dht_time() - tracker.newest_report
+        return (f"epoch {self.local_epoch}, swarm epoch {progress.epoch} (highest reported {self.swarm_epoch}), "
+                f"{progress.samples_accumulated}/{self.settings.target_batch_size} samples from "
+                f"{progress.num_peers} peer(s) ({progress.num_clients} NAT-ed), last report {age:.1f} s ago")
+
+    @property
+    def swarm_epoch(self) -> int:
+        """The highest epoch a peer of the swarm reports, NAT-ed (client-mode) volunteers included
+        (hivemind's own global epoch counts only peers that accept connections)."""
+        return max(int(getattr(self.hv.tracker, "max_peer_epoch", 0)), self.global_epoch)
+
+    @torch.no_grad()
+    def take_up_epoch(self, epoch: int) -> None:
+        """The coordinator's averaging peer, behind a swarm that no peer can send the state of
+        (NAT-ed volunteers serve none): go on from ``epoch`` with the state it holds, so that it is
+        in the next round again. State averaging (``average_state_every``) then brings the peers'
+        states together."""
+        if epoch <= self.local_epoch:
+            return
+        hv = self.hv
+        with hv.tracker.pause_updates():
+            hv.state_averager.local_epoch = epoch
+            hv.tracker.update_epoch(new_epoch=epoch)
+        hv.state_averager.state_sharing_priority = float(epoch)
+        if hv.grad_averager is not None:
+            hv.grad_averager.reset_accumulated_grads_()
+        self._epoch_seen = epoch
+        self._set_inner_lr()
+
+    @property
+    def rounds(self) -> list[RoundOutcome]:
+        """The last ``ROUNDS_KEPT`` rounds' outcomes, oldest first."""
+        return list(getattr(self.hv, "rounds", ()))
+
+    def assist(self) -> bool:
+        """The coordinator's averaging peer (built with ``auxiliary=True``): take part in the round
+        that closes the swarm's epoch when one is due, with weight 0 (it brings no samples), and
+        apply its outer step, so it holds the swarm's state. Call every ``ASSIST_EVERY_S``
+        seconds; returns True when the epoch moved on."""
+        before = self.local_epoch
+        if before >= self.settings.epochs:
+            return False  # the job is done: no round closes an epoch past the last
+        if get_dht_time() - self.hv.tracker.newest_report > self.settings.matchmaking_time + QUIET_SWARM_S:
+            # nobody trains (all paused, gone or done): hivemind would end the epoch alone once its
+            # estimate of the volunteers' progress runs out, from records they no longer update
+            return False
+        self._reloaded = False
+        self.hv.step(batch_size=0)
+        if self.local_epoch != before:
+            if self.inner is not None and not self.overlap:
+                self._sync_model_from_anchors()
+            self._epoch_seen = self.local_epoch
+            return True
+        return False
 
     def step(self, batch_size: int) -> StepResult:
         """Call after ``loss.backward()``: clip, step per the mode, and report what happened."""
@@ -648,6 +828,11 @@ def build_optimizer(
         # period so peers that start together agree on the epoch from the first one
         tracker_opts={
             "default_refresh_period": min(3.0, max(0.5, settings.matchmaking_time / 2)),
+            # hivemind looks again at most every 10 s, and before the first throughput estimate it
+            # waits that long: peers then overshoot the first epoch's target batch many times over.
+            # The coordinator's averaging peer must see an epoch end as soon as the volunteers do.
+            "max_refresh_period": 1.0 if auxiliary else max(2.0, min(10.0, 2 * settings.matchmaking_time)),
+            "always_report": auxiliary,
             **({"private_key": key} if key is not None else {}),
         },
         averager_opts={"request_timeout": min(3.0, settings.matchmaking_time / 2)},
@@ -671,8 +856,9 @@ def build_optimizer(
             )
             outer = partial(torch.optim.SGD, lr=settings.outer_lr, momentum=settings.outer_momentum,
                             nesterov=settings.outer_momentum > 0)
-            # the keeper never trains: it has no boundary to overlap
-            overlap = settings.overlap and not auxiliary
+            # the coordinator's averaging peer overlaps too: it then moves to the next epoch when a
+            # round starts, as the volunteers do, so a volunteer an epoch behind sees that it is
+            overlap = settings.overlap
             hv = _HivemindOptimizer(
                 params=anchors,
                 optimizer=outer,

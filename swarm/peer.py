@@ -124,6 +124,7 @@ class TrainingPeer:
         save_every_s: float = 60.0,
         join_swarm: bool = True,
         pacer: Callable[[], float] | None = None,
+        coordinator_peers: Sequence[str] = (),
     ) -> None:
         self.job_id, self.recipe, self.loaded, self.dataset = job_id, recipe, loaded, dataset
         self.shard_ids = list(shard_ids)
@@ -135,6 +136,7 @@ class TrainingPeer:
         self.join_swarm = join_swarm
         self.pacer = pacer  # seconds to hold between micro-batches (the network caps), or 0
         self.counters = Counters.load(self.counters_path)
+        self.coordinator_peers = frozenset(coordinator_peers)  # not volunteers: left out of "averaged with"
 
         self._stop = threading.Event()
         self._paused = threading.Event()
@@ -365,8 +367,18 @@ class TrainingPeer:
             "loss": loss if loss is not None and math.isfinite(loss) else None,
             "samples_per_second": round(self.samples_per_second, 3),
             "compute_seconds": round(self.counters.compute_seconds, 3),
-            "peers": self.optimizer.num_peers,
+            **self.round_summary(),
         }
+
+    def round_summary(self) -> dict[str, Any]:
+        """The last averaging round: ``peers`` volunteers in it (this one included; 0 before the
+        first round), ``round_peers`` the others, ``round_error`` why it averaged with nobody."""
+        last = self.optimizer.last_round
+        if last is None:
+            return {"peers": 0, "round_epoch": None, "round_peers": None, "round_error": ""}
+        others = 0 if last.error else last.others(me=str(self.dht.peer_id), exclude=self.coordinator_peers)
+        return {"peers": others + 1 if not last.error else 1, "round_epoch": last.epoch,
+                "round_peers": others, "round_error": last.error}
 
     def _emit_progress(self, kind: str) -> None:
         self._update_rate()

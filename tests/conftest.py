@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,9 +76,13 @@ class CoordinatorProcess:
 
 
 def start_coordinator(
-    data_dir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60.0
+    data_dir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60.0,
+    prefix: Sequence[str] = (), public_host: str | None = None,
 ) -> CoordinatorProcess:
-    """Start ``python -m essaim.coordinator serve`` on free ports and wait for its ready line."""
+    """Start ``python -m essaim.coordinator serve`` on free ports and wait for its ready line.
+
+    ``prefix`` goes before the command (``ip netns exec NS``: a coordinator on a test host);
+    ``public_host`` replaces the listening host in the addresses clients are given."""
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "coordinator.log"
     cmd = [sys.executable, "-m", "essaim.coordinator", "serve", "--data-dir", str(data_dir)]
@@ -89,7 +93,8 @@ def start_coordinator(
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
-            [*cmd, *args], stdout=subprocess.PIPE, stderr=log, text=True, env=full_env, start_new_session=True
+            [*prefix, *cmd, *args], stdout=subprocess.PIPE, stderr=log, text=True, env=full_env,
+            start_new_session=True,
         )
     lines: queue.Queue[str | None] = queue.Queue()
     seen: list[str] = []
@@ -121,6 +126,8 @@ def start_coordinator(
         if line.startswith(READY_PREFIX):
             ready = line
     parts = dict(p.split("=", 1) for p in ready[len(READY_PREFIX) :].split())
+    if public_host is not None:
+        parts = {k: f"{public_host}:{v.rsplit(':', 1)[1]}" for k, v in parts.items()}
     admin_token = (data_dir / "admin-token").read_text().strip()
     return CoordinatorProcess(
         proc=proc,
@@ -139,8 +146,9 @@ class CoordinatorLauncher:
     def __init__(self) -> None:
         self.started: list[CoordinatorProcess] = []
 
-    def __call__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> CoordinatorProcess:
-        coord = start_coordinator(data_dir, *args, env=env)
+    def __call__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None, **kwargs: Any
+                 ) -> CoordinatorProcess:
+        coord = start_coordinator(data_dir, *args, env=env, **kwargs)
         self.started.append(coord)
         return coord
 

@@ -49,6 +49,11 @@ class Viewer:
     def is_admin(self) -> bool:
         return self.role == Role.ADMIN
 
+    def may_see_swarm_of(self, volunteer_id: str) -> bool:
+        """How a volunteer takes part in the swarm (reachability, last round) is for admins and for
+        that volunteer (its own bearer token) only; the IP it was seen from, for admins only."""
+        return self.is_admin or (self.role == Role.VOLUNTEER and self.subject == volunteer_id)
+
     @property
     def signed_in(self) -> bool:
         return self.role is not None

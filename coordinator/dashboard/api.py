@@ -3,13 +3,17 @@
     GET  /api/v1/volunteers[?status=&limit=&offset=]   GET /api/v1/volunteers/{id}
     GET  /api/v1/swarm/online                          volunteers online over time
     GET  /api/v1/jobs[?status=]                        GET /api/v1/jobs/{id}, /api/v1/jobs/{id}/progress
+    GET  /api/v1/jobs/{id}/peers                       how each volunteer takes part in the job's swarm (admin)
+    GET  /api/v1/volunteers/{id}/peers                 the same for one volunteer (admin, or that volunteer)
     GET  /api/v1/contributions[?job_id=&order=]        volunteers and teams leaderboards
     GET  /api/v1/ledger[?job_id=&after_seq=&limit=]    GET /api/v1/ledger/verify
     POST /api/v1/jobs/{id}/{approve|reject|pause|resume|cancel}   body {"reason": "..."}
     POST /api/v1/jobs/{id}/priority                    body {"priority": 5}
     POST /api/v1/volunteers/{id}/ban                   body {"reason": "..."}
 
-Reads follow ``settings.public_pages`` (off: a bearer token or an admin sign-in is needed); POSTs
+Reads follow ``settings.public_pages`` (off: a bearer token or an admin sign-in is needed), except
+the ``peers`` reads: a volunteer's reachability and rounds are for admins and that volunteer (403
+for anyone else), and the IP it was seen from for admins only (null otherwise). POSTs
 need an admin (bearer token, or the sign-in cookie plus the ``X-CSRF-Token`` header) and get 403
 otherwise. Errors answer ``{"detail": "..."}`` with the status of the essaim error. Downloads of
 the transparency documents live in :mod:`.downloads`.
@@ -36,6 +40,7 @@ from essaim.coordinator.dashboard.schemas import (
     PriorityIn,
     ProgressOut,
     ReasonIn,
+    SwarmPeerList,
     VolunteerList,
     VolunteerOut,
 )
@@ -134,6 +139,31 @@ def build_api_router(
     @router.get("/jobs/{job_id}/progress", response_model=ProgressOut, summary="A job's loss, eval and throughput curve")
     def job_progress(job_id: str, _: Viewer = Depends(access.reader)) -> ProgressOut:
         return call(queries.progress, job_id)
+
+    # ---- how volunteers take part in the swarm ----
+
+    peer_errors: dict[int | str, dict[str, Any]] = {
+        **ERRORS,
+        403: {"description": "only admins (and, for its own rows, the volunteer) may see this"},
+    }
+
+    @router.get(
+        "/jobs/{job_id}/peers", response_model=SwarmPeerList, responses=peer_errors,
+        summary="How each volunteer takes part in a job's swarm: reachability, last round, IP seen (admin)",
+    )
+    def job_peers(job_id: str, viewer: Viewer = Depends(access.reader)) -> SwarmPeerList:
+        if not viewer.is_admin:
+            raise HTTPException(status_code=403, detail="how volunteers take part in a job's swarm is for admins only")
+        return SwarmPeerList(items=call(queries.swarm_peers, job_id=job_id, with_observed=True))
+
+    @router.get(
+        "/volunteers/{volunteer_id}/peers", response_model=SwarmPeerList, responses=peer_errors,
+        summary="How one volunteer takes part in each job's swarm (admin, or that volunteer)",
+    )
+    def volunteer_peers(volunteer_id: str, viewer: Viewer = Depends(access.reader)) -> SwarmPeerList:
+        if not viewer.may_see_swarm_of(volunteer_id):
+            raise HTTPException(status_code=403, detail="only admins and this volunteer may see how it takes part in the swarm")
+        return SwarmPeerList(items=call(queries.swarm_peers, volunteer_id=volunteer_id, with_observed=viewer.is_admin))
 
     # ---- contributions and ledger ----
 

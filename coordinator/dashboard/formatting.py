@@ -1,7 +1,8 @@
 """How the dashboard shows numbers, times, hardware and names to people.
 
 Pure functions, used as Jinja filters by :mod:`.pages` and by :mod:`.queries` for the few
-display strings the JSON API also carries (a volunteer's display name, a hardware summary).
+display strings the JSON API also carries (a volunteer's display name, a hardware summary, how it
+takes part in a job's swarm).
 """
 
 from __future__ import annotations
@@ -130,6 +131,21 @@ def when(ts: float | None) -> str:
 
 def short_hash(value: str, n: int = 12) -> str:
     return value[:n] if value else ""
+
+
+REACHABILITY_TEXT = {"public": "public", "nat": "NAT-ed (via the coordinator's peer)"}
+
+
+def reachability_text(reachability: str) -> str:
+    """``public`` (a full peer), ``NAT-ed (via the coordinator's peer)`` or ``unknown``."""
+    return REACHABILITY_TEXT.get(reachability, "unknown")
+
+
+def last_round_text(epoch: int | None, averaged: bool) -> str:
+    """``averaged in epoch 4``, ``not in the last round (epoch 4)``, or ``no round yet``."""
+    if epoch is None:
+        return "no round yet"
+    return f"averaged in epoch {epoch}" if averaged else f"not in the last round (epoch {epoch})"
 
 
 def label(value: str) -> str:

@@ -1,9 +1,12 @@
 """The dashboard's read-only pages, rendered on the server from :class:`.queries.DashboardQueries`.
 
     /                          Swarm: volunteers online over time, throughput, the volunteers table
-    /volunteers/{id}           one volunteer: hardware, totals, contributions per job
+                               (admins: each one's reachability and last round in its job)
+    /volunteers/{id}           one volunteer: hardware, totals, contributions per job (admins and
+                               the volunteer itself: how it takes part in each job's swarm)
     /jobs                      jobs with status, epoch / target, samples/s, ETA
     /jobs/{id}                 one job: curves, volunteers on it, contributors, admin controls
+                               (admins: each volunteer's reachability, IP seen, last round)
     /jobs/{id}/transparency    recipe, dataset hashes, provenance, model card, ledger + verification
     /contributions             leaderboards (overall or one job; by samples or compute), teams
     /teams?name=               one team's members
@@ -95,6 +98,7 @@ def build_pages_router(ctx: PageContext, *, sampler: SwarmSampler) -> APIRouter:
                 "compute_hours": board.total_compute_hours,
                 "total_samples": board.total_samples,
                 "volunteers": volunteers,
+                "swarm_peers": q.current_swarm_peers(volunteers, with_observed=True) if viewer.is_admin else {},
                 "page": page,
                 "pages": max(1, -(-sum(counts.values()) // PAGE_SIZE)),
                 "online_chart": time_chart(
@@ -118,7 +122,10 @@ def build_pages_router(ctx: PageContext, *, sampler: SwarmSampler) -> APIRouter:
                     current = q.store.get_job(v.current_job_id)
                 except NotFound:
                     current = None
-            return {"v": v, "jobs": q.volunteer_jobs(volunteer_id), "current_job": current}
+            peers = None
+            if viewer.may_see_swarm_of(v.id):
+                peers = q.swarm_peers(volunteer_id=v.id, with_observed=viewer.is_admin)
+            return {"v": v, "jobs": q.volunteer_jobs(volunteer_id), "current_job": current, "swarm_peers": peers}
 
         return ctx.render(request, "volunteer.html", build, active="swarm")
 
@@ -133,7 +140,8 @@ def build_pages_router(ctx: PageContext, *, sampler: SwarmSampler) -> APIRouter:
     def job(request: Request, job_id: str) -> Response:
         def build(viewer: Viewer) -> dict[str, Any]:
             detail = q.job(job_id)
-            return {"job": detail, "charts": progress_charts(q.progress(job_id)), "tab": "overview"}
+            peers = q.swarm_peers(job_id=job_id, with_observed=True) if viewer.is_admin else None
+            return {"job": detail, "charts": progress_charts(q.progress(job_id)), "tab": "overview", "swarm_peers": peers}
 
         return ctx.render(request, "job.html", build, active="jobs")
 

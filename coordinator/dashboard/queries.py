@@ -27,10 +27,12 @@ from essaim.coordinator.dashboard.schemas import (
     LedgerVerificationOut,
     ProgressOut,
     ProgressPoint,
+    SwarmPeerOut,
     TeamOut,
     VolunteerOut,
 )
-from essaim.protocol.errors import RecipeError
+from essaim.coordinator.store import SwarmPeer
+from essaim.protocol.errors import NotFound, RecipeError
 from essaim.protocol.recipe import Recipe, load_recipe
 from essaim.protocol.types import Job, JobStatus, LedgerEntry, Volunteer, VolunteerStatus
 
@@ -69,6 +71,23 @@ def volunteer_out(v: Volunteer) -> VolunteerOut:
         current_job_id=v.current_job_id,
         samples=v.samples,
         compute_seconds=v.compute_seconds,
+    )
+
+
+def swarm_peer_out(p: SwarmPeer, *, volunteer_name: str, job_name: str, with_observed: bool) -> SwarmPeerOut:
+    """A volunteer's part in a job's swarm; ``with_observed`` only for admins (the IP is private)."""
+    return SwarmPeerOut(
+        job_id=p.job_id,
+        job_name=job_name,
+        volunteer_id=p.volunteer_id,
+        volunteer_name=volunteer_name,
+        reachability=p.reachability,
+        reachability_text=fmt.reachability_text(p.reachability),
+        observed=p.observed if with_observed else None,
+        last_round_epoch=p.last_round_epoch,
+        averaged_in_last_round=p.averaged_in_last_round,
+        last_round_text=fmt.last_round_text(p.last_round_epoch, p.averaged_in_last_round),
+        updated_at=p.updated_at,
     )
 
 
@@ -243,6 +262,48 @@ class DashboardQueries:
             )
         name = job.metrics.eval_metric_name or (recipe.eval.metric if recipe and recipe.eval else "eval")
         return ProgressOut(job_id=job.id, eval_metric_name=name, points=points)
+
+    # ---- how volunteers take part in the swarm (admins, and each volunteer for itself) ----
+
+    def swarm_peers(
+        self, *, job_id: str | None = None, volunteer_id: str | None = None, with_observed: bool
+    ) -> list[SwarmPeerOut]:
+        """The rows of one job, or of one volunteer's jobs (NotFound for an unknown one). The
+        caller decides who may see them; ``with_observed`` (the IP) is for admins only."""
+        if job_id is not None:
+            self.store.get_job(job_id)
+        if volunteer_id is not None:
+            self.store.get_volunteer(volunteer_id)
+        return self._swarm_peers_out(self.store.list_swarm_peers(job_id=job_id, volunteer_id=volunteer_id), with_observed)
+
+    def current_swarm_peers(self, volunteers: list[VolunteerOut], *, with_observed: bool) -> dict[str, SwarmPeerOut]:
+        """volunteer id -> its row in the job it trains (or last trained), for the swarm page."""
+        wanted = {v.id: v.current_job_id for v in volunteers if v.current_job_id}
+        rows = [
+            p
+            for job_id in sorted(set(wanted.values()))
+            for p in self.store.list_swarm_peers(job_id=job_id)
+            if wanted.get(p.volunteer_id) == job_id
+        ]
+        return {p.volunteer_id: p for p in self._swarm_peers_out(rows, with_observed)}
+
+    def _swarm_peers_out(self, rows: list[SwarmPeer], with_observed: bool) -> list[SwarmPeerOut]:
+        names = self.names()
+        job_names: dict[str, str] = {}
+        for job_id in {p.job_id for p in rows}:
+            try:
+                job_names[job_id] = self.store.get_job(job_id).name
+            except NotFound:
+                job_names[job_id] = ""
+        return [
+            swarm_peer_out(
+                p,
+                volunteer_name=names.get(p.volunteer_id) or fmt.display_name("", p.volunteer_id),
+                job_name=job_names[p.job_id],
+                with_observed=with_observed,
+            )
+            for p in rows
+        ]
 
     # ---- artifacts ----
 

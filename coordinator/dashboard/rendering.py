@@ -66,7 +66,7 @@ def time_chart(name: str, points: list[tuple[float, float]], *, y_label: str, em
 
 
 def progress_charts(progress: ProgressOut) -> dict[str, dict[str, Any]]:
-    """The job page's four curves: loss, eval metric, throughput and live peers."""
+    """The job page's four curves: loss, eval metric, throughput and peers averaged in each round."""
     pts = progress.points
     waiting = "No progress reported yet"
     return {
@@ -80,5 +80,5 @@ def progress_charts(progress: ProgressOut) -> dict[str, dict[str, Any]]:
         "throughput": time_chart(
             "samples per second", [(p.at, p.samples_per_second) for p in pts], y_label="samples/s", empty=waiting
         ),
-        "peers": time_chart("live peers", [(p.at, p.live_peers) for p in pts], y_label="live peers", empty=waiting),
+        "peers": time_chart("peers averaged", [(p.at, p.live_peers) for p in pts], y_label="peers averaged", empty=waiting),
     }

@@ -136,6 +136,31 @@ class JobDetail(JobOut):
     has_model_card: bool
 
 
+class SwarmPeerOut(_Out):
+    """How one volunteer takes part in one job's swarm (admins, and the volunteer itself)."""
+
+    job_id: str
+    job_name: str
+    volunteer_id: str
+    volunteer_name: str = Field(description="the volunteer's pseudonym")
+    reachability: str = Field(
+        description='"public" (a full peer others can dial), "nat" (behind a NAT: it averages through the '
+        'coordinator\'s averaging peer) or "unknown"'
+    )
+    reachability_text: str = Field(description="the reachability as the dashboard shows it")
+    observed: str | None = Field(
+        description="the IP address the coordinator's peer saw it connect from: admins only, null for anyone else"
+    )
+    last_round_epoch: int | None = Field(description="epoch of the job's newest averaging round; null before the first")
+    averaged_in_last_round: bool = Field(description="whether that round averaged this volunteer's update")
+    last_round_text: str = Field(description='"averaged in epoch N" or "not in the last round (epoch N)"')
+    updated_at: float = Field(description="when the job's runner last wrote this")
+
+
+class SwarmPeerList(_Out):
+    items: list[SwarmPeerOut]
+
+
 class ProgressPoint(_Out):
     at: float
     epoch: int

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from essaim.coordinator.store.engine import sqlite_url
 from essaim.coordinator.store.ledger import GENESIS_HASH, LedgerVerification, entry_hash, verify_chain
-from essaim.coordinator.store.records import Contribution, HeartbeatRecord, LedgerDraft, TokenRecord
+from essaim.coordinator.store.records import (
+    Contribution,
+    HeartbeatRecord,
+    LedgerDraft,
+    SwarmPeer,
+    TokenRecord,
+)
 from essaim.coordinator.store.store import Store, open_store
 
 __all__ = [
@@ -19,6 +25,7 @@ __all__ = [
     "LedgerDraft",
     "LedgerVerification",
     "Store",
+    "SwarmPeer",
     "TokenRecord",
     "entry_hash",
     "open_store",

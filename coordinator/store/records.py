@@ -1,7 +1,8 @@
 """Plain records the store takes and returns besides the shared domain types.
 
 The coordinator's service and dashboard build :class:`HeartbeatRecord` and :class:`LedgerDraft`
-and read :class:`TokenRecord` and :class:`Contribution`; none of them is an ORM object.
+and read :class:`TokenRecord` and :class:`Contribution`; a job's runner writes :class:`SwarmPeer`
+rows (:mod:`essaim.coordinator.swarm_view`) that the dashboard reads. None of them is an ORM object.
 """
 
 from __future__ import annotations
@@ -70,3 +71,23 @@ class Contribution:
     samples: int
     compute_seconds: float
     epochs: int
+
+
+@dataclass(slots=True, frozen=True)
+class SwarmPeer:
+    """How one volunteer takes part in one job's swarm, as the job's runner last saw it.
+
+    ``reachability`` is ``"public"`` (a full peer others can dial), ``"nat"`` (behind a NAT: it
+    averages through the coordinator's averaging peer) or ``"unknown"``; ``observed`` is the IP the
+    coordinator's peer saw it connect from (private: only admins may see it).
+    ``last_round_epoch`` is the epoch of the job's newest averaging round (None before the first),
+    and ``averaged_in_last_round`` whether that round averaged this volunteer's update.
+    """
+
+    job_id: str
+    volunteer_id: str
+    reachability: str = "unknown"
+    observed: str = ""
+    last_round_epoch: int | None = None
+    averaged_in_last_round: bool = False
+    updated_at: float = 0.0

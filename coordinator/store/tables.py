@@ -130,4 +130,20 @@ settings = sa.Table(
     sa.Column("value", sa.Text(), nullable=False),
 )
 
-ALL_TABLES = (volunteers, tokens, jobs, progress, ledger, blobs, settings)
+# How each volunteer takes part in a job's swarm, as the job's runner last saw it
+# (:mod:`essaim.coordinator.swarm_view`): its reachability, the IP the coordinator's peer saw
+# (private: admins only), and whether the job's last averaging round included it.
+swarm_peers = sa.Table(
+    "swarm_peers",
+    metadata,
+    sa.Column("job_id", sa.String(ID), primary_key=True),
+    sa.Column("volunteer_id", sa.String(ID), primary_key=True),
+    sa.Column("reachability", sa.String(16), nullable=False, server_default="unknown"),
+    sa.Column("observed", sa.Text(), nullable=False, server_default=""),
+    sa.Column("last_round_epoch", sa.Integer(), nullable=True),
+    sa.Column("averaged_in_last_round", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("updated_at", sa.Float(), nullable=False),
+    sa.Index(None, "volunteer_id"),
+)
+
+ALL_TABLES = (volunteers, tokens, jobs, progress, ledger, blobs, settings, swarm_peers)

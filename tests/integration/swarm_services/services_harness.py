@@ -50,7 +50,8 @@ TRAINING = {"batch_size": 16, "matchmaking_time": 1.5, "averaging_timeout": 15.0
 
 
 def make_job(out_dir: Path, *, epochs: int, target_batch_size: int, adapter: str = "full",
-             averaging: str = "local", checkpoint_every_epochs: int = 1, eval_size: int = 40) -> Path:
+             averaging: str = "local", checkpoint_every_epochs: int = 1, eval_size: int = 40,
+             **training: Any) -> Path:
     """The demo job made small: generated model and data, and a recipe with quick training settings."""
     from essaim.swarm.demo_task import DemoConfig, make_demo_job
 
@@ -58,7 +59,7 @@ def make_job(out_dir: Path, *, epochs: int, target_batch_size: int, adapter: str
                         checkpoint_every_epochs=checkpoint_every_epochs, eval_size=eval_size)
     recipe_path = make_demo_job(out_dir, train_lines=3000, config=config)
     data = yaml.safe_load(recipe_path.read_text())
-    data["training"].update(TRAINING)
+    data["training"].update({**TRAINING, **training})
     path = out_dir / "recipe-small.yaml"  # next to model/ and data/, which the recipe names
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -134,7 +135,9 @@ class Volunteer:
 
         return wait_until(ask, timeout, f"an assignment with initial peers for {self.name}", interval=1.0)
 
-    def start(self, *, work_dir: Path | None = None) -> None:
+    def start(self, *, work_dir: Path | None = None, client_mode: str = "off",
+              host_maddrs: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",), prefix: tuple[str, ...] = ()) -> None:
+        """``prefix`` goes before the trainer's command (``ip netns exec NS``: a volunteer behind a NAT)."""
         """Ask for an assignment and start a trainer (the same work dir as before unless told)."""
         from essaim.client.trainer_handle import TrainerHandle, default_trainer_command
         from essaim.client.trainer_protocol import assignment_for_trainer
@@ -147,12 +150,12 @@ class Volunteer:
         assert assignment.job.id == self.swarm.job_id, assignment.job.id
         trainer_job = assignment_for_trainer(
             assignment, volunteer_id=self.volunteer_id, identity_key_path=str(self.key_path),
-            host_maddrs=["/ip4/127.0.0.1/tcp/0"], client_mode="off", threads=1,
+            host_maddrs=list(host_maddrs), client_mode=client_mode, threads=1,
         )
         path = self.directory / "assignment.json"
         path.write_text(trainer_job.model_dump_json())
         self.handle = TrainerHandle(
-            command=default_trainer_command(), assignment_file=path, work_dir=self.work_dir,
+            command=[*prefix, *default_trainer_command()], assignment_file=path, work_dir=self.work_dir,
             coordinator=self.swarm.coord.grpc_address, token=self.token, low_priority=False, env=TRAINER_ENV,
         )
         with self._cond:

@@ -91,17 +91,30 @@ def test_the_artifact_is_the_swarms_final_adapter(done: Any) -> None:
     tokens = torch.tensor([[1, 5, 6, 7]])
     assert model(input_ids=tokens).logits.shape[-1] == base.config.vocab_size
 
-    # the trainers saved the state they ended with: the artifact holds that state, not an older one
+    # the artifact is the coordinator's averaging peer's state of the last epoch: it took part in
+    # every round and applied the same averaged updates as the volunteers, so it is one more replica
+    # of the swarm's final state. Replicas differ by the averaging codec's rounding (each reducer
+    # keeps its own part in float32, the others get it in fp16), never by a whole epoch's update.
     saved = load_file(artifact / "adapter_model.safetensors")
     assert saved
-    matches = []
+    finals = []
     for v in done.volunteers:
         state = torch.load(v.work_dir / "swarm_state.pt", map_location="cpu", weights_only=True)
         assert state["optimizer"]["epoch"] >= EPOCHS
         trained = {name.replace(".default", ""): t for name, t in state["trainable"].items()}
         assert set(trained) == set(saved)
-        matches.append(all(torch.allclose(trained[k], saved[k], atol=1e-6) for k in saved))
-    assert any(matches), "the artifact differs from every volunteer's final state"
+        finals.append(trained)
+
+    def distance(a: dict[str, Any], b: dict[str, Any]) -> float:
+        return max(float((a[k] - b[k]).abs().max()) for k in saved)
+
+    spread = distance(finals[0], finals[1])
+    step = max(float(t.abs().max()) for t in saved.values())  # the adapter's scale
+    for final in finals:
+        assert distance(saved, final) <= max(spread, 1e-6) * 1.5 + 1e-4, (distance(saved, final), spread)
+    assert spread < 0.1 * step, (spread, step)  # the volunteers do hold one state
+    checkpoint = {k.replace(".default", ""): t for k, t in load_file(done.job_dir / "checkpoint.safetensors").items()}
+    assert all(torch.equal(checkpoint[k], v) for k, v in saved.items()), "the artifact is not the last checkpoint"
 
 
 @pytest.mark.timeout(180)

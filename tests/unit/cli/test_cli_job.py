@@ -195,7 +195,7 @@ def test_follow_until_final(runner: CliRunner, fake_client, job_factory, final: 
         result = runner.invoke(app, ["job", "status", "job-1", "--follow", "--interval", "0.1", *AUTH])
         assert result.exit_code == code, result.output
         out = result.stdout
-        assert "running: epoch 1/4 · loss 2.5 · 40.0 samples/s · 2 peers" in out
+        assert "running: epoch 1/4 · loss 2.5 · 40.0 samples/s · 2 peers averaged" in out
         assert "eval loss 2" in out
         assert f"job job-1 {final.value}" in out
         polls = [c for c in fake_client.instances[-1].calls if c[0] == "get_job"]

@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from essaim.coordinator.store import (
     Contribution,
     HeartbeatRecord,
@@ -21,6 +22,7 @@ from essaim.coordinator.store import (
     entry_hash,
     open_store,
 )
+from essaim.coordinator.store.engine import alembic_config
 from essaim.coordinator.store.tables import metadata
 from essaim.protocol.errors import (
     AlreadyExists,
@@ -417,7 +419,8 @@ class TestStore:
         try:
             with engine.connect() as conn:
                 context = MigrationContext.configure(conn, opts={"compare_type": True})
-                assert context.get_current_revision() == "0001"
+                head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+                assert head == "0002" and context.get_current_revision() == head
                 assert compare_metadata(context, metadata) == []
         finally:
             engine.dispose()

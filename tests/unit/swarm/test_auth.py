@@ -191,13 +191,27 @@ def test_client_mode_guess(monkeypatch: pytest.MonkeyPatch) -> None:
 
     lan = ["/ip4/192.168.1.10/tcp/4000/p2p/QmPeer"]
     public = ["/ip4/8.8.8.8/tcp/4000/p2p/QmPeer"]
-    assert dht.decide_client_mode(lan) is False  # a private network: reachable from its peers
-    assert dht.decide_client_mode(["/ip4/127.0.0.1/tcp/4000/p2p/QmPeer"]) is False
+    assert dht.decide_client_mode(["/ip4/127.0.0.1/tcp/4000/p2p/QmPeer"]) is False  # a swarm on this machine
     assert dht.decide_client_mode([]) is False  # the first peer of a swarm must accept connections
     monkeypatch.setattr(dht, "has_public_address", lambda: False)
     assert dht.decide_client_mode(public) is True  # behind a NAT, the bootstrap on the internet
+    # a coordinator's private address says nothing of this peer: unknown means client mode, which
+    # always works through the coordinator's averaging peer
+    assert dht.decide_client_mode(lan) is True
+    assert dht.decide_client_mode([*lan, "/ip4/127.0.0.1/tcp/4000/p2p/QmPeer"]) is True
     monkeypatch.setattr(dht, "has_public_address", lambda: True)
     assert dht.decide_client_mode(public) is False
+    assert dht.decide_client_mode(lan) is False
+
+
+def test_maddrs_for_others() -> None:
+    from essaim.swarm.dht import maddrs_for_others
+
+    both = ["/ip4/127.0.0.1/tcp/4000/p2p/QmPeer", "/ip4/10.20.0.1/tcp/4000/p2p/QmPeer"]
+    assert maddrs_for_others(both) == both[1:]  # nobody else can use the loopback address
+    assert maddrs_for_others(both[:1]) == both[:1]  # a swarm on this machine keeps it
+    announced = ["/ip4/203.0.113.5/tcp/4000/p2p/QmPeer", *both]
+    assert maddrs_for_others(announced, announce_host="203.0.113.5") == announced[:1]
 
 
 def test_bad_initial_peer_is_a_dht_error() -> None:

@@ -1,0 +1,119 @@
+"""The averaging rounds of one job, as the coordinator's averaging peer took part in them.
+
+    book = RoundBook(job_dir / ROUNDS_FILE)   # reads what a previous runner wrote
+    book.add(outcome, ["v-alice", "v-bob"])  # one line of rounds.jsonl per round
+    book.averaged_volunteers()               # {"v-alice", "v-bob"}: the job's peer count
+    book.describe_last()                     # "epoch 4: averaged 2 volunteers"
+    book.why_not_averaged(target_epochs)     # None, or why the job must not call itself done
+
+The averaging peer is in every group of a public swarm (NAT-ed volunteers can only join groups
+led by a full peer), so its view is the job's: which volunteers' updates went into each epoch.
+A round in which it averaged with fewer than two volunteers is reported as such, and a job whose
+volunteers never averaged together is not completed as if they had. Used by
+:mod:`essaim.coordinator.jobrunner`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+ROUNDS_FILE = "rounds.jsonl"
+
+
+@dataclass(frozen=True, slots=True)
+class RoundEntry:
+    """One round: the epoch it closed, the volunteers whose updates it averaged, why it failed."""
+
+    epoch: int
+    volunteers: tuple[str, ...] = ()
+    peers: int = 0  # every peer of the group, the coordinator's included
+    error: str = ""
+    at: float = field(default_factory=time.time)
+
+    @property
+    def averaged(self) -> bool:
+        """Whether two or more volunteers' updates were averaged together in this round."""
+        return not self.error and len(self.volunteers) >= 2
+
+
+class RoundBook:
+    """The job's rounds in memory and in ``rounds.jsonl`` (see the module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: list[RoundEntry] = []
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            lines = []
+        for line in lines:
+            try:
+                data = json.loads(line)
+                self.entries.append(RoundEntry(
+                    epoch=int(data["epoch"]), volunteers=tuple(str(v) for v in data.get("volunteers", ())),
+                    peers=int(data.get("peers", 0)), error=str(data.get("error", "")), at=float(data.get("at", 0)),
+                ))
+            except (ValueError, KeyError, TypeError):
+                logger.warning("ignoring an unreadable line of %s", path)
+
+    def add(self, outcome: Any, volunteers: Sequence[str]) -> RoundEntry:
+        entry = RoundEntry(epoch=int(outcome.epoch), volunteers=tuple(volunteers), peers=len(outcome.peers),
+                           error=str(outcome.error), at=float(outcome.at))
+        self.entries.append(entry)
+        try:
+            with self.path.open("a") as out:
+                out.write(json.dumps(asdict(entry)) + "\n")
+        except OSError as exc:
+            logger.warning("could not record the round of epoch %d: %s", entry.epoch, exc)
+        if entry.error or not entry.volunteers:
+            logger.warning("epoch %d: the averaging peer averaged with no volunteer: %s", entry.epoch,
+                           entry.error or "no volunteer's update came in")
+        else:
+            logger.info("epoch %d: averaged %d volunteer(s)", entry.epoch, len(entry.volunteers))
+        return entry
+
+    @property
+    def last(self) -> RoundEntry | None:
+        return self.entries[-1] if self.entries else None
+
+    def averaged_volunteers(self) -> set[str] | None:
+        """The volunteers of the last round (none when it failed); None before the first round."""
+        last = self.last
+        if last is None:
+            return None
+        return set() if last.error else set(last.volunteers)
+
+    def describe_last(self) -> str:
+        last = self.last
+        if last is None:
+            return ""
+        if last.error:
+            return f"epoch {last.epoch}: averaged with nobody: {last.error}"
+        n = len(last.volunteers)
+        if n < 2:
+            return (f"epoch {last.epoch}: averaged with nobody: only {n} volunteer's update came in; the others "
+                    "could not reach the coordinator's averaging peer in time")
+        return f"epoch {last.epoch}: averaged {n} volunteers"
+
+    def why_not_averaged(self, target_epochs: int) -> str | None:
+        """None when the swarm's final state is an average of its volunteers' work, else why not."""
+        seen = {v for e in self.entries for v in e.volunteers}
+        averaged = sum(1 for e in self.entries if e.averaged)
+        if len(seen) >= 2 and averaged == 0:
+            return (f"the volunteers never averaged together (0 of {len(self.entries)} rounds): each trained "
+                    "alone, so there is no swarm model to publish; check that volunteers can reach the "
+                    "coordinator's averaging peer (`essaim status` shows their reachability)")
+        final = [e for e in self.entries if e.epoch == target_epochs - 1]
+        if final and not any(e.volunteers and not e.error for e in final):
+            why = final[-1].error or "no volunteer's update came in"
+            return (f"the round of the last epoch ({target_epochs - 1}) averaged with nobody ({why}), so the "
+                    "coordinator does not hold the swarm's final state; resubmit the job to train again")
+        return None

@@ -1,0 +1,252 @@
+"""Can other peers dial this volunteer? Asked of the job's coordinator peer, not guessed.
+
+    # the coordinator's job runner, once its DHT runs:
+    serve_reachability_checks(dht, listen_host="0.0.0.0")
+    # a volunteer's trainer, before it joins the DHT:
+    seen = check_reachability(initial_peers, host_maddrs=["/ip4/0.0.0.0/tcp/41234"])
+    seen.reachable      # True: others can dial it (full peer); False: behind a NAT (client mode)
+    seen.observed       # "203.0.113.7": the address the coordinator saw the connection come from
+
+Like libp2p's AutoNAT, the answer comes from the other side: the volunteer starts a throwaway
+libp2p peer listening where its DHT will listen, asks the coordinator's peer to dial it back, and
+the coordinator tries, from a second libp2p peer of its own that holds no connection to it yet.
+The coordinator only ever dials the address the request came from (with the ports the volunteer
+names), at most once per ``MIN_CHECK_INTERVAL_S`` per caller and ``MAX_CONCURRENT_CHECKS`` at a
+time, so the service cannot be used to make it connect anywhere else.
+
+Used by the trainer (:mod:`essaim.client.trainer`) to pick full or client mode, and by the job
+runner (:mod:`essaim.coordinator.jobrunner`), which serves the checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL = "/essaim/reachability/1.0.0"
+DIAL_TIMEOUT_S = 6.0
+CHECK_TIMEOUT_S = 25.0
+MIN_CHECK_INTERVAL_S = 10.0
+MAX_CONCURRENT_CHECKS = 4
+MAX_PORTS = 4
+MAX_REQUEST_BYTES = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Reachability:
+    """What the coordinator's peer saw: ``reachable`` None when it could not be asked."""
+
+    reachable: bool | None
+    observed: str = ""  # the IP the coordinator saw this peer's connection come from
+    address: str = ""  # the multiaddr it could dial back, when reachable
+    reason: str = ""
+
+    @property
+    def label(self) -> str:
+        """public | nat | unknown: what `essaim status` and the dashboard show."""
+        return {True: "public", False: "nat", None: "unknown"}[self.reachable]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"reachability": self.label, "observed": self.observed, "address": self.address,
+                "reason": self.reason}
+
+
+# ---- the coordinator's side ----
+def serve_reachability_checks(dht: Any, *, listen_host: str = "0.0.0.0", record: str | None = None) -> None:
+    """Answer reachability checks on ``dht``'s libp2p peer (runs in the DHT's own process). With
+    ``record``, each answer is also kept in that JSON file, by peer id (:func:`read_checks`)."""
+    dht.run_coroutine(_ServeChecks(listen_host, record), return_future=True).result(30.0)
+
+
+def read_checks(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """What :func:`serve_reachability_checks` recorded: peer id (base58) -> {"reachability":
+    "public" | "nat" | "unknown", "observed": IP, "address": ..., "at": unix time}."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
+
+
+class _ServeChecks:
+    """Picklable coroutine factory: hivemind runs it inside the DHT process."""
+
+    def __init__(self, listen_host: str, record: str | None) -> None:
+        self.listen_host = listen_host
+        self.record = record
+
+    async def __call__(self, _dht: Any, node: Any) -> None:
+        from hivemind.p2p import P2P
+
+        prober = await P2P.create(host_maddrs=[f"/ip4/{self.listen_host}/tcp/0"], auto_nat=False,
+                                  nat_port_map=False, conn_manager=False)
+        checker = _Checker(prober, self.record)
+        node.essaim_reachability = checker  # keeps the prober alive as long as the node
+        await node.p2p.add_binary_stream_handler(PROTOCOL, checker.handle)
+
+
+class _Checker:
+    def __init__(self, prober: Any, record: str | None = None) -> None:
+        self.prober = prober
+        self.record = Path(record) if record else None
+        self.last_check: dict[bytes, float] = {}
+        self.slots = asyncio.Semaphore(MAX_CONCURRENT_CHECKS)
+
+    async def handle(self, info: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            reply = await asyncio.wait_for(self._check(info, reader), CHECK_TIMEOUT_S)
+        except (TimeoutError, ValueError, OSError) as exc:
+            reply = {"reachable": None, "reason": f"the check failed: {type(exc).__name__}"}
+        if reply.get("reachable") is not None or reply.get("observed"):
+            self._keep(info.peer_id.to_base58(), reply)
+        with contextlib.suppress(OSError, ConnectionError):
+            writer.write(json.dumps(reply).encode() + b"\n")
+            await writer.drain()
+            writer.close()
+
+    def _keep(self, peer: str, reply: dict[str, Any]) -> None:
+        if self.record is None:
+            return
+        seen = read_checks(self.record)
+        label = {True: "public", False: "nat"}.get(reply.get("reachable"), "unknown")  # type: ignore[arg-type]
+        seen[peer] = {"reachability": label, "observed": reply.get("observed", ""),
+                      "address": reply.get("address", ""), "at": time.time()}
+        if len(seen) > 10_000:  # keep the newest
+            seen = dict(sorted(seen.items(), key=lambda kv: kv[1].get("at", 0))[-10_000:])
+        tmp = self.record.with_name(self.record.name + ".tmp")
+        with contextlib.suppress(OSError):
+            tmp.write_text(json.dumps(seen))
+            os.replace(tmp, self.record)
+
+    async def _check(self, info: Any, reader: asyncio.StreamReader) -> dict[str, Any]:
+        from hivemind.utils.multiaddr import Multiaddr
+
+        line = await reader.readline()
+        if len(line) > MAX_REQUEST_BYTES:
+            return {"reachable": None, "reason": "request too large"}
+        request = json.loads(line or b"{}")
+        ports = [int(p) for p in request.get("ports", [])[:MAX_PORTS] if 0 < int(p) < 65536]
+        observed = _host_of(str(info.addr))
+        peer = info.peer_id.to_bytes()
+        now = time.monotonic()
+        if now - self.last_check.get(peer, -MIN_CHECK_INTERVAL_S) < MIN_CHECK_INTERVAL_S:
+            return {"reachable": None, "observed": observed, "reason": "asked too often; try again in a few seconds"}
+        self.last_check[peer] = now
+        if len(self.last_check) > 10_000:
+            self.last_check = {k: v for k, v in self.last_check.items() if now - v < MIN_CHECK_INTERVAL_S}
+        if observed is None or not ports:
+            return {"reachable": None, "observed": observed or "", "reason": "no address or port to dial back"}
+        family = "ip6" if ":" in observed else "ip4"
+        async with self.slots:
+            for port in ports:
+                address = f"/{family}/{observed}/tcp/{port}"
+                try:
+                    await asyncio.wait_for(self.prober._client.connect(info.peer_id, [Multiaddr(address)]),
+                                           DIAL_TIMEOUT_S)
+                except Exception:  # refused, timed out, wrong peer id: not reachable there
+                    continue
+                with contextlib.suppress(Exception):
+                    await self.prober._client.disconnect(info.peer_id)
+                return {"reachable": True, "observed": observed, "address": address}
+        return {"reachable": False, "observed": observed,
+                "reason": f"a dial back to {observed} on port(s) {', '.join(map(str, ports))} failed"}
+
+
+def _host_of(maddr: str) -> str | None:
+    parts = maddr.split("/")
+    for proto in ("ip4", "ip6"):
+        if proto in parts and parts.index(proto) + 1 < len(parts):
+            return parts[parts.index(proto) + 1]
+    return None
+
+
+# ---- the volunteer's side ----
+def free_port(host: str = "0.0.0.0") -> int:
+    """A TCP port free on ``host`` right now (for a probe and then the DHT, one after the other)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def pin_ports(host_maddrs: Sequence[str]) -> list[str]:
+    """``host_maddrs`` with each ``/tcp/0`` replaced by a port free now, so that the probe and the
+    DHT listen on the same port (a router's port forward names one port)."""
+    pinned = []
+    for maddr in host_maddrs:
+        parts = maddr.split("/")
+        if "tcp" in parts and parts[parts.index("tcp") + 1] == "0":
+            host = _host_of(maddr) or "0.0.0.0"
+            parts[parts.index("tcp") + 1] = str(free_port(host if ":" not in host else "0.0.0.0"))
+        pinned.append("/".join(parts))
+    return pinned
+
+
+def check_reachability(initial_peers: Sequence[str], *, host_maddrs: Sequence[str],
+                       timeout: float = CHECK_TIMEOUT_S) -> Reachability:
+    """Ask the first initial peer that answers to dial this machine back on ``host_maddrs``' ports."""
+    try:
+        return asyncio.run(asyncio.wait_for(_ask(list(initial_peers), list(host_maddrs)), timeout + 10))
+    except Exception as exc:  # hivemind and the daemon raise many kinds: the answer is "unknown"
+        return Reachability(None, reason=f"could not ask the coordinator: {type(exc).__name__}: {exc}"[:300])
+
+
+async def _ask(initial_peers: list[str], host_maddrs: list[str]) -> Reachability:
+    from hivemind.p2p import P2P, PeerID
+    from hivemind.utils.multiaddr import Multiaddr
+
+    ports = sorted({int(m.split("/")[m.split("/").index("tcp") + 1]) for m in host_maddrs if "/tcp/" in m})
+    probe = await P2P.create(host_maddrs=host_maddrs, auto_nat=False, nat_port_map=False)
+    try:
+        last = "no initial peer to ask"
+        for maddr in initial_peers:
+            if "/p2p/" not in maddr:
+                continue
+            address, peer = maddr.rsplit("/p2p/", 1)
+            try:
+                peer_id = PeerID.from_base58(peer)
+                await asyncio.wait_for(probe._client.connect(peer_id, [Multiaddr(address)]), DIAL_TIMEOUT_S)
+                _, reader, writer = await probe.call_binary_stream_handler(peer_id, PROTOCOL)
+                writer.write(json.dumps({"ports": ports}).encode() + b"\n")
+                await writer.drain()
+                reply = json.loads(await asyncio.wait_for(reader.readline(), CHECK_TIMEOUT_S) or b"{}")
+                writer.close()
+            except Exception as exc:
+                last = f"{maddr}: {type(exc).__name__}: {exc}"
+                continue
+            reachable = reply.get("reachable")
+            return Reachability(
+                reachable if isinstance(reachable, bool) else None, observed=str(reply.get("observed", "")),
+                address=str(reply.get("address", "")), reason=str(reply.get("reason", ""))[:300],
+            )
+        return Reachability(None, reason=last[:300])
+    finally:
+        with contextlib.suppress(Exception):
+            await probe.shutdown()
+
+
+def is_local_address(host: str) -> bool:
+    """Whether ``host`` is one of this machine's own addresses (a public IP, not a NAT's)."""
+    import psutil
+
+    try:
+        wanted = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    for addresses in psutil.net_if_addrs().values():
+        for item in addresses:
+            with contextlib.suppress(ValueError):
+                if ipaddress.ip_address(item.address.split("%", 1)[0]) == wanted:
+                    return True
+    return False

@@ -1,0 +1,113 @@
+"""Volunteers behind home NATs average together through the coordinator's averaging peer.
+
+The topology is real (``netlab.py``): the coordinator on a public host of a private "internet",
+three volunteers each behind its own router that masquerades their connections and drops every
+connection coming in. The volunteers ask the coordinator to dial them back, learn that nobody can,
+join the swarm in client mode, and the demo job must train as it does on loopback: every round
+averages all three volunteers (through the coordinator's averaging peer, the one peer that accepts
+connections), the job completes, and its held-out exact match rises as on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+EPOCHS = 12  # the demo's job: 12 epochs of 4,800 samples, about 100 local steps per volunteer each
+TARGET_BATCH = 4800
+NAMES = ("alice", "bob", "carol")
+# held-out exact match after the demo's 12 epochs, three one-thread volunteers on this 2-core
+# machine: 0.73 on loopback as full peers, 0.71-0.80 on loopback in client mode (0.71 beside two
+# busy processes); volunteers that each train alone reach about 0.2
+LEARNED = 0.45
+# share of the rounds (after the first) that must hold all three: on a quiet machine all of them;
+# on a loaded one a volunteer whose epoch ends late now and then misses a group (10 of 11 rounds
+# beside two busy processes, 7 of 11 at a load average of 6 on 2 cores)
+ALL_THREE = 0.6
+
+
+@pytest.fixture(scope="module")
+def nat_swarm(netlab_module: ModuleType, harness: ModuleType, module_launcher: Any,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    root = tmp_path_factory.mktemp("nat-swarm")
+    lab = netlab_module.NetLab()
+    swarm = None
+    try:
+        lab.attach_root()  # the test talks to the coordinator as a client on the internet would
+        coord = lab.add_host("coord")
+        homes = {name: lab.add_home(name) for name in NAMES}
+        recipe = harness.make_job(root / "job", epochs=EPOCHS, target_batch_size=TARGET_BATCH, adapter="full",
+                                  averaging="local", checkpoint_every_epochs=EPOCHS // 2, eval_size=200,
+                                  matchmaking_time=2.5)
+
+        def launcher(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> Any:
+            return module_launcher(data_dir, "--host", "0.0.0.0", *args, env=env, prefix=coord.prefix(),
+                                   public_host=coord.address)
+
+        swarm = harness.ServiceSwarm.start(launcher, root / "coord", recipe)
+        swarm.homes, swarm.coord_address = homes, coord.address
+        for name, home in homes.items():
+            swarm.volunteer(name).start(client_mode="auto", host_maddrs=("/ip4/0.0.0.0/tcp/0",),
+                                        prefix=tuple(home.prefix()))
+        harness.wait_until(lambda: swarm.job().status.value in ("completed", "failed"), 540,
+                           "the job to end", interval=2.0)
+        yield swarm
+    finally:
+        if swarm is not None:
+            swarm.close()
+        lab.close()
+
+
+def _rounds(swarm: Any) -> list[dict[str, Any]]:
+    path = swarm.job_dir / "rounds.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.mark.timeout(720)
+def test_nated_volunteers_find_out_they_cannot_be_dialed(nat_swarm: Any) -> None:
+    for v in nat_swarm.volunteers:
+        started = v.wait_for(lambda e: e["event"] == "started", 30, "started")
+        assert started["reachability"] == "nat", (v.name, started)
+        assert started["client_mode"] is True
+        # the coordinator saw the connection come from the volunteer's router, not from the volunteer
+        assert started["observed"] == nat_swarm.homes[v.name].public_address, started
+        # the coordinator hands out the address its averaging peer is reached at, not its loopback
+        peers = json.loads((v.directory / "assignment.json").read_text())["initial_peers"]
+        assert peers and all(m.startswith(f"/ip4/{nat_swarm.coord_address}/") for m in peers), peers
+
+
+@pytest.mark.timeout(720)
+def test_every_round_averages_all_the_nated_volunteers(nat_swarm: Any) -> None:
+    job = nat_swarm.job()
+    assert job.status.value == "completed", (job.status, job.status_reason, _rounds(nat_swarm))
+    rounds = _rounds(nat_swarm)
+    everyone = {v.volunteer_id for v in nat_swarm.volunteers}
+    assert [r["epoch"] for r in rounds] == list(range(EPOCHS)), rounds
+    # every round averaged NAT-ed volunteers together, through the coordinator's averaging peer
+    assert all(not r["error"] and len(r["volunteers"]) >= 2 for r in rounds[1:]), rounds
+    assert all(set(r["volunteers"]) <= everyone for r in rounds), rounds
+    # and all three of them, but for the first (it may close before the last volunteer's model has
+    # loaded) and, on a loaded machine, a rare round a late volunteer missed
+    full = [r for r in rounds[1:] if set(r["volunteers"]) == everyone]
+    assert len(full) >= ALL_THREE * (len(rounds) - 1), rounds
+    for v in nat_swarm.volunteers:  # what each volunteer's app is told of its rounds
+        last = v.wait_for(lambda e: e["event"] == "stopped", 60, "stopped")
+        assert last["reason"] == "completed", last
+        told = [e for e in v.events if e["event"] == "epoch" and e.get("round_epoch") is not None]
+        assert told and all(e["round_peers"] >= 1 and not e["round_error"] for e in told[1:]), told
+        assert sum(e["round_peers"] == len(NAMES) - 1 for e in told) >= ALL_THREE * (len(told) - 1), told
+
+
+@pytest.mark.timeout(720)
+def test_the_nated_swarm_learns_as_on_loopback(nat_swarm: Any) -> None:
+    provenance = json.loads((nat_swarm.data_dir / "artifacts" / nat_swarm.job_id / "provenance.json").read_text())
+    ev = provenance["eval"]
+    assert ev["metric"] == "exact_match" and ev["before"] < 0.05, ev
+    assert ev["after"] >= LEARNED, ev
+    assert provenance["epochs"] == EPOCHS

@@ -1,0 +1,69 @@
+"""The coordinator's book of averaging rounds: what a job's peers are, and when a job may not complete."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from essaim.coordinator.monitor import PeerReport, swarm_metrics
+from essaim.coordinator.rounds import ROUNDS_FILE, RoundBook
+from essaim.swarm.rounds import ALONE, RoundOutcome
+
+
+def _book(tmp_path: Path, *rounds: tuple[int, list[str], str]) -> RoundBook:
+    book = RoundBook(tmp_path / ROUNDS_FILE)
+    for epoch, volunteers, error in rounds:
+        book.add(RoundOutcome(epoch=epoch, peers=("coord", *volunteers), error=error), volunteers)
+    return book
+
+
+def test_rounds_are_kept_and_read_back_by_a_restarted_runner(tmp_path: Path) -> None:
+    _book(tmp_path, (0, ["a", "b"], ""), (1, [], ALONE))
+    lines = [json.loads(line) for line in (tmp_path / ROUNDS_FILE).read_text().splitlines()]
+    assert [(r["epoch"], r["volunteers"], r["error"]) for r in lines] == [(0, ["a", "b"], ""), (1, [], ALONE)]
+    again = RoundBook(tmp_path / ROUNDS_FILE)
+    assert [e.epoch for e in again.entries] == [0, 1] and again.entries[0].averaged
+    (tmp_path / ROUNDS_FILE).write_text((tmp_path / ROUNDS_FILE).read_text() + "not json\n")
+    assert len(RoundBook(tmp_path / ROUNDS_FILE).entries) == 2  # a torn line is skipped
+
+
+def test_the_last_round_says_who_was_averaged(tmp_path: Path) -> None:
+    book = _book(tmp_path)
+    assert book.averaged_volunteers() is None and book.describe_last() == ""
+    book = _book(tmp_path / "x", (0, ["a", "b", "c"], ""))
+    assert book.averaged_volunteers() == {"a", "b", "c"}
+    assert book.describe_last() == "epoch 0: averaged 3 volunteers"
+    book.add(RoundOutcome(epoch=1, error=ALONE), [])
+    assert book.averaged_volunteers() == set()
+    assert book.describe_last() == f"epoch 1: averaged with nobody: {ALONE}"
+    book.add(RoundOutcome(epoch=2, peers=("coord", "a")), ["a"])
+    assert "averaged with nobody: only 1 volunteer" in book.describe_last()
+
+
+def test_a_swarm_that_never_averaged_together_is_not_done(tmp_path: Path) -> None:
+    alone = _book(tmp_path / "alone", (0, ["a"], ""), (1, ["b"], ""), (2, ["a"], ""))
+    problem = alone.why_not_averaged(3)
+    assert problem is not None and "never averaged together" in problem
+    one_volunteer = _book(tmp_path / "one", (0, ["a"], ""), (1, ["a"], ""))
+    assert one_volunteer.why_not_averaged(2) is None  # one volunteer's model is the swarm's here
+    good = _book(tmp_path / "good", (0, ["a"], ""), (1, ["a", "b"], ""), (2, ["a", "b"], ""))
+    assert good.why_not_averaged(3) is None
+
+
+def test_a_last_round_that_averaged_nobody_keeps_the_job_from_completing(tmp_path: Path) -> None:
+    book = _book(tmp_path, (0, ["a", "b"], ""), (1, ["a", "b"], ""), (2, [], "the round timed out"))
+    problem = book.why_not_averaged(3)
+    assert problem is not None and "last epoch (2)" in problem and "timed out" in problem
+    book.add(RoundOutcome(epoch=2, peers=("coord", "a", "b")), ["a", "b"])  # retried and averaged
+    assert book.why_not_averaged(3) is None
+
+
+def test_a_jobs_peers_are_the_live_volunteers_of_its_last_round() -> None:
+    now = 1000.0
+    reports = {v: PeerReport(volunteer_id=v, epoch=2, samples=100, compute_seconds=10, samples_per_second=5,
+                             loss=1.0, updated_at=now - 5) for v in ("a", "b", "c")}
+    reports["c"].updated_at = now - 600  # gone
+    assert swarm_metrics(reports, target_epochs=5, target_batch_size=100, now=now).live_peers == 2
+    m = swarm_metrics(reports, target_epochs=5, target_batch_size=100, averaged={"a", "c"}, now=now)
+    assert m.live_peers == 1  # c was averaged but is gone; b reports but was not averaged
+    assert swarm_metrics(reports, target_epochs=5, target_batch_size=100, averaged=set(), now=now).live_peers == 0
