@@ -23,19 +23,31 @@ Links:
   shaped with ``tc tbf rate <--rate-mbit>mbit burst 32kbit latency 400ms`` so that each peer has
   that rate up and down. Needs root, ``ip`` and ``tc``; skipped with a note otherwise. The
   namespaces are removed at the end (also on Ctrl-C, and at the start if a killed run left them).
+- ``nat``: volunteers behind home NATs, averaging through the coordinator's averaging peer. A lab of
+  network namespaces (``tests/integration/nat/netlab.py``, names ``esbnl-<token>-<pid>-...``): a
+  public host ``coordinator`` on a private "internet" bridge, and per peer i a home ``v<i>`` (the
+  volunteer's namespace behind its own router, which masquerades its connections and drops every
+  connection coming in), shaped by the router with ``tc tbf`` to ``--rate-mbit`` each way (burst
+  10 ms of traffic, latency 100 ms). The volunteers run in client mode with the averaging peer's
+  addresses as their initial peers. The averaging peer is one more process, in ``coordinator``: a
+  full hivemind peer built with :func:`essaim.swarm.optimizer.build_auxiliary_optimizer` from the
+  same recipe and driven by :class:`essaim.coordinator.averaging.AveragingLoop` (``assist()`` every
+  0.1 s), in every round with weight 0; it reduces all the volunteers' tensors and applies the outer
+  step itself. Its link is not shaped. Needs root, ``ip``, ``tc`` and ``iptables``.
 
 Per configuration, over the measured epochs:
 
 - *bytes sent per peer per epoch*, two counters: **TCP**, the sum of ``bytes_sent`` (payload,
   retransmissions included) over the TCP sockets of the peer's libp2p daemon (``p2pd``, the process
   that carries all of hivemind's traffic), read with ``ss -tinp`` at every epoch boundary and every
-  3 s, on every link; **wire**, on the limited link only, the ``tx_bytes`` counter of the peer's veth
-  (everything its namespace sent: Ethernet, IP and TCP headers and pure ACKs included, which weigh
+  3 s, on every link; **wire**, on the limited and nat links, the ``tx_bytes`` counter of the peer's
+  veth (everything its namespace sent: Ethernet, IP and TCP headers and pure ACKs included, which weigh
   a lot when the messages are small). A socket opened and closed between two ``ss`` readings would
   be missed; libp2p keeps one connection per pair of peers open, so there are almost none (the
-  wire counter misses nothing). The table also divides the TCP figure by ``2(n-1)/n * S``, what one
-  all-reduce must send: the rest is the DHT, progress records and matchmaking, which hivemind runs
-  as a tight loop of DHT lookups while a peer waits for its group (tens of kB/s per peer). The
+  wire counter misses nothing). The table also divides the TCP figure by ``2(n-1)/n * S`` (``S``
+  on the nat link), what one all-reduce must send: the rest is the DHT, progress records and
+  matchmaking, which hivemind runs as a tight loop of DHT lookups while a peer waits for its group
+  (tens of kB/s per peer). The
   JSON also checks the app's own meter (``client/netlimit.py`` TrafficMeter: p2pd's
   ``/proc/PID/io`` read+write chars / 2) against the TCP payload both ways (``trafficmeter_over_tcp``).
 - *averaging round time*: hivemind's averager is patched (class level, before its processes fork)
@@ -62,6 +74,20 @@ Per configuration, over the measured epochs:
 - *LoRA / full*: bytes per epoch of the LoRA run over the full fine-tune's, for the ``--full``
   (peers:link) pairs, with the same ratio for the averaged tensors alone.
 
+On the ``nat`` link, also:
+
+- *rounds with all volunteers*: per volunteer, how many of its rounds that closed a measured
+  epoch (its optimizer's :class:`essaim.swarm.rounds.RoundOutcome` list) held every other
+  volunteer (the averaging peer's id not counted); the misses are listed with the outcome's
+  error. Target: all of them.
+- the all-reduce limit is ``2 * S / B``: the averaging peer is the only reducer (client-mode peers
+  reduce nothing), so each volunteer sends its S bytes up and gets S back (up and down are shaped
+  apart, so a round whose halves overlap can come close to ``S / B``). The TCP figure is divided by
+  S, what a volunteer must send.
+- *the averaging peer*: its p2pd's TCP bytes sent + received per round (one round per epoch; it
+  receives n * S and sends n * S) and its process tree's CPU seconds per round (psutil: the
+  process, its DHT and averager processes and p2pd), between its own epoch boundaries.
+
 The epochs stop short of the 5th, where essaim also averages the whole training state
 (``average_state_every=5``: parameters and optimizer statistics); ``--warmup-epochs 1 --epochs 4``
 puts that round in the window (``state_rounds`` in the JSON).
@@ -69,14 +95,17 @@ puts that round in the window (``state_rounds`` in the JSON).
     .venv/bin/python bench/swarm.py                                  # the default set, ~10 min on 2 cores
     .venv/bin/python bench/swarm.py --peers 2 --links loopback --modes local --epochs 2
     .venv/bin/python bench/swarm.py --links limited --rate-mbit 50 --full 2:limited,4:limited
+    .venv/bin/python bench/swarm.py --peers 4 --links nat --modes local --full 4:nat --out swarm-nat
 
-Writes ``bench/results/swarm.json`` and ``bench/results/swarm.md``.
+Writes ``bench/results/swarm.json`` and ``bench/results/swarm.md`` (``--out NAME``: ``NAME.json``
+and ``NAME.md``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -105,6 +134,10 @@ NS_BRIDGE = "essaim-bbr"
 SUBNET = "10.77.0"
 PEER_IFACE = "veth0"
 TBF = "burst 32kbit latency 400ms"
+LINKS = ("loopback", "limited", "nat")
+NETLAB = Path(__file__).resolve().parents[1] / "tests" / "integration" / "nat" / "netlab.py"
+NAT_FAMILY = "esb"  # the nat link's namespaces: esbnl-<token>-<pid>-coordinator, -v0, -v0-r, ...
+LAB_IFACE = "eth0"  # a lab host's or home's interface
 SAMPLE_EVERY_S = 3.0
 TARGET_ROUND_RATIO = 1.5
 TARGET_COMPUTE_LOCAL = 0.90
@@ -148,10 +181,11 @@ def _log_rounds(path: Path, index: int) -> None:
 
 
 class Traffic:
-    """Bytes this peer sent/received: its veth's counters (in a namespace) and its p2pd's TCP sockets."""
+    """Bytes this peer sent/received: its veth's counters (in a namespace) and its p2pd's TCP sockets;
+    with ``cpu``, also the CPU seconds of this process and its children (DHT, averagers, p2pd)."""
 
-    def __init__(self, p2pd_pid: int | None, iface: str | None) -> None:
-        self.p2pd_pid, self.iface = p2pd_pid, iface
+    def __init__(self, p2pd_pid: int | None, iface: str | None, *, cpu: bool = False) -> None:
+        self.p2pd_pid, self.iface, self.cpu = p2pd_pid, iface, cpu
         self.marks: dict[str, dict[str, Any]] = {}
         self.series: list[dict[str, Any]] = []
         self._sockets: dict[str, tuple[int, int]] = {}
@@ -205,6 +239,8 @@ class Traffic:
             self._read_sockets()
             out["tcp_sent"] = sum(s for s, _ in self._sockets.values())
             out["tcp_received"] = sum(r for _, r in self._sockets.values())
+        if self.cpu:
+            out["cpu_s"] = _tree_cpu_seconds()
         return out
 
     def _read_sockets(self) -> None:
@@ -229,6 +265,19 @@ class Traffic:
                 max(old[1], int(received.group(1)) if received else 0),
             )
             key = None
+
+
+def _tree_cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its live children."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for proc in [me, *me.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return round(total, 3)
 
 
 def _p2pd_pid(timeout: float = 20.0) -> int | None:
@@ -256,11 +305,15 @@ def _averaged_bytes(params: list[Any], compression: Any) -> int:
 
 
 def peer_main(args: argparse.Namespace) -> int:
+    """One process of a configuration: a volunteer (role ``peer``: a full peer, or ``client``: a
+    NAT-ed one, in client mode) or, on the nat link, the averaging peer (role ``averager``)."""
     import torch
 
     torch.set_num_threads(args.threads)
     index, n = args._peer, args.n
     _log_rounds(Path(args.rounds), index)
+    if args._role == "averager":
+        return averager_main(args)
 
     from essaim.protocol.recipe import load_recipe
     from essaim.swarm.cache import collect_job_files
@@ -279,12 +332,14 @@ def peer_main(args: argparse.Namespace) -> int:
         identity_path=None,
         authorizer=None,
         host_maddrs=[f"/ip4/{args.host}/tcp/0"],
-        client_mode=False,
+        client_mode=args._role == "client",
         record_validators=progress_validators(args.job_id),
         private_key=key,
     )
     dht = None
-    if index == 0:  # first, so that the others can be told where it is while they load
+    if (
+        index == 0 and args._role == "peer"
+    ):  # first, so that the others can be told where it is while they load
         dht = start_dht(initial_peers=[], **dht_kwargs)
         _say(event="dht", maddrs=visible_maddrs(dht))
     loaded = load_model(recipe, files=files, device="cpu", seed=recipe.training.seed)
@@ -338,7 +393,7 @@ def peer_main(args: argparse.Namespace) -> int:
         return result
 
     optimizer.step = timed_step  # type: ignore[method-assign]
-    _say(event="ready", p2pd=traffic.p2pd_pid)
+    _say(event="ready", p2pd=traffic.p2pd_pid, peer_id=dht.peer_id.to_base58())
     if sys.stdin.readline().strip() != "go":
         os._exit(3)
     traffic.mark("start")
@@ -363,11 +418,85 @@ def peer_main(args: argparse.Namespace) -> int:
         samples=peer.counters.samples,
         compute_seconds=peer.counters.compute_seconds,
         seconds=time.perf_counter() - started,
+        peer_id=dht.peer_id.to_base58(),
+        round_outcomes=_outcomes(optimizer.rounds),
     )
     sys.stdin.readline()  # "quit": the others may still need this peer in their last round
     with contextlib.suppress(Exception):
         optimizer.shutdown()
     os._exit(0)  # hivemind's helper processes (DHT, averagers, p2pd) leave with this one
+
+
+def _outcomes(rounds: list[Any]) -> list[dict[str, Any]]:
+    """A peer's RoundOutcomes, as JSON."""
+    return [{"epoch": r.epoch, "peers": list(r.peers), "error": r.error, "at": r.at} for r in rounds]
+
+
+def averager_main(args: argparse.Namespace) -> int:
+    """The coordinator's averaging peer of the nat link: a full peer, first in the DHT, that takes
+    part in every round with weight 0 (``AveragingLoop`` calling ``assist()``), as the job runner's."""
+    from essaim.coordinator.averaging import AveragingLoop
+    from essaim.protocol.recipe import load_recipe
+    from essaim.swarm.cache import collect_job_files
+    from essaim.swarm.dht import start_dht, visible_maddrs
+    from essaim.swarm.identity import load_or_create_private_key
+    from essaim.swarm.model import load_model
+    from essaim.swarm.optimizer import build_auxiliary_optimizer
+    from essaim.swarm.records import progress_validators
+
+    recipe = load_recipe(Path(args.recipe).read_text(), source="swarm bench")
+    files = collect_job_files(recipe, Path(args.job))
+    key = load_or_create_private_key(Path(args.keys) / f"averager-{args._peer}.pem")
+    dht = start_dht(
+        initial_peers=[],
+        identity_path=None,
+        authorizer=None,
+        host_maddrs=[f"/ip4/{args.host}/tcp/0"],
+        client_mode=False,
+        record_validators=progress_validators(args.job_id),
+        private_key=key,
+    )
+    _say(event="dht", maddrs=visible_maddrs(dht))
+    loaded = load_model(recipe, files=files, device="cpu", seed=recipe.training.seed)
+    optimizer = build_auxiliary_optimizer(loaded, recipe, dht=dht, run_id=args.job_id, private_key=key)
+    traffic = Traffic(_p2pd_pid(), args.iface or None, cpu=True)
+    traffic.start()
+    marks: list[dict[str, Any]] = []
+    original_assist = optimizer.assist
+
+    def timed_assist() -> bool:
+        moved = original_assist()
+        if moved:  # it moves on when the round that closes the epoch starts, as the volunteers do
+            marks.append({"epoch": optimizer.local_epoch, "wall": time.time()})
+            traffic.mark(str(optimizer.local_epoch))
+        return moved
+
+    optimizer.assist = timed_assist  # type: ignore[method-assign]
+    loop = AveragingLoop(optimizer)
+    _say(event="ready", p2pd=traffic.p2pd_pid, peer_id=dht.peer_id.to_base58())
+    if sys.stdin.readline().strip() != "go":
+        os._exit(3)
+    traffic.mark("start")
+    loop.start()
+    sys.stdin.readline()  # "stop": every volunteer is done, its last round included
+    loop.stop()
+    time.sleep(0.2)
+    traffic.close()
+    for mark in marks:
+        mark.update({k: v for k, v in traffic.marks.get(str(mark["epoch"]), {}).items() if k != "t"})
+    _say(
+        event="done",
+        marks=marks,
+        start=traffic.marks.get("start", {}),
+        series=traffic.series,
+        peer_id=dht.peer_id.to_base58(),
+        round_outcomes=_outcomes(optimizer.rounds),
+        last_error=loop.last_error,
+    )
+    sys.stdin.readline()  # "quit"
+    with contextlib.suppress(Exception):
+        optimizer.shutdown()
+    os._exit(0)
 
 
 # ---- the bandwidth-limited link ----
@@ -444,14 +573,61 @@ def setup_netns(peers: int, rate_mbit: float) -> list[dict[str, str]]:
     return out
 
 
+# ---- the nat link ----
+
+
+def _load_netlab() -> Any:
+    """tests/integration/nat/netlab.py, loaded by path (test folders are not packages)."""
+    name = "essaim_bench_netlab"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, NETLAB)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # before exec_module: its dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def natlab_unavailable() -> str | None:
+    """Why the nat link cannot be built here, or None."""
+    if not NETLAB.exists():
+        return f"{NETLAB} not found"
+    if shutil.which("ss") is None:
+        return "ss not found (install iproute2)"
+    return _load_netlab().available()
+
+
+def setup_natlab(peers: int, rate_mbit: float) -> tuple[Any, dict[str, Any]]:
+    """A public ``coordinator`` host and ``peers`` NAT-ed homes shaped to ``rate_mbit`` each way;
+    returns the lab (``close()`` removes it) and where each process of a configuration runs."""
+    netlab = _load_netlab()
+    leftovers = netlab.reap_leftovers(NAT_FAMILY)
+    if leftovers:
+        print(f"removed namespaces left by an earlier run: {', '.join(leftovers)}", file=sys.stderr)
+    lab = netlab.NetLab(family=NAT_FAMILY)
+    try:
+        coordinator = lab.add_host("coordinator")
+        homes = [lab.add_home(f"v{i}", uplink_mbit=rate_mbit) for i in range(peers)]
+    except BaseException:
+        lab.close()
+        raise
+    return lab, {
+        "coordinator": {"ns": coordinator.name, "host": coordinator.address, "iface": LAB_IFACE},
+        "homes": [
+            {"ns": h.name, "host": h.address, "iface": LAB_IFACE, "public": h.public_address} for h in homes
+        ],
+    }
+
+
 # ---- the driver ----
 
 
 class PeerProcess:
     """One peer process of a configuration; its JSON lines are queued as they arrive."""
 
-    def __init__(self, index: int, cmd: list[str], log: Path, env: dict[str, str]) -> None:
+    def __init__(self, index: int, cmd: list[str], log: Path, env: dict[str, str], *, name: str = "") -> None:
         self.index, self.log_path = index, log
+        self.name = name or f"peer {index}"
         self._log = log.open("w")
         self.proc = subprocess.Popen(
             cmd,
@@ -478,11 +654,9 @@ class PeerProcess:
             try:
                 item = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
             except queue.Empty:
-                raise RuntimeError(f"peer {self.index}: no {event!r} in time; {self.tail()}") from None
+                raise RuntimeError(f"{self.name}: no {event!r} in time; {self.tail()}") from None
             if item is None:
-                raise RuntimeError(
-                    f"peer {self.index} exited ({self.proc.poll()}) before {event!r}; {self.tail()}"
-                )
+                raise RuntimeError(f"{self.name} exited ({self.proc.poll()}) before {event!r}; {self.tail()}")
             if item.get("event") == event:
                 return item
 
@@ -545,72 +719,108 @@ def make_recipe(job_dir: Path, cfg: dict[str, Any], args: argparse.Namespace) ->
     return path
 
 
+def _process_cmd(
+    role: str,
+    index: int,
+    cfg: dict[str, Any],
+    job_dir: Path,
+    recipe: Path,
+    work: Path,
+    args: argparse.Namespace,
+    where: dict[str, str] | None,
+) -> list[str]:
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--_peer",
+        str(index),
+        "--_role",
+        role,
+        "--n",
+        str(cfg["n"]),
+        "--job",
+        str(job_dir),
+        "--recipe",
+        str(recipe),
+        "--job-id",
+        f"swarm-bench-{cfg['tag']}",
+        "--keys",
+        str(work / "keys"),
+        "--rounds",
+        str(work / f"rounds-{cfg['tag']}.jsonl"),
+        "--threads",
+        str(args.threads),
+        "--host",
+        where["host"] if where else "127.0.0.1",
+        "--iface",
+        where["iface"] if where else "",
+    ]
+    return ["ip", "netns", "exec", where["ns"], *cmd] if where else cmd
+
+
 def run_config(
     cfg: dict[str, Any],
     job_dir: Path,
     work: Path,
     args: argparse.Namespace,
-    links: list[dict[str, str]] | None,
+    net: dict[str, Any],
 ) -> dict[str, Any]:
-    n, tag = cfg["n"], cfg["tag"]
+    """Run one configuration; ``net`` holds where the limited (``limited``) and nat (``nat``) links'
+    processes run, for the links that were built."""
+    n, tag, link = cfg["n"], cfg["tag"], cfg["link"]
     recipe = make_recipe(job_dir, cfg, args)
     rounds = work / f"rounds-{tag}.jsonl"
-    keys = work / "keys"
-    keys.mkdir(exist_ok=True, mode=0o700)
+    (work / "keys").mkdir(exist_ok=True, mode=0o700)
     env = _peer_env(args.threads)
     peers: list[PeerProcess] = []
+    averager: PeerProcess | None = None
     deadline = time.monotonic() + args.timeout
     started = time.monotonic()
     loads = [os.getloadavg()[0]]
     try:
+        if link == "nat":  # the averaging peer first: the volunteers' initial peer
+            cmd = _process_cmd("averager", n, cfg, job_dir, recipe, work, args, net["nat"]["coordinator"])
+            averager = PeerProcess(n, cmd, work / f"averager-{tag}.log", env, name="the averaging peer")
         for i in range(n):
-            link = links[i] if cfg["link"] == "limited" and links else None
-            cmd = [
-                sys.executable,
-                str(Path(__file__).resolve()),
-                "--_peer",
-                str(i),
-                "--n",
-                str(n),
-                "--job",
-                str(job_dir),
-                "--recipe",
-                str(recipe),
-                "--job-id",
-                f"swarm-bench-{tag}",
-                "--keys",
-                str(keys),
-                "--rounds",
-                str(rounds),
-                "--threads",
-                str(args.threads),
-                "--host",
-                link["host"] if link else "127.0.0.1",
-                "--iface",
-                link["iface"] if link else "",
-            ]
-            if link:
-                cmd = ["ip", "netns", "exec", link["ns"], *cmd]
+            where = (
+                net["limited"][i] if link == "limited" else net["nat"]["homes"][i] if link == "nat" else None
+            )
+            role = "client" if link == "nat" else "peer"
+            cmd = _process_cmd(role, i, cfg, job_dir, recipe, work, args, where)
             peers.append(PeerProcess(i, cmd, work / f"peer-{tag}-{i}.log", env))
-        maddrs = peers[0].expect("dht", deadline)["maddrs"]
-        for peer in peers[1:]:
+        if averager is not None:
+            maddrs = averager.expect("dht", deadline)["maddrs"]
+            joining = peers
+        else:
+            maddrs = peers[0].expect("dht", deadline)["maddrs"]
+            joining = peers[1:]
+        for peer in joining:
             peer.send(json.dumps({"initial_peers": maddrs}))
-        for peer in peers:
-            peer.expect("ready", deadline)
+        everyone = ([averager] if averager else []) + peers
+        ready = {p.index: p.expect("ready", deadline) for p in everyone}
         setup_s = time.monotonic() - started
-        for peer in peers:
+        for peer in everyone:
             peer.send("go")
         results = [peer.expect("done", deadline) for peer in peers]
+        averaged = None
+        if averager is not None:
+            averager.send("stop")
+            averaged = averager.expect("done", deadline)
         loads.append(os.getloadavg()[0])
     except RuntimeError as exc:
         return {**cfg, "error": str(exc)}
     finally:
-        for peer in peers:  # all done (or failed): now they may leave
+        everyone = ([averager] if averager else []) + peers
+        for peer in everyone:  # all done (or failed): now they may leave
             peer.send("quit")
-        for peer in peers:
+        for peer in everyone:
             peer.close()
     rows = [json.loads(line) for line in rounds.read_text().splitlines()] if rounds.exists() else []
-    return analyze(cfg, results, rows, args, setup_s=setup_s, wall_s=time.monotonic() - started, loads=loads)
+    row = analyze(cfg, results, rows, args, setup_s=setup_s, wall_s=time.monotonic() - started, loads=loads)
+    if averaged is not None:
+        row.update(analyze_nat(row, results, averaged, rows, args, averager_id=ready[n]["peer_id"]))
+        row["targets"] = targets(row)
+    return row
 
 
 def _quantile(values: list[float], q: float) -> float | None:
@@ -634,7 +844,7 @@ def analyze(
     loads: list[float],
 ) -> dict[str, Any]:
     n, first, last = cfg["n"], args.warmup_epochs, args.warmup_epochs + args.epochs
-    per_peer = []
+    per_peer: list[dict[str, Any]] = []
     for index, result in enumerate(results):
         marks = {m["epoch"]: m for m in result["marks"]}
         if first not in marks or last not in marks:
@@ -683,7 +893,7 @@ def analyze(
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rounds:
         groups.setdefault(row["group"], []).append(row)
-    measured = []
+    measured: list[dict[str, Any]] = []
     for group, items in groups.items():
         if max(i["t1"] for i in items) < window_start:  # the round that ended a warm-up epoch
             continue
@@ -717,15 +927,19 @@ def analyze(
                 during.append(inside[0]["t1"] - inside[0]["t0"])
                 after.append(mark["wall"] - inside[0]["t1"])
     times = [r["round_s"] for r in grad_rounds if r["ok"]]
-    bandwidth = args.rate_mbit * 1e6 / 8 if cfg["link"] == "limited" else None
-    limit = 2 * (n - 1) / n * s_bytes / bandwidth if bandwidth else None
+    nat = cfg["link"] == "nat"
+    bandwidth = args.rate_mbit * 1e6 / 8 if cfg["link"] in ("limited", "nat") else None
+    # what a peer must send in one all-reduce: its share on open links, all of it to the one
+    # reducer (the averaging peer) behind NATs
+    must_send = s_bytes if nat else 2 * (n - 1) / n * s_bytes
+    limit = (2 * s_bytes if nat else must_send) / bandwidth if bandwidth else None
     median = statistics.median(times) if times else None
     fractions = [p["compute_fraction"] for p in good]
     row = {
         **cfg,
         "trainable_parameters": trainable,
         "averaged_bytes": s_bytes,
-        "allreduce_bytes_per_peer": round(2 * (n - 1) / n * s_bytes),
+        "allreduce_bytes_per_peer": round(must_send),
         # TCP payload of the peer's p2pd sockets (every link), and what left its veth (limited link)
         "tcp_sent_per_peer_per_epoch": round(statistics.mean(tcp)) if tcp else None,
         "tcp_sent_per_peer_per_epoch_max": max(tcp) if tcp else None,
@@ -742,9 +956,10 @@ def analyze(
         else None,
         "trafficmeter_over_tcp": round(statistics.mean(meter), 3) if meter else None,
         "round_s_median": round(median, 4) if median is not None else None,
-        "round_s_p90": round(_quantile(times, 0.9), 4) if times else None,
+        "round_s_p90": round(p90, 4) if (p90 := _quantile(times, 0.9)) is not None else None,
         "rounds": len(grad_rounds),
-        "rounds_partial_or_failed": sum(1 for r in grad_rounds if r["size"] < n or not r["ok"]),
+        # the averaging peer is in every group of the nat link
+        "rounds_partial_or_failed": sum(1 for r in grad_rounds if r["size"] < n + nat or not r["ok"]),
         "state_rounds": len(measured) - len(grad_rounds),
         "straggler_wait_s_median": round(statistics.median(r["straggler_wait_s"] for r in grad_rounds), 4)
         if grad_rounds
@@ -779,12 +994,162 @@ def analyze(
     return row
 
 
+def _round_groups(outcomes: list[dict[str, Any]], logged: list[dict[str, Any]]) -> dict[int, str]:
+    """Epoch -> id of the group whose all-reduce a process noted as that epoch's round: the last of
+    its logged gradient rounds that had ended when the outcome was noted (just after the round)."""
+    ends = sorted((r["t1"], r["group"]) for r in logged if r["averager"] != "TrainingStateAverager")
+    out = {}
+    for o in outcomes:
+        if o["error"] or len(o["peers"]) < 2:
+            continue
+        before = [group for t1, group in ends if t1 <= o["at"] + 0.05]
+        if before:
+            out[o["epoch"]] = before[-1]
+    return out
+
+
+def analyze_nat(
+    row: dict[str, Any],
+    results: list[dict[str, Any]],
+    averager: dict[str, Any],
+    logged: list[dict[str, Any]],
+    args: argparse.Namespace,
+    *,
+    averager_id: str,
+) -> dict[str, Any]:
+    """The nat link's own figures: rounds with all volunteers per volunteer (and those that ran an
+    epoch late), the averaging peer's bytes and CPU seconds per round."""
+    from essaim.swarm.rounds import RoundOutcome
+
+    n, first, last = row["n"], args.warmup_epochs, args.warmup_epochs + args.epochs
+    measured = range(first, last)  # the rounds that closed the measured epochs
+    origin = min((r["start"]["t"] for r in results if "t" in r.get("start", {})), default=0.0)
+    # the averaging peer holds one group per epoch: the epoch it gave each group is the reference
+    group_epoch = {
+        group: epoch
+        for epoch, group in _round_groups(
+            averager.get("round_outcomes", []), [r for r in logged if r["peer"] == n]
+        ).items()
+    }
+    with_all, misses, late = [], [], []
+    for index, result in enumerate(results):
+        outcomes = {
+            o["epoch"]: RoundOutcome(o["epoch"], tuple(o["peers"]), o["error"], o["at"])
+            for o in result.get("round_outcomes", [])
+        }
+        groups = _round_groups(result.get("round_outcomes", []), [r for r in logged if r["peer"] == index])
+        count = 0
+        for epoch in measured:
+            outcome = outcomes.get(epoch)
+            volunteers = outcome.others(me=result["peer_id"], exclude=[averager_id]) if outcome else None
+            if epoch in groups and group_epoch.get(groups[epoch], epoch) != epoch:
+                # this volunteer missed its epoch's group and its update joined a later epoch's round
+                late.append(
+                    {"peer": index, "epoch": epoch, "averaging_peer_epoch": group_epoch[groups[epoch]]}
+                )
+            if outcome is not None and outcome.averaged and volunteers == n - 1:
+                count += 1
+                continue
+            misses.append(
+                {
+                    "peer": index,
+                    "epoch": epoch,
+                    "other_volunteers": volunteers,
+                    "with_averaging_peer": bool(outcome and averager_id in outcome.peers),
+                    "error": outcome.error if outcome else "no outcome recorded for this epoch",
+                }
+            )
+        with_all.append(count)
+        if index < len(row["peers"]):
+            row["peers"][index]["rounds_with_all_volunteers"] = count
+            row["peers"][index]["late_rounds"] = sum(1 for x in late if x["peer"] == index)
+            # every round this volunteer noted, seconds after the configuration's start
+            row["peers"][index]["round_outcomes"] = [
+                {
+                    "epoch": o.epoch,
+                    "other_volunteers": o.others(me=result["peer_id"], exclude=[averager_id]),
+                    "with_averaging_peer": averager_id in o.peers,
+                    "group": groups.get(o.epoch, "")[:12],
+                    "error": o.error,
+                    "at_s": round(o.at - origin, 2),
+                }
+                for o in outcomes.values()
+            ]
+    own = {o["epoch"]: o for o in averager.get("round_outcomes", [])}
+    averager_rounds = [
+        {
+            "epoch": e,
+            "volunteers": len([p for p in own[e]["peers"] if p != averager_id]),
+            "error": own[e]["error"],
+        }
+        if e in own
+        else {"epoch": e, "volunteers": None, "error": "no outcome recorded for this epoch"}
+        for e in measured
+    ]
+    out: dict[str, Any] = {
+        "limit_formula": "2*S/B (one reducer: each volunteer sends S up and gets S back)",
+        "rounds_per_volunteer": len(measured),
+        "rounds_with_all_volunteers": with_all,
+        "round_misses": misses,
+        "late_rounds": late,
+        "averager_peer_id": averager_id,
+        "averager_rounds": averager_rounds,
+        "averager_expected_bytes_per_round": 2 * n * row["averaged_bytes"],
+        "averager_link": "not shaped",
+        # when the averaging peer moved to each epoch (a round began), seconds after the configuration's start
+        "averager_epoch_starts_s": [
+            [m["epoch"], round(m["wall"] - origin, 2)] for m in averager.get("marks", [])
+        ],
+        "time_origin": origin,
+    }
+    marks = {m["epoch"]: m for m in averager.get("marks", [])}
+    if first in marks and last in marks:
+        a, b = marks[first], marks[last]
+        epochs = last - first
+        per = {
+            k: (b[k] - a[k]) / epochs
+            for k in ("tcp_sent", "tcp_received", "veth_tx", "veth_rx", "cpu_s")
+            if k in a and k in b
+        }
+        out.update(
+            {
+                "averager_seconds_per_round": round((b["wall"] - a["wall"]) / epochs, 2),
+                "averager_tcp_sent_per_round": round(per["tcp_sent"]) if "tcp_sent" in per else None,
+                "averager_tcp_received_per_round": round(per["tcp_received"])
+                if "tcp_received" in per
+                else None,
+                "averager_tcp_bytes_per_round": round(per["tcp_sent"] + per["tcp_received"])
+                if "tcp_sent" in per and "tcp_received" in per
+                else None,
+                "averager_wire_bytes_per_round": round(per["veth_tx"] + per["veth_rx"])
+                if "veth_tx" in per and "veth_rx" in per
+                else None,
+                "averager_cpu_s_per_round": round(per["cpu_s"], 2) if "cpu_s" in per else None,
+                # its CPU seconds per wall second: the share of one core it kept busy
+                "averager_cpu_share": round(per["cpu_s"] * epochs / (b["wall"] - a["wall"]), 3)
+                if "cpu_s" in per
+                else None,
+            }
+        )
+    else:
+        out["averager_error"] = (
+            f"epochs seen {sorted(marks)}; last error {averager.get('last_error') or 'none'}"
+        )
+    return out
+
+
 def targets(row: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if row.get("round_over_limit") is not None:
         out["round_le_1.5x_limit"] = row["round_over_limit"] <= TARGET_ROUND_RATIO
     if row["mode"].startswith("local") and row.get("compute_fraction_min") is not None:
         out["compute_fraction_ge_0.90"] = row["compute_fraction_min"] >= TARGET_COMPUTE_LOCAL
+    if row.get("rounds_with_all_volunteers") is not None:  # and none of them an epoch late
+        out["all_rounds_with_all_volunteers"] = (
+            all(k == row["rounds_per_volunteer"] for k in row["rounds_with_all_volunteers"])
+            and len(row["rounds_with_all_volunteers"]) == row["n"]
+            and not row.get("late_rounds")
+        )
     return out
 
 
@@ -836,12 +1201,14 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['model']} model, micro-batch {a['batch']}, {a['target']} samples per swarm epoch, "
         f"{a['warmup_epochs']} warm-up + {a['epochs']} measured epochs per configuration, "
         f"{a['compression']} compression, {a['threads']} torch thread per peer; limited link: "
-        f"{a['rate_mbit']:g} Mbit/s per peer each way (tc tbf on both veth ends). "
+        f"{a['rate_mbit']:g} Mbit/s per peer each way (tc tbf on both veth ends); nat link: each peer "
+        f"behind its own NAT router shaped to {a['rate_mbit']:g} Mbit/s each way, in client mode, averaging "
+        f"through the averaging peer (public, not shaped). "
         f"Machine: {report['machine']}; load average {report['load_average']}; run took "
         f"{report['wall_s'] / 60:.1f} min.",
         "",
         "| n | link | mode | adapter | trainable params | S (MB) | sent/peer/epoch, TCP (MB) "
-        "| sent/peer/epoch, wire (MB) | TCP ÷ 2(n-1)/n·S | round median (s) | round p90 (s) | limit (s) "
+        "| sent/peer/epoch, wire (MB) | TCP ÷ all-reduce bytes | round median (s) | round p90 (s) | limit (s) "
         "| round / limit | compute fraction min (mean) | stall/epoch (s) | epoch (s) | targets |",
         "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
@@ -858,6 +1225,8 @@ def markdown(report: dict[str, Any]) -> str:
             verdicts.append(f"round {_verdict(t['round_le_1.5x_limit'])}")
         if "compute_fraction_ge_0.90" in t:
             verdicts.append(f"compute {_verdict(t['compute_fraction_ge_0.90'])}")
+        if "all_rounds_with_all_volunteers" in t:
+            verdicts.append(f"all volunteers {_verdict(t['all_rounds_with_all_volunteers'])}")
         partial = (
             f" ({row['rounds_partial_or_failed']} of {row['rounds']} partial)"
             if row["rounds_partial_or_failed"]
@@ -871,6 +1240,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"{_num(row['compute_fraction_min'], '.3f')} ({_num(row['compute_fraction_mean'], '.3f')}) | "
             f"{_num(row['stall_s_median'])} | {_num(row['epoch_s_mean'], '.1f')} | {', '.join(verdicts) or '-'} |"
         )
+    lines += _nat_lines(report["rows"])
     if report["lora_full"]:
         lines += ["", "LoRA against full fine-tune, bytes sent per peer per epoch:", ""]
         for r in report["lora_full"]:
@@ -883,17 +1253,24 @@ def markdown(report: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        "Targets: round time <= 1.5 x the all-reduce limit 2(n-1)/n·S/B (limited link only; on "
-        "loopback B is not a link rate, so no limit); compute fraction >= 0.90 on every peer in local mode "
-        "(INTELLECT-1: 83% across continents). Sync-mode compute fractions are shown for comparison.",
+        "Targets: round time <= 1.5 x the all-reduce limit, 2(n-1)/n·S/B on the limited link, 2·S/B on the "
+        "nat link (one reducer); on loopback B is not a link rate, so no limit; compute fraction >= 0.90 on "
+        "every peer in local mode (INTELLECT-1: 83% across continents); nat link: every round of every "
+        "volunteer holds all the other volunteers, none of them late. Sync-mode compute fractions are shown for comparison.",
         "",
     ]
     verdicts = report["verdicts"]
-    lines.append(
-        f"Round-time target met in {verdicts['round'][0]} of {verdicts['round'][1]} limited-link "
+    text = (
+        f"Round-time target met in {verdicts['round'][0]} of {verdicts['round'][1]} shaped-link "
         f"configurations; compute-fraction target met in {verdicts['compute'][0]} of "
-        f"{verdicts['compute'][1]} local-mode configurations."
+        f"{verdicts['compute'][1]} local-mode configurations"
     )
+    if verdicts.get("volunteers", [0, 0])[1]:
+        text += (
+            f"; all-volunteers target met in {verdicts['volunteers'][0]} of {verdicts['volunteers'][1]} "
+            "nat-link configurations"
+        )
+    lines.append(text + ".")
     for row in report["rows"]:
         if row.get("targets", {}).get("compute_fraction_ge_0.90") is False:
             b = row["stall_breakdown_s_median"]
@@ -928,8 +1305,9 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "Columns: *S*: bytes of the averaged tensors per round (trainable parameters after compression). "
         "*sent/peer/epoch*: mean over peers; *TCP*: payload sent by the peer's libp2p daemon (ss, every "
-        "link); *wire*: the peer's veth tx_bytes (limited link: headers and ACKs included). "
-        "*TCP ÷ 2(n-1)/n·S*: the TCP figure over what one all-reduce must send. *round*: one gradient (sync) or "
+        "link); *wire*: what left the peer's interface, tx_bytes (limited and nat links: headers and ACKs included). "
+        "*TCP ÷ all-reduce bytes*: the TCP figure over what one all-reduce must send per peer, 2(n-1)/n·S "
+        "(S on the nat link, where the averaging peer reduces everything). *round*: one gradient (sync) or "
         "pseudo-gradient (local) all-reduce, from the last peer joining it to the last peer done. "
         "*stall/epoch*: median time a peer's training loop spent in the step that ends an epoch (the group "
         "forming, the last peer arriving, the round, the optimizer step). *compute fraction*: a peer's compute "
@@ -939,6 +1317,63 @@ def markdown(report: dict[str, Any]) -> str:
         f"Command: `{report['command']}`",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _nat_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The nat link's own table: rounds with all volunteers, and the averaging peer's load."""
+    nat = [r for r in rows if r.get("link") == "nat" and "error" not in r]
+    if not nat:
+        return []
+    lines = [
+        "",
+        "nat link: volunteers in client mode behind their routers, the averaging peer reducing for all of them:",
+        "",
+        "| n | mode | adapter | rounds with all volunteers, per volunteer | round median (s) | limit 2·S/B (s) "
+        "| round / limit | averaging peer TCP sent+received/round (MB) | 2·n·S (MB) | averaging peer wire/round (MB) "
+        "| averaging peer CPU s/round (share of a core) | epoch (s) |",
+        "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in nat:
+        late = [sum(1 for x in row.get("late_rounds", []) if x["peer"] == i) for i in range(row["n"])]
+        per = ", ".join(
+            f"{k} ({late[i]} late)" if i < len(late) and late[i] else str(k)
+            for i, k in enumerate(row.get("rounds_with_all_volunteers", []))
+        )
+        lines.append(
+            f"| {row['n']} | {row['mode']} | {row['adapter']} | {per} of {row.get('rounds_per_volunteer')} | "
+            f"{_num(row['round_s_median'], '.3f')} | {_num(row['limit_s'], '.3f')} | {_num(row['round_over_limit'])} | "
+            f"{_mb(row.get('averager_tcp_bytes_per_round'))} | {_mb(row.get('averager_expected_bytes_per_round'))} | "
+            f"{_mb(row.get('averager_wire_bytes_per_round'))} | {_num(row.get('averager_cpu_s_per_round'))} "
+            f"({_num(row.get('averager_cpu_share'))}) | "
+            f"{_num(row['epoch_s_mean'], '.1f')} |"
+        )
+    for row in nat:
+        for miss in row.get("round_misses", []):
+            lines.append(
+                f"- {row['tag']}: volunteer {miss['peer']}, epoch {miss['epoch']}: "
+                f"{miss['other_volunteers'] if miss['other_volunteers'] is not None else 'no'} other volunteer(s)"
+                f"{', with the averaging peer' if miss['with_averaging_peer'] else ''}"
+                f"{': ' + miss['error'] if miss['error'] else ''}"
+            )
+        for item in row.get("late_rounds", []):
+            lines.append(
+                f"- {row['tag']}: volunteer {item['peer']}'s round of epoch {item['epoch']} ran in the averaging "
+                f"peer's group of epoch {item['averaging_peer_epoch']} (it missed its own epoch's group)"
+            )
+        if row.get("averager_error"):
+            lines.append(f"- {row['tag']}: averaging peer: {row['averager_error']}")
+    lines += [
+        "",
+        "The averaging peer's link is not shaped. *rounds with all volunteers*: rounds that closed a measured "
+        "epoch and held every other volunteer (the averaging peer not counted), from each volunteer's "
+        "RoundOutcomes; *late*: of those, rounds that ran in the group the averaging peer held for a later "
+        "epoch (matched through the round log), so they averaged this volunteer's update with the others' "
+        "next one. *averaging peer TCP*: its p2pd's payload sent + received between its own epoch "
+        "boundaries, per round (one gradient round per epoch; DHT traffic included); *wire*: its interface's "
+        "tx + rx bytes. *CPU s/round*: its process tree (Python, DHT and averager processes, p2pd); in brackets, "
+        "CPU seconds per wall second.",
+    ]
+    return lines
 
 
 def configurations(args: argparse.Namespace, links: list[str]) -> list[dict[str, Any]]:
@@ -979,17 +1414,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--links",
         type=_csv(str),
         default=["loopback", "limited"],
-        help="loopback and/or limited (default both)",
+        help="loopback, limited and/or nat (default loopback,limited)",
     )
     parser.add_argument(
-        "--modes", type=_csv(str), default=["sync", "local"],
+        "--modes",
+        type=_csv(str),
+        default=["sync", "local"],
         help="sync, local (averaging overlapped with training) and/or local-blocking (default sync,local)",
     )
     parser.add_argument(
         "--full",
         type=_csv(str),
         default=["2:limited"],
-        help="N:LINK pairs also run as a full fine-tune, for the LoRA/full ratio ('' for none)",
+        help="N:LINK pairs also run as a full fine-tune, for the LoRA/full ratio ('' for none); a link not "
+        "in --links falls back to the last of them",
     )
     parser.add_argument("--epochs", type=int, default=3, help="measured swarm epochs per configuration")
     parser.add_argument("--warmup-epochs", type=int, default=1)
@@ -1003,7 +1441,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="averaged tensors' codec (default: the demo recipe's fp16)",
     )
     parser.add_argument(
-        "--rate-mbit", type=float, default=20.0, help="per-peer link rate, each way (limited)"
+        "--rate-mbit", type=float, default=20.0, help="per-peer link rate, each way (limited and nat)"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per peer")
     parser.add_argument(
@@ -1015,20 +1453,38 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="copy the peers' logs and round logs into this folder (for a post-mortem)",
     )
+    parser.add_argument(
+        "--out", default="swarm", help="results name: bench/results/NAME.json and NAME.md (default swarm)"
+    )
     parser.add_argument("--_peer", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--_role", choices=["peer", "client", "averager"], default="peer", help=argparse.SUPPRESS
+    )
     for name in ("--n", "--job", "--recipe", "--job-id", "--keys", "--rounds", "--host", "--iface"):
         parser.add_argument(name, default=None, type=int if name == "--n" else str, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for link in args.links:
-        if link not in ("loopback", "limited"):
-            parser.error(f"unknown link {link!r}: use loopback and/or limited")
+        if link not in LINKS:
+            parser.error(f"unknown link {link!r}: use {', '.join(LINKS)}")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.out):
+        parser.error(f"--out takes a file name without a folder, such as swarm-nat, not {args.out!r}")
     for mode in args.modes:
         if mode not in MODES:
             parser.error(f"unknown mode {mode!r}: use {', '.join(MODES)}")
     for item in args.full:
-        if not re.fullmatch(r"\d+:(loopback|limited)", item):
+        if not re.fullmatch(rf"\d+:({'|'.join(LINKS)})", item):
             parser.error(f"--full takes N:LINK pairs such as 2:limited, not {item!r}")
     return args
+
+
+def _nat_progress(row: dict[str, Any]) -> str:
+    if row.get("rounds_with_all_volunteers") is None:
+        return ""
+    per = ",".join(str(k) for k in row["rounds_with_all_volunteers"])
+    return (
+        f", rounds with all volunteers {per} of {row['rounds_per_volunteer']}, averaging peer "
+        f"{_mb(row.get('averager_tcp_bytes_per_round'))} MB and {_num(row.get('averager_cpu_s_per_round'))} CPU s per round"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1044,11 +1500,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipping the limited link: {why}", file=sys.stderr)
             notes.append(f"limited link skipped: {why}")
             links.remove("limited")
+    if "nat" in links:
+        why = natlab_unavailable()
+        if why:
+            print(f"skipping the nat link: {why}", file=sys.stderr)
+            notes.append(f"nat link skipped: {why}")
+            links.remove("nat")
     if not links:
         print("nothing to run", file=sys.stderr)
         return 1
     configs = configurations(args, links)
-    net: list[dict[str, str]] | None = None
+    net: dict[str, Any] = {}
+    lab: Any = None
     rows: list[dict[str, Any]] = []
     loads = [os.getloadavg()[0]]
 
@@ -1059,11 +1522,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "limited" in links:
             try:
-                net = setup_netns(max(c["n"] for c in configs if c["link"] == "limited"), args.rate_mbit)
+                net["limited"] = setup_netns(
+                    max(c["n"] for c in configs if c["link"] == "limited"), args.rate_mbit
+                )
             except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
                 print(f"skipping the limited link: {exc}", file=sys.stderr)
                 notes.append(f"limited link skipped: could not build it ({exc})")
                 configs = [c for c in configs if c["link"] != "limited"]
+        if "nat" in links:
+            try:
+                lab, net["nat"] = setup_natlab(
+                    max(c["n"] for c in configs if c["link"] == "nat"), args.rate_mbit
+                )
+            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                print(f"skipping the nat link: {exc}", file=sys.stderr)
+                notes.append(f"nat link skipped: could not build it ({exc})")
+                configs = [c for c in configs if c["link"] != "nat"]
         with tempfile.TemporaryDirectory(prefix="essaim-swarm-bench-") as tmp:
             os.chmod(tmp, 0o755)
             job_dir = build_job(Path(tmp) / "job", args.size)
@@ -1085,8 +1559,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"    sent/peer/epoch {_mb(row['tcp_sent_per_peer_per_epoch'])} MB, round median "
                         f"{_num(row['round_s_median'], '.3f')} s (limit {_num(row['limit_s'], '.3f')}), compute "
                         f"fraction {_num(row['compute_fraction_min'], '.3f')}-"
-                        f"{_num(max(p['compute_fraction'] for p in row['peers'] if 'compute_fraction' in p), '.3f')}"
-                        f", {row['wall_s']:.0f} s",
+                        f"{_num(max((p['compute_fraction'] for p in row['peers'] if 'compute_fraction' in p), default=None), '.3f')}"
+                        f"{_nat_progress(row)}, {row['wall_s']:.0f} s",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -1095,8 +1569,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if net is not None:
+        if "limited" in net:
             teardown_netns()
+        if lab is not None:
+            lab.close()  # kills what is left in its namespaces, then deletes them
 
     model = {"small": "small (4 layers, hidden 256)", "demo": "demo (2 layers, hidden 64)"}[args.size]
     round_checks = [
@@ -1106,6 +1582,11 @@ def main(argv: list[str] | None = None) -> int:
         r["targets"]["compute_fraction_ge_0.90"]
         for r in rows
         if "compute_fraction_ge_0.90" in r.get("targets", {})
+    ]
+    volunteer_checks = [
+        r["targets"]["all_rounds_with_all_volunteers"]
+        for r in rows
+        if "all_rounds_with_all_volunteers" in r.get("targets", {})
     ]
     settings = {
         k: getattr(args, k)
@@ -1121,6 +1602,7 @@ def main(argv: list[str] | None = None) -> int:
             "batch",
             "rate_mbit",
             "threads",
+            "out",
         )
     }
     settings["compression"] = args.compression or "fp16"
@@ -1143,14 +1625,15 @@ def main(argv: list[str] | None = None) -> int:
         "verdicts": {
             "round": [sum(round_checks), len(round_checks)],
             "compute": [sum(compute_checks), len(compute_checks)],
+            "volunteers": [sum(volunteer_checks), len(volunteer_checks)],
         },
         "lora_full": lora_full_ratios(rows),
         "notes": notes,
         "rows": rows,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "swarm.json").write_text(json.dumps(report, indent=2) + "\n")
-    (RESULTS / "swarm.md").write_text(markdown(report))
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / f"{args.out}.md").write_text(markdown(report))
     print(markdown(report))
     return 0
 
