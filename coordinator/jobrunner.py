@@ -149,9 +149,10 @@ class JobRunner:
             maddrs = visible_maddrs(dht)
             self._serve_reachability(dht)
             handed = maddrs_for_others(maddrs, announce_host=self.announce_host)
-            _write_json(self.dir / RUNNER_FILE, {"pid": os.getpid(), "maddrs": handed, "job_id": self.job_id})
+            # alive, but no address to hand out yet: volunteers join once the averaging peer is in
+            # the swarm (one that came first would end its first epochs alone, out of step with it)
+            _write_json(self.dir / RUNNER_FILE, {"pid": os.getpid(), "maddrs": [], "job_id": self.job_id})
             self._remember_dht(dht, maddrs)
-            logger.info("job %s: bootstrap and averaging peer at %s", self.job_id, ", ".join(handed))
             files = self._files(job)
             loaded = load_model(recipe, files=files, seed=recipe.training.seed)
             eval_set = load_eval_set(recipe, loaded.tokenizer, files=files)
@@ -164,6 +165,8 @@ class JobRunner:
             self._load_ledger_totals(job)
             averaging = AveragingLoop(optimizer)
             averaging.start()
+            _write_json(self.dir / RUNNER_FILE, {"pid": os.getpid(), "maddrs": handed, "job_id": self.job_id})
+            logger.info("job %s: bootstrap and averaging peer at %s", self.job_id, ", ".join(handed))
             try:
                 return self._loop(dht, recipe, keeper, optimizer, averaging)
             finally:
