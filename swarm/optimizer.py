@@ -686,6 +686,14 @@ class SwarmOptimizer:
             self.hv.load_state_from_peers()
         except Exception as exc:
             raise TrainingError(f"could not load the swarm's state from peers: {exc}") from exc
+        # hivemind checks once, at the first step after a look at the swarm, that this peer is at
+        # exactly the swarm's epoch, and downloads the state again when not. Right after a join
+        # the only way to fail it is the swarm moving on meanwhile (the averaging peer starts an
+        # epoch's round as soon as it sees the target reached): that is hivemind's "others just
+        # moved on, move on too" case, not a peer out of sync. Reloading there threw the first
+        # epoch's samples away and left the peer an epoch off the averaging peer's count.
+        if self.local_epoch > 0 or getattr(self.hv.tracker, "global_epoch", 0) == self.local_epoch:
+            self.hv._should_check_synchronization_on_update = False
         return self.local_epoch
 
     def shutdown(self) -> None:
