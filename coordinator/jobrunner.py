@@ -450,6 +450,7 @@ class JobRunner:
         )
         metrics.samples = max(metrics.samples, job.metrics.samples)
         new = claims(reports, self.monitor, target_batch_size=recipe.training.target_batch_size,
+                     round_seconds=2 * recipe.training.matchmaking_time,
                      swarm_epoch=metrics.epoch)
         if new:
             self.store.append_ledger([

@@ -204,3 +204,19 @@ def test_a_volunteer_new_to_this_monitor_is_allowed_the_time_since_it_started() 
     [c] = claims(reports(report("late", samples=6000, compute=290.0, rate=20.0)), state,
                  target_batch_size=TARGET, swarm_epoch=10, now=NOW)
     assert (c.samples, c.compute_seconds, c.note) == (6000, 290.0, "")
+
+
+def test_the_swarm_cap_counts_what_peers_compute_while_a_round_gathers() -> None:
+    # short epochs with overlapped rounds: peers train through each round, so an epoch holds several
+    # times its target; honest claims fit once the round's seconds are counted, at the capped rates
+    state = state_started(1000)
+    honest = reports(report("a", samples=2000, rate=350.0), report("b", samples=1900, rate=350.0))
+    tight = claims(honest, state_started(1000), target_batch_size=256, swarm_epoch=2, now=NOW)
+    assert any("swarm's progress" in c.note for c in tight)
+    got = claims(honest, state, target_batch_size=256, swarm_epoch=2, round_seconds=3.0, now=NOW)
+    assert [(c.volunteer_id, c.samples, c.note) for c in got] == [("a", 2000, ""), ("b", 1900, "")]
+    # a volunteer claiming an absurd rate gets no more room for it than the swarm's typical rate allows
+    liar = reports(report("a", samples=2000, rate=350.0), report("b", samples=10**6, rate=10.0**9),
+                   report("c", samples=1000, rate=350.0))
+    got = claims(liar, state_started(1000), target_batch_size=256, swarm_epoch=2, round_seconds=3.0, now=NOW)
+    assert sum(c.samples for c in got) <= 3 * (256 * 1.5 + 3 * 350.0 * 3 * 3.0)
