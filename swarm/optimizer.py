@@ -355,6 +355,13 @@ class _Tracker(ProgressTracker):
 
     @property
     def ready_to_update_epoch(self) -> bool:
+        if self.always_report:
+            # the coordinator's averaging peer ends an epoch only with the volunteers: when their
+            # samples reach the target or they moved on (the median epoch, _count_client_epochs),
+            # never on hivemind's estimate, which has it step alone, epoch after epoch, on the
+            # records of volunteers that just left
+            return (self.global_epoch > self.local_progress.epoch
+                    or self.global_progress.samples_accumulated >= self.target_batch_size)
         alone = self.global_progress.num_peers <= 1 and self.global_epoch <= self.local_progress.epoch
         if not alone:
             return super().ready_to_update_epoch

@@ -152,14 +152,21 @@ class _Checker:
         async with self.slots:
             for port in ports:
                 address = f"/{family}/{observed}/tcp/{port}"
+                with contextlib.suppress(Exception):  # only a connection made now, to that address, counts
+                    await self.prober._client.disconnect(info.peer_id)
                 try:
                     await asyncio.wait_for(self.prober._client.connect(info.peer_id, [Multiaddr(address)]),
                                            DIAL_TIMEOUT_S)
+                    peers = await asyncio.wait_for(self.prober._client.list_peers(), DIAL_TIMEOUT_S)
                 except Exception:  # refused, timed out, wrong peer id: not reachable there
                     continue
-                with contextlib.suppress(Exception):
-                    await self.prober._client.disconnect(info.peer_id)
-                return {"reachable": True, "observed": observed, "address": address}
+                finally:
+                    with contextlib.suppress(Exception):
+                        await self.prober._client.disconnect(info.peer_id)
+                # libp2p reports success when it is connected to that peer by any way (another
+                # address it learned, a relay): the connection must be to the address dialed
+                if any(p.peer_id == info.peer_id and any(str(a) == address for a in p.addrs) for p in peers):
+                    return {"reachable": True, "observed": observed, "address": address}
         return {"reachable": False, "observed": observed,
                 "reason": f"a dial back to {observed} on port(s) {', '.join(map(str, ports))} failed"}
 

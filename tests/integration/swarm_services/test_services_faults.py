@@ -160,6 +160,8 @@ def test_the_swarm_trains_on_while_the_coordinator_is_down(swarm: Any, harness: 
 
     # a new runner comes back as the same bootstrap peer (identity and port) ...
     harness.wait_until(lambda: swarm.runner_info().get("pid") not in (None, runner_pid), 120, "a new job runner")
+    # it hands out its address once its averaging peer is in the swarm again: the same one
+    harness.wait_until(lambda: swarm.runner_info().get("maddrs"), 120, "the new runner's address")
     assert swarm.runner_info()["maddrs"] == maddrs
     # ... and its monitor catches up from the records in the DHT
     top = max(e["epoch"] for e in reached.values())
