@@ -79,6 +79,7 @@ from hivemind.utils import get_dht_time
 logger = logging.getLogger(__name__)
 REPORT_EVERY_S = 0.5  # a peer's progress record in the DHT is at most this stale
 ROUNDS_KEPT = 64
+AVERAGING_PEER_WEIGHT = 1e-3  # never 0: a group of weights 0 averages to NaN
 QUIET_SWARM_S = 10.0  # the averaging peer takes no step while no volunteer reported for this long
 ASSIST_EVERY_S = 0.1  # how often the coordinator's averaging peer looks whether a round is due
 
@@ -194,6 +195,17 @@ class _GradAverager(GradientAverager):
         if batch_size == 0:  # the coordinator's averaging peer: nothing to add (hivemind divides by it)
             return
         super().accumulate_grads_(batch_size)
+
+    min_weight = 0.0  # the coordinator's averaging peer: AVERAGING_PEER_WEIGHT
+
+    def step(self, weight: float | None = None, **kwargs: Any) -> Any:
+        """hivemind weighs a peer by its samples. The coordinator's averaging peer has none, and a
+        group where every other member also weighs 0 (a peer that just reloaded the state tags
+        along with weight 0) would divide by 0 and hand everyone NaN; it weighs a token
+        ``min_weight`` instead (its update is 0, so the average only shrinks by min_weight/samples)."""
+        if weight is None and self.min_weight:
+            weight = max(float(self.local_samples_accumulated), self.min_weight)
+        return super().step(weight=weight, **kwargs)
 
 
 class PseudoGradientAverager(_GradAverager):
@@ -895,6 +907,8 @@ def build_optimizer(
         raise TrainingError(f"could not start the swarm optimizer: {exc}") from exc
     if auxiliary:
         optimizer.serve_state(False)
+        if isinstance(hv.grad_averager, _GradAverager):
+            hv.grad_averager.min_weight = AVERAGING_PEER_WEIGHT
     logger.info(
         "optimizer: %s mode%s, %d tensors, target batch %d, compression %s",
         settings.mode, ", averaging overlapped with training" if optimizer.overlap else "", len(params),

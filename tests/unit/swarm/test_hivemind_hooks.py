@@ -12,6 +12,7 @@ import pytest
 HOOKS = [
     ("_GradAverager", "hivemind.optim.grad_averager.GradientAverager", "load_state_from_peers"),
     ("_GradAverager", "hivemind.optim.grad_averager.GradientAverager", "accumulate_grads_"),
+    ("_GradAverager", "hivemind.optim.grad_averager.GradientAverager", "step"),
     ("PseudoGradientAverager", "hivemind.optim.grad_averager.GradientAverager", "load_accumulators_into_averager_"),
     ("PseudoGradientAverager", "hivemind.optim.grad_averager.GradientAverager", "reset_accumulated_grads_"),
     ("PseudoGradientAverager", "hivemind.optim.grad_averager.GradientAverager", "accumulate_grads_"),
