@@ -2,7 +2,7 @@
 
     outcome = optimizer.last_round            # RoundOutcome(epoch=4, peers=(...), error="")
     outcome.others(exclude=coordinator_peers) # 2: the volunteers this peer averaged with
-    outcome.reason                            # "" when it averaged, else a sentence for the volunteer
+    outcome.error                             # "" when it averaged, else a sentence for the volunteer
 
 A round is *averaged* when the group held at least one peer besides this one. In a public swarm the
 coordinator's averaging peers are in every group (NAT-ed volunteers can only join groups that hold a
@@ -47,10 +47,6 @@ class RoundOutcome:
         if me is not None:
             skip.add(me)
         return sum(1 for p in self.peers if p not in skip)
-
-    @property
-    def reason(self) -> str:
-        return self.error
 
 
 def describe_failure(exc: BaseException | None) -> str:

@@ -18,15 +18,19 @@ from types import ModuleType
 import pytest
 
 
-def load_netlab() -> ModuleType:
-    name = "essaim_tests_nat_netlab"
+def _load(name: str, path: Path) -> ModuleType:
+    """The module at ``path``, loaded once under ``name`` (test folders are not packages)."""
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("netlab.py"))
+        spec = importlib.util.spec_from_file_location(name, path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+def load_netlab() -> ModuleType:
+    return _load("essaim_tests_nat_netlab", Path(__file__).with_name("netlab.py"))
 
 
 @pytest.fixture(scope="session")
@@ -51,15 +55,9 @@ def netlab(netlab_module: ModuleType) -> Iterator[object]:
 
 
 def load_harness() -> ModuleType:
-    name = "essaim_tests_swarm_services_harness"  # the name the swarm services' conftest gives it
-    if name not in sys.modules:
-        path = Path(__file__).parents[1] / "swarm_services" / "services_harness.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    # the name the swarm services' conftest gives it
+    return _load("essaim_tests_swarm_services_harness",
+                 Path(__file__).parents[1] / "swarm_services" / "services_harness.py")
 
 
 @pytest.fixture(scope="session")
