@@ -10,14 +10,14 @@ import pytest
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
-RECIPE = """
-version: 1
-name: app-test
-model: {name_or_path: org/tiny-model}
-dataset: {hub_name: org/tiny-data}
-training: {target_batch_size: 64, batch_size: 4, epochs: 3}
-hardware: {min_ram_gb: 1}
-"""
+# the job's runner loads the model and evaluates it before it hands out the swarm's address
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def _demo_recipe(out_dir):
+    from essaim.swarm.demo_task import DemoConfig, make_demo_job
+
+    return make_demo_job(out_dir, train_lines=300, config=DemoConfig(epochs=3, target_batch_size=64, eval_size=8))
 
 
 def _free_port() -> int:
@@ -36,9 +36,9 @@ def test_outages_are_ridden_out(tmp_path, launch_app, launch_coordinator, client
 
     data = tmp_path / "coordinator"
     args = ("--grpc-port", str(port), "--heartbeat-interval", "1")
-    coord = launch_coordinator(data, *args)
+    coord = launch_coordinator(data, *args, env=OFFLINE)
     with coord.client(coord.admin_token) as admin:
-        job = admin.submit_job(RECIPE, priority=10)
+        job = admin.submit_recipe_file(_demo_recipe(tmp_path / "job"))
     st = app.wait(
         lambda s: s["state"] == "training" and s["trainer"]["state"] == "running",
         "a job from the coordinator",
@@ -64,7 +64,7 @@ def test_outages_are_ridden_out(tmp_path, launch_app, launch_coordinator, client
     assert st["coordinator"]["error"]
     assert st["trainer_pid"] == trainer and st["state"] == "training"  # training goes on peer-to-peer
 
-    coord = launch_coordinator(data, *args)
+    coord = launch_coordinator(data, *args, env=OFFLINE)
     st = app.wait(lambda s: s["coordinator"]["connected"], "the app to reconnect", timeout=90)
     assert st["trainer_pid"] == trainer
     assert st["coordinator"]["volunteer_id"] == volunteer_id  # the saved registration is reused

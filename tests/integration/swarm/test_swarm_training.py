@@ -75,9 +75,21 @@ def test_sync_mode_peers_end_with_the_same_weights(swarm: Any) -> None:
     alice, carol = _train_pair(swarm, "sync", carol_client_mode="on")
     a, c = swarm.saved_state(alice), swarm.saved_state(carol)
     assert a["epoch"] == c["epoch"] >= EPOCHS
-    # one optimizer step on the same averaged gradient (fp16 on the wire): equal up to rounding
-    assert torch.allclose(_flat(a), _flat(c), atol=1e-2)
-    assert not torch.allclose(_flat(a), _initial(swarm), atol=1e-3)
+    # what each trainer told its app of its rounds: which epochs it averaged with nobody
+    told = {t.name: [e for e in t.events if e["event"] == "epoch" and e.get("round_epoch") is not None]
+            for t in (alice, carol)}
+    alone = {name: sorted({e["round_epoch"] for e in events if e["round_error"] or not e["round_peers"]})
+             for name, events in told.items()}
+    assert all(told.values()) and sum(map(len, alone.values())) <= 2, told
+    flat_a, flat_c, start = _flat(a), _flat(c), _initial(swarm)
+    if not any(alone.values()):
+        # one optimizer step on the same averaged gradient (fp16 on the wire): equal up to rounding
+        assert torch.allclose(flat_a, flat_c, atol=1e-2), alone
+    else:
+        # on a loaded machine a round may end without the other peer: each stepped on its own
+        # gradient that epoch, said so, and the two stay far closer to each other than to the start
+        assert torch.dist(flat_a, flat_c) < 0.25 * torch.dist(flat_a, start), alone
+    assert not torch.allclose(flat_a, start, atol=1e-3)
     records = _both_published(swarm)
     assert all(r["epoch"] >= EPOCHS and r["samples"] > 0 for r in records.values())
     if sys.platform.startswith("linux"):  # each trainer reports its libp2p daemon's traffic (/proc/PID/io)
