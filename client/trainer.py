@@ -46,6 +46,7 @@ from essaim.client.trainer_protocol import (
     TrainerAssignment,
     encode,
     parse_command,
+    peer_ids,
 )
 from pydantic import BaseModel, ValidationError
 
@@ -234,12 +235,12 @@ class Trainer:
         try:
             watch_revocations(dht, a.job_id, a.coordinator_key_bytes(), self.work_dir / REVOKED_FILE, watching)
             optimizer = build_optimizer(loaded, recipe, dht=dht, run_id=a.job_id, private_key=key,
-                                        verbose=self.verbose)
+                                        reducers=a.reducers or None, verbose=self.verbose)
             peer = TrainingPeer(job_id=a.job_id, recipe=recipe, loaded=loaded, dataset=dataset,
                                 shard_ids=shard_ids, optimizer=optimizer, dht=dht, volunteer_id=a.volunteer_id,
                                 on_event=self._on_event, state_dir=self.work_dir,
                                 pacer=pacer if pacer.active else None,
-                                coordinator_peers=_peer_ids(a.initial_peers))
+                                coordinator_peers=peer_ids(a.initial_peers))
             peer.throttle(threads=a.threads, duty_cycle=a.duty_cycle)
             if a.paused:
                 peer.pause()
@@ -349,10 +350,6 @@ def _network_mode(a: TrainerAssignment) -> tuple[bool, list[str], list[str], Any
                 f" (seen from {seen.observed})" if seen.observed else "",
                 f": {seen.reason}" if seen.reason else "", "client" if client_mode else "full")
     return client_mode, host_maddrs, announce, seen
-
-
-def _peer_ids(maddrs: list[str]) -> list[str]:
-    return [m.rsplit("/p2p/", 1)[1] for m in maddrs if "/p2p/" in m]
 
 
 def _hand_over(dht: Any, job_id: str, initial_peers: list[str], epoch: int, stop: threading.Event) -> None:

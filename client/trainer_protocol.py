@@ -208,6 +208,11 @@ class TrainerAssignment(_Message):
     local_files: dict[str, str] = Field(default_factory=dict)
     base_dir: str | None = None
     initial_peers: list[str] = Field(default_factory=list)
+    reducers: list[str] = Field(
+        default_factory=list,
+        description="peer ids of the coordinator's averaging peers: under robust aggregation only they "
+        "reduce this trainer's rounds (empty: any full peer)",
+    )
     swarm_token: str = Field(min_length=1)
     coordinator_public_key: str = Field(min_length=1)
     shard_ids: list[int] = Field(default_factory=list, description="shard slots (Assignment.shard_ids)")
@@ -230,6 +235,11 @@ class TrainerAssignment(_Message):
         return base64.b64decode(text)
 
 
+def peer_ids(maddrs: list[str]) -> list[str]:
+    """The peer ids (base58) of the multiaddresses that name one (``.../p2p/<id>``)."""
+    return [m.rsplit("/p2p/", 1)[1] for m in maddrs if "/p2p/" in m]
+
+
 def assignment_for_trainer(
     assignment: Assignment,
     *,
@@ -247,6 +257,8 @@ def assignment_for_trainer(
         recipe_yaml=job.recipe_yaml,
         job_files=[JobFileEntry(path=f.path, sha256=f.sha256, size=f.size) for f in job.files],
         initial_peers=list(assignment.initial_peers),
+        # the coordinator hands out the addresses of its averaging peers, and only those
+        reducers=peer_ids(assignment.initial_peers),
         swarm_token=assignment.swarm_token,
         coordinator_public_key=base64.b64encode(assignment.coordinator_public_key).decode(),
         shard_ids=list(assignment.shard_ids),

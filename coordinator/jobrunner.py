@@ -83,6 +83,7 @@ class JobRunner:
         self.stop_event = threading.Event()
         self.monitor = MonitorState()
         self._peer_owners: dict[str, tuple[str, bool]] = {}  # peer id -> (volunteer id, banned)
+        self._own_peer = ""  # the averaging peer's own peer id, once its DHT runs
         self._revoked_keys: frozenset[bytes] | None = None
         self._revocations_read_at = self._revocations_published_at = 0.0
         self._owners_read_at = 0.0
@@ -144,6 +145,7 @@ class JobRunner:
         dht = self._start_dht(
             start_dht, identity=identity, authorizer=authorizer, validators=progress_validators(self.job_id), key=key,
         )
+        self._own_peer = str(dht.peer_id)
         optimizer = None
         try:
             maddrs = visible_maddrs(dht)
@@ -358,9 +360,17 @@ class JobRunner:
         last one went (a round that averaged nobody is reported, not hidden)."""
         if not outcomes:
             return
+        from essaim.swarm.aggregation import suspects
+
         for outcome in outcomes:
             volunteers = sorted({owner[0] for owner in map(self._owner, outcome.peers) if owner is not None})
-            self.rounds.add(outcome, volunteers)
+            flagged = {}
+            for peer, why in suspects(getattr(outcome, "verdicts", {}) or {}).items():
+                if peer == self._own_peer:
+                    continue
+                owner = self._owner(peer)
+                flagged[owner[0] if owner is not None else f"peer {peer}"] = why
+            self.rounds.add(outcome, volunteers, flagged)
         reason = self.rounds.describe_last()
         if reason and reason != job.status_reason and job.status == JobStatus.RUNNING:
             with contextlib.suppress(EssaimError):

@@ -37,6 +37,9 @@ class RoundEntry:
     peers: int = 0  # every peer of the group, the coordinator's included
     error: str = ""
     at: float = field(default_factory=time.time)
+    # volunteer id -> why its update was refused or clipped hard (robust aggregation); refused
+    # volunteers are not among ``volunteers``
+    suspects: dict[str, str] = field(default_factory=dict)
 
     @property
     def averaged(self) -> bool:
@@ -60,13 +63,19 @@ class RoundBook:
                 self.entries.append(RoundEntry(
                     epoch=int(data["epoch"]), volunteers=tuple(str(v) for v in data.get("volunteers", ())),
                     peers=int(data.get("peers", 0)), error=str(data.get("error", "")), at=float(data.get("at", 0)),
+                    suspects={str(k): str(v) for k, v in dict(data.get("suspects") or {}).items()},
                 ))
             except (ValueError, KeyError, TypeError):
                 logger.warning("ignoring an unreadable line of %s", path)
 
-    def add(self, outcome: Any, volunteers: Sequence[str]) -> RoundEntry:
-        entry = RoundEntry(epoch=int(outcome.epoch), volunteers=tuple(volunteers), peers=len(outcome.peers),
-                           error=str(outcome.error), at=float(outcome.at))
+    def add(self, outcome: Any, volunteers: Sequence[str], suspects: dict[str, str] | None = None) -> RoundEntry:
+        suspects = dict(suspects or {})
+        refused = {v for v, why in suspects.items() if why.startswith("refused")}
+        entry = RoundEntry(epoch=int(outcome.epoch), volunteers=tuple(v for v in volunteers if v not in refused),
+                           peers=len(outcome.peers), error=str(outcome.error), at=float(outcome.at),
+                           suspects=suspects)
+        for volunteer, why in suspects.items():
+            logger.warning("epoch %d: volunteer %s is suspect: %s", entry.epoch, volunteer, why)
         self.entries.append(entry)
         try:
             with self.path.open("a") as out:

@@ -119,6 +119,12 @@ class TrainingSpec(_Section):
         description="local mode: average in the background while the next epoch trains; "
         "each outer step lands one epoch late",
     )
+    aggregation: Literal["robust", "mean"] = Field(
+        default="robust",
+        description="robust: the coordinator's averaging peers reduce every round, refusing non-finite "
+        "updates, capping claimed weights and clipping outliers (CenteredClip); mean: hivemind's plain "
+        "weighted mean, any peer reduces (a swarm of trusted peers only)",
+    )
     compression: Literal["none", "fp16", "8bit"] = "fp16"
     matchmaking_time: float = Field(default=5.0, gt=0, le=600, description="seconds to gather peers")
     averaging_timeout: float = Field(default=60.0, gt=0, le=3600)

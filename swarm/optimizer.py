@@ -60,10 +60,15 @@ from typing import Any
 import hivemind
 import torch
 from essaim.protocol.recipe import OptimizerSpec, Recipe
+from essaim.swarm.aggregation import Gathered, NormHistory, RobustAllReduceRunner, suspects
 from essaim.swarm.errors import TrainingError
 from essaim.swarm.identity import RSAPrivateKey
 from essaim.swarm.rounds import ALONE, RoundOutcome, describe_failure
+from hivemind.averaging.allreduce import AveragingMode
 from hivemind.averaging.control import AveragingStage
+from hivemind.averaging.load_balancing import load_balance_peers
+from hivemind.averaging.matchmaking import MatchmakingException
+from hivemind.averaging.partition import AllreduceException
 from hivemind.compression import (
     CompressionBase,
     Float16Compression,
@@ -75,6 +80,7 @@ from hivemind.optim.grad_averager import GradientAverager
 from hivemind.optim.progress_tracker import ProgressTracker
 from hivemind.optim.state_averager import TrainingStateAverager
 from hivemind.utils import get_dht_time
+from hivemind.utils.asyncio import as_aiter, azip, enter_asynchronously
 
 logger = logging.getLogger(__name__)
 REPORT_EVERY_S = 0.5  # a peer's progress record in the DHT is at most this stale
@@ -174,8 +180,12 @@ class _GradAverager(GradientAverager):
     """hivemind's GradientAverager with float32 host buffers that never serves its buffers as
     "state" (newcomers need parameters and optimizer statistics, not last epoch's gradients)."""
 
-    def __init__(self, parameters: Sequence[torch.nn.Parameter], **kwargs: Any) -> None:
+    def __init__(self, parameters: Sequence[torch.nn.Parameter], *, aggregation: str = "mean",
+                 reducers: Sequence[str] | None = None, **kwargs: Any) -> None:
         parameters = tuple(parameters)
+        # set before hivemind starts the averager's process, which reads them
+        self.aggregation = aggregation
+        self.reducers = frozenset(reducers) if reducers is not None else None
         # hivemind warns (and may deadlock) when a matchmaking request can outlast matchmaking itself
         kwargs.setdefault("request_timeout", min(3.0, kwargs.get("min_matchmaking_time", 5.0) / 2))
         kwargs.setdefault(
@@ -189,6 +199,75 @@ class _GradAverager(GradientAverager):
 
     def load_state_from_peers(self, wait: bool = True, timeout: float | None = None) -> None:
         return None
+
+    # training.aggregation: "robust" reduces with essaim.swarm.aggregation, "mean" as hivemind does
+    aggregation: str = "mean"
+    # robust: the peer ids allowed to reduce (the coordinator's averaging peers); None: any full peer
+    reducers: frozenset[str] | None = None
+
+    async def _aggregate_with_group(self, group_info: Any, min_vector_size: int, **kwargs: Any) -> Any:
+        """hivemind's, but under robust aggregation only ``reducers`` get a share of the vector to
+        reduce (a volunteer that says it can reduce gets nothing of ours to poison: it then sends
+        its parts cut to other boundaries, and the reducers refuse them), and what this peer made
+        of its senders as a reducer goes back with the gathered data (this runs in hivemind's
+        averager process; :class:`~essaim.swarm.aggregation.Gathered` crosses to the trainer's)."""
+        if self.aggregation != "robust":
+            return await super()._aggregate_with_group(group_info, min_vector_size, **kwargs)
+        self._verdicts: dict[bytes, dict[str, Any]] = getattr(self, "_verdicts", {})
+        try:
+            if self.reducers is None:
+                gathered = await super()._aggregate_with_group(group_info, min_vector_size, **kwargs)
+            else:
+                gathered = await self._aggregate_reduced_by_us(group_info, min_vector_size, **kwargs)
+            return Gathered(gathered, verdicts=self._verdicts.pop(group_info.group_id, {}))
+        finally:
+            self._verdicts.pop(group_info.group_id, None)
+
+    async def _aggregate_reduced_by_us(self, group_info: Any, min_vector_size: int, **kwargs: Any) -> Any:
+        try:
+            bandwidths, mode_ids, user_gathered_bytes = zip(*map(self.serializer.loads, group_info.gathered), strict=True)
+            user_gathered = dict(zip(group_info.peer_ids, map(self.serializer.loads, user_gathered_bytes), strict=True))
+            modes = tuple(map(AveragingMode, mode_ids))
+            download_bandwidths = [
+                thr if mode != AveragingMode.CLIENT and str(peer) in self.reducers else 0.0  # type: ignore[operator]
+                for thr, mode, peer in zip(bandwidths, modes, group_info.peer_ids, strict=True)
+            ]
+            if not any(b is None or b > 0 for b in download_bandwidths):  # None: "as the others"
+                raise AllreduceException("no averaging peer of the coordinator in this group to reduce it")
+            peer_fractions = await asyncio.get_event_loop().run_in_executor(
+                None, load_balance_peers, self.total_size, download_bandwidths, min_vector_size
+            )
+            async with enter_asynchronously(self.get_tensors()) as local_tensors:
+                await self._run_allreduce_inplace_(local_tensors, group_info, peer_fractions=peer_fractions, **kwargs)
+                return user_gathered
+        except BaseException as e:
+            if isinstance(e, Exception):
+                logger.debug("all-reduce failed: %r", e, exc_info=True)
+            raise MatchmakingException(f"Unable to run All-Reduce: {e}") from e
+
+    async def _run_allreduce_inplace_(self, tensors: Sequence[torch.Tensor], group_info: Any,
+                                      group_id: bytes | None = None, **kwargs: Any) -> None:
+        """hivemind's, with a :class:`RobustAllReduceRunner` under robust aggregation."""
+        if self.aggregation != "robust":
+            return await super()._run_allreduce_inplace_(tensors, group_info, group_id, **kwargs)
+        group_id = group_info.group_id if group_id is None else group_id
+        self._norm_history: NormHistory = getattr(self, "_norm_history", None) or NormHistory()
+        runner = RobustAllReduceRunner(
+            p2p=self._p2p, servicer_type=type(self), prefix=self.prefix, tensors=tensors, group_id=group_id,
+            ordered_peer_ids=group_info.peer_ids, history=self._norm_history, **kwargs,
+        )
+        assert group_id in self._running_groups, f"group {group_id!r} was not registered"
+        self._running_groups[group_id].set_result(runner)
+        try:
+            async for tensor, update in azip(as_aiter(*tensors), runner):
+                tensor.add_(update, alpha=self._averaging_alpha)
+                self.last_updated = get_dht_time()
+                self._state_updated.set()
+        finally:
+            verdicts = runner.verdicts()
+            self._verdicts[group_info.group_id] = {peer: v.as_dict() for peer, v in verdicts.items()}
+            for peer, why in suspects(verdicts).items():
+                logger.warning("averaging: peer %s is suspect: %s", peer, why)
 
     @torch.no_grad()
     def accumulate_grads_(self, batch_size: int) -> None:
@@ -439,8 +518,14 @@ class _HivemindOptimizer(hivemind.Optimizer):
             logger.info("epoch %d: averaged with nobody: %s", outcome.epoch, outcome.error)
 
     def _average_gradients_and_load_into_optimizer(self, maybe_step_control: Any) -> None:
-        """hivemind's, then the round's outcome is noted (hivemind only logs it)."""
-        super()._average_gradients_and_load_into_optimizer(maybe_step_control)
+        """hivemind's, then the round's outcome is noted (hivemind only logs it), even when
+        loading the average failed."""
+        try:
+            super()._average_gradients_and_load_into_optimizer(maybe_step_control)
+        except BaseException as exc:
+            epoch = getattr(self, "_round_epochs", {}).pop(id(maybe_step_control), self.local_epoch - 1)
+            self._note_round(RoundOutcome(epoch=epoch, error=describe_failure(exc)))
+            raise
         epochs = getattr(self, "_round_epochs", {})
         epoch = epochs.pop(id(maybe_step_control), self.local_epoch - 1)
         if maybe_step_control is None:
@@ -448,6 +533,7 @@ class _HivemindOptimizer(hivemind.Optimizer):
             return
         error = ""
         peers: tuple[str, ...] = ()
+        verdicts: dict[str, dict[str, Any]] = {}
         if not maybe_step_control.done():
             error = describe_failure(None)
         elif maybe_step_control.cancelled():
@@ -457,7 +543,8 @@ class _HivemindOptimizer(hivemind.Optimizer):
         else:
             gathered = maybe_step_control.result()
             peers = tuple(str(p) for p in gathered) if isinstance(gathered, dict) else ()
-        self._note_round(RoundOutcome(epoch=epoch, peers=peers, error=error))
+            verdicts = getattr(gathered, "verdicts", {})
+        self._note_round(RoundOutcome(epoch=epoch, peers=peers, error=error, verdicts=verdicts))
 
     def _make_state_averager(self, **kwargs: Any) -> TrainingStateAverager:
         return _StateAverager(  # hivemind.Optimizer._make_state_averager, with the subclass
@@ -822,6 +909,7 @@ def build_optimizer(
     private_key: RSAPrivateKey | None = None,
     auxiliary: bool = False,
     average_state_every: int = 5,
+    reducers: Sequence[str] | None = None,
     verbose: bool = False,
 ) -> SwarmOptimizer:
     """The hivemind optimizer of job ``run_id`` for ``loaded``'s trainable parameters (see module doc).
@@ -829,12 +917,18 @@ def build_optimizer(
     Must be called on the process's main thread (hivemind starts averager processes). ``private_key``
     signs hivemind's own progress records (default: the DHT's key). ``auxiliary`` builds a peer that
     never trains (the keeper): it neither reports samples nor offers its state until told to.
+    ``reducers``: under robust aggregation (``training.aggregation``), the peer ids of the
+    coordinator's averaging peers, the only peers this one lets reduce its rounds (None: any full
+    peer; the averaging peer itself passes its own).
     """
     settings = optimizer_settings(recipe, run_id=run_id, average_state_every=average_state_every)
     named = _trainable(loaded)
     params = [p for _, p in named]
     key = private_key if private_key is not None else getattr(dht, "essaim_private_key", None)
     lr_at = lr_factor(recipe.optimizer, settings.epochs)
+    if auxiliary and reducers is None:
+        reducers = [str(dht.peer_id)]
+    averaging = dict(aggregation=recipe.training.aggregation, reducers=reducers)
     common: dict[str, Any] = dict(
         dht=dht,
         run_id=run_id,
@@ -871,7 +965,7 @@ def build_optimizer(
                 params=params,
                 optimizer=torch_optimizer_factory(recipe.optimizer),
                 scheduler=partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=lr_at),
-                grad_averager_factory=_GradAverager,
+                grad_averager_factory=partial(_GradAverager, **averaging),
                 delay_optimizer_step=False,
                 delay_grad_averaging=False,
                 **common,
@@ -893,7 +987,8 @@ def build_optimizer(
                 delay_optimizer_step=overlap,
                 delay_grad_averaging=overlap,
                 delay_state_averaging=overlap,
-                grad_averager_factory=partial(PseudoGradientAverager, local_parameters=params, hold_boundary=overlap),
+                grad_averager_factory=partial(PseudoGradientAverager, local_parameters=params, hold_boundary=overlap,
+                                              **averaging),
                 **common,
             )
             inner = torch_optimizer_factory(recipe.optimizer)(params)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 ALONE = "no other peer trains this job right now"
 NO_GROUP = (
@@ -36,6 +37,9 @@ class RoundOutcome:
     peers: tuple[str, ...] = ()
     error: str = ""
     at: float = field(default_factory=time.time)
+    # where this peer reduced the round robustly: peer id -> {"refused", "kept", "parts"}
+    # (essaim.swarm.aggregation.Verdict); empty otherwise
+    verdicts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def averaged(self) -> bool:

@@ -136,9 +136,12 @@ class Volunteer:
         return wait_until(ask, timeout, f"an assignment with initial peers for {self.name}", interval=1.0)
 
     def start(self, *, work_dir: Path | None = None, client_mode: str = "off",
-              host_maddrs: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",), prefix: tuple[str, ...] = ()) -> None:
-        """``prefix`` goes before the trainer's command (``ip netns exec NS``: a volunteer behind a NAT)."""
-        """Ask for an assignment and start a trainer (the same work dir as before unless told)."""
+              host_maddrs: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",), prefix: tuple[str, ...] = (),
+              command: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        """Ask for an assignment and start a trainer (the same work dir as before unless told).
+
+        ``prefix`` goes before the trainer's command (``ip netns exec NS``: a volunteer behind a
+        NAT); ``command`` replaces the trainer's (a hostile one), ``env`` adds to its environment."""
         from essaim.client.trainer_handle import TrainerHandle, default_trainer_command
         from essaim.client.trainer_protocol import assignment_for_trainer
 
@@ -155,8 +158,9 @@ class Volunteer:
         path = self.directory / "assignment.json"
         path.write_text(trainer_job.model_dump_json())
         self.handle = TrainerHandle(
-            command=[*prefix, *default_trainer_command()], assignment_file=path, work_dir=self.work_dir,
-            coordinator=self.swarm.coord.grpc_address, token=self.token, low_priority=False, env=TRAINER_ENV,
+            command=[*prefix, *(command or default_trainer_command())], assignment_file=path,
+            work_dir=self.work_dir, coordinator=self.swarm.coord.grpc_address, token=self.token, low_priority=False,
+            env={**TRAINER_ENV, **(env or {})},
         )
         with self._cond:
             self.runs.append([])

@@ -13,6 +13,8 @@ HOOKS = [
     ("_GradAverager", "hivemind.optim.grad_averager.GradientAverager", "load_state_from_peers"),
     ("_GradAverager", "hivemind.optim.grad_averager.GradientAverager", "accumulate_grads_"),
     ("_GradAverager", "hivemind.optim.grad_averager.GradientAverager", "step"),
+    ("_GradAverager", "hivemind.averaging.averager.DecentralizedAverager", "_aggregate_with_group"),
+    ("_GradAverager", "hivemind.averaging.averager.DecentralizedAverager", "_run_allreduce_inplace_"),
     ("PseudoGradientAverager", "hivemind.optim.grad_averager.GradientAverager", "load_accumulators_into_averager_"),
     ("PseudoGradientAverager", "hivemind.optim.grad_averager.GradientAverager", "reset_accumulated_grads_"),
     ("PseudoGradientAverager", "hivemind.optim.grad_averager.GradientAverager", "accumulate_grads_"),
@@ -30,6 +32,19 @@ HOOKS = [
     ("_HivemindOptimizer", "hivemind.optim.optimizer.Optimizer", "_begin_averaging_gradients"),
     ("_HivemindOptimizer", "hivemind.optim.optimizer.Optimizer", "_average_gradients_and_load_into_optimizer"),
     ("_HivemindOptimizer", "hivemind.optim.optimizer.Optimizer", "load_state_from_peers"),
+    # essaim.swarm.aggregation: robust reduction inside hivemind's all-reduce
+    ("aggregation.RobustPartReducer", "hivemind.averaging.partition.TensorPartReducer", "reset_accumulators"),
+    ("aggregation.RobustPartReducer", "hivemind.averaging.partition.TensorPartReducer", "accumulate_part"),
+    ("aggregation.RobustPartReducer", "hivemind.averaging.partition.TensorPartReducer",
+     "check_current_part_finished"),
+]
+# what essaim.swarm.aggregation relies on that it does not override
+USED = [
+    ("hivemind.averaging.partition.TensorPartReducer", ("part_shapes", "num_senders", "num_parts",
+     "current_part_index", "current_part_future", "current_part_accumulated_from", "num_current_senders",
+     "sender_failed_after", "num_parts_received", "finished")),
+    ("hivemind.averaging.allreduce.AllReduceRunner", ("tensor_part_reducer", "sender_peer_ids", "peer_fractions",
+     "ordered_peer_ids", "peer_id")),
 ]
 
 
@@ -42,7 +57,7 @@ def _resolve(path: str) -> type:
 def test_the_hook_essaim_overrides_still_exists_in_hivemind(ours: str, base: str, method: str) -> None:
     from essaim.swarm import optimizer
 
-    cls = getattr(optimizer, ours)
+    cls = _resolve(f"essaim.swarm.{ours}") if "." in ours else getattr(optimizer, ours)
     parent = _resolve(base)
     assert issubclass(cls, parent), f"{ours} no longer derives from {base}"
     assert method in vars(cls), f"{ours} no longer overrides {method}: update this list"
@@ -69,3 +84,23 @@ def test_every_override_in_the_module_is_listed() -> None:
             if attr.startswith("__") or not any(hasattr(b, attr) for b in hivemind_bases):
                 continue
             assert (name, attr) in listed, f"{name}.{attr} overrides hivemind: add it to HOOKS"
+
+
+def test_the_reducer_state_essaim_reads_is_still_there() -> None:
+    """RobustPartReducer and RobustAllReduceRunner read these attributes of hivemind's objects."""
+    import asyncio
+
+    import torch
+    from hivemind.averaging.partition import TensorPartReducer
+
+    async def make() -> TensorPartReducer:
+        return TensorPartReducer([torch.Size([4])], 2)
+
+    reducer = asyncio.run(make())
+    for attr in USED[0][1]:
+        assert hasattr(reducer, attr), f"hivemind's TensorPartReducer has no {attr} any more"
+    from hivemind.averaging.allreduce import AllReduceRunner
+
+    source = inspect.getsource(AllReduceRunner.__init__)
+    for attr in USED[1][1]:
+        assert f"self.{attr}" in source, f"hivemind's AllReduceRunner no longer sets {attr}"

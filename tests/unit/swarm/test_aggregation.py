@@ -1,0 +1,186 @@
+"""Robust aggregation (essaim.swarm.aggregation): what one dishonest member can do to a round."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import torch
+from essaim.swarm.aggregation import (
+    CLIP_MULTIPLE,
+    HISTORY_MULTIPLE,
+    Gathered,
+    NormHistory,
+    RobustPartReducer,
+    capped_weights,
+    group_norm,
+    part_problem,
+    robust_mean,
+    suspects,
+    weighted_median,
+)
+
+D = 4096
+
+
+def _honest(n: int, seed: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """n updates around one true direction, each with noise of a third of its norm."""
+    g = torch.Generator().manual_seed(seed)
+    truth = torch.randn(D, generator=g)
+    return truth, [truth + torch.randn(D, generator=g) / 3 for _ in range(n)]
+
+
+def _mean(parts: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    w = torch.tensor(weights)
+    return (torch.stack(parts) * w[:, None]).sum(0) / w.sum()
+
+
+def test_an_honest_group_is_averaged_as_by_the_mean() -> None:
+    _, parts = _honest(5)
+    weights = [100.0, 120.0, 90.0, 110.0, 100.0]
+    robust, kept = robust_mean(parts, weights)
+    mean = _mean(parts, weights)
+    assert torch.dist(robust, mean) < 0.02 * mean.norm()
+    assert min(kept) > 0.9
+
+
+@pytest.mark.parametrize("attack", ["scale", "sign", "noise"])
+def test_one_attacker_moves_the_result_by_a_bounded_amount(attack: str) -> None:
+    truth, parts = _honest(4, seed=1)
+    honest_mean = _mean(parts, [1.0] * 4)
+    bad = {"scale": parts[0] * 1000, "sign": -parts[0] * 10,
+           "noise": torch.randn(D, generator=torch.Generator().manual_seed(9)) * parts[0].norm() * 10}[attack]
+    robust, kept = robust_mean([*parts, bad], [1.0] * 5)
+    plain = _mean([*parts, bad], [1.0] * 5)
+    # the plain mean is dragged far away; the robust one moves by at most the attacker's weight
+    # over the honest weight times the radius (CenteredClip's fixed point), and keeps its direction
+    assert torch.dist(plain, honest_mean) > 2 * truth.norm()
+    radius = CLIP_MULTIPLE * torch.stack(parts).norm(dim=1).median()
+    assert torch.dist(robust, honest_mean) < 1.05 * radius / 4
+    assert torch.cosine_similarity(robust, truth, dim=0) > 0.85
+    assert kept[-1] < 0.5 and min(kept[:-1]) > 0.5  # the attacker, and only it, is clipped
+
+
+def test_claimed_weights_are_capped_at_twice_the_lower_median() -> None:
+    w = capped_weights([100.0, 110.0, 10_000.0, 1e-3])
+    assert w.tolist() == pytest.approx([100.0, 110.0, 220.0, 1e-3])
+    # two members: nobody can tell who lies, so the lower claim sets the cap
+    assert capped_weights([100.0, 10_000.0]).tolist() == pytest.approx([100.0, 200.0])
+
+
+def test_a_huge_weight_claim_cannot_take_over_the_round() -> None:
+    truth, parts = _honest(3, seed=2)
+    liar = torch.zeros(D)  # a free rider: no work, 1000x the samples
+    robust, _ = robust_mean([*parts, liar], [100.0, 100.0, 100.0, 100_000.0])
+    assert torch.cosine_similarity(robust, truth, dim=0) > 0.9
+    assert robust.norm() > 0.5 * truth.norm()
+
+
+def test_weighted_median() -> None:
+    x = torch.tensor([[1.0, 10.0], [2.0, 30.0], [3.0, 20.0]])
+    assert weighted_median(x, torch.tensor([1.0, 1.0, 1.0])).tolist() == [2.0, 20.0]
+    assert weighted_median(x, torch.tensor([1.0, 5.0, 1.0])).tolist() == [2.0, 30.0]
+    assert weighted_median(x, torch.tensor([1e-3, 1.0, 1.0])).tolist() == [2.0, 20.0]
+    assert weighted_median(x[:2], torch.tensor([1.0, 1.0])).tolist() == [1.5, 20.0]
+
+
+def test_parts_that_cannot_be_aggregated() -> None:
+    shape = torch.Size([3])
+    assert part_problem(torch.ones(3), shape, 1.0) == ""
+    assert "NaN" in part_problem(torch.tensor([1.0, float("nan"), 0.0]), shape, 1.0)
+    assert "NaN" in part_problem(torch.tensor([1.0, float("inf"), 0.0]), shape, 1.0)
+    assert "shape" in part_problem(torch.ones(4), shape, 1.0)
+    assert "weight" in part_problem(torch.ones(3), shape, -1.0)
+    assert "weight" in part_problem(torch.ones(3), shape, float("nan"))
+
+
+def _reduce(parts_by_sender: list[list[torch.Tensor]], weights: list[float]) -> tuple[list[torch.Tensor], Any]:
+    shapes = [p.shape for p in parts_by_sender[0]]
+
+    async def run() -> tuple[list[torch.Tensor], RobustPartReducer]:
+        reducer = RobustPartReducer(shapes, len(parts_by_sender))
+
+        async def send(i: int) -> list[torch.Tensor]:
+            out = []
+            for k, part in enumerate(parts_by_sender[i]):
+                out.append(await reducer.accumulate_part(i, k, part, weight=weights[i]))
+            return out
+
+        results = await asyncio.gather(*(send(i) for i in range(len(parts_by_sender))))
+        return results[0], reducer
+
+    return asyncio.run(run())
+
+
+
+def test_the_reducer_refuses_a_nan_sender_for_the_rest_of_the_round() -> None:
+    a = [torch.full((8,), 1.0), torch.full((8,), 1.0)]
+    b = [torch.full((8,), 3.0), torch.full((8,), 3.0)]
+    bad = [torch.full((8,), 2.0), torch.full((8,), float("nan"))]
+    averaged, reducer = _reduce([a, b, bad], [1.0, 1.0, 1.0])
+    assert torch.isfinite(averaged[1]).all() and averaged[1].tolist() == pytest.approx([2.0] * 8)
+    assert reducer.verdicts[2].refused and not reducer.verdicts[0].refused
+    assert set(suspects({str(i): v for i, v in reducer.verdicts.items()})) == {"2"}
+
+
+def test_the_reducer_refuses_a_part_of_the_wrong_shape() -> None:
+    a = [torch.full((8,), 1.0)]
+    b = [torch.full((8,), 3.0)]
+    bad = [torch.full((5,), 100.0)]
+    averaged, reducer = _reduce([a, b, bad], [1.0, 1.0, 1.0])
+    assert averaged[0].tolist() == pytest.approx([2.0] * 8)
+    assert "shape" in reducer.verdicts[2].refused
+
+
+def test_gathered_data_carries_the_verdicts() -> None:
+    import pickle
+
+    g = pickle.loads(pickle.dumps(Gathered({"peer": b"x"}, verdicts={"peer": {"refused": "", "kept": 0.1}})))
+    assert dict(g) == {"peer": b"x"} and suspects(g.verdicts) == {"peer": "clipped to 10% of its pull"}
+
+
+def test_a_lone_member_is_held_to_the_norms_of_recent_rounds() -> None:
+    history, key = NormHistory(), (0, D)
+    _, parts = _honest(3, seed=3)
+    assert history.bound(key) is None  # no round yet: no reference
+    history.add(key, group_norm(parts, [1.0, 1.0, 1.0]))
+    typical = float(torch.stack(parts).norm(dim=1).median())
+    out, kept = robust_mean([parts[0] * 1000], [1.0], max_norm=history.bound(key))
+    assert float(out.norm()) == pytest.approx(HISTORY_MULTIPLE * typical, rel=1e-3) and kept[0] < 0.01
+    # an honest lone member is left as it is, and a lone member's round is nobody's reference
+    out, kept = robust_mean([parts[1]], [1.0], max_norm=history.bound(key))
+    assert torch.equal(out, parts[1]) and kept == [1.0]
+    assert group_norm([parts[0] * 1000], [1.0]) is None
+    assert group_norm([parts[0] * 1000, torch.zeros(D)], [1.0, 1e-3]) is None  # the averaging peer is no claim
+
+
+def test_the_reducer_remembers_the_norms_of_its_slices_across_rounds() -> None:
+    history = NormHistory()
+    shapes = [torch.Size([8])]
+
+    async def round_(parts: list[torch.Tensor]) -> torch.Tensor:
+        reducer = RobustPartReducer(shapes, len(parts), history=history, part_keys=[(0, 8)])
+        out = await asyncio.gather(*(reducer.accumulate_part(i, 0, p, weight=1.0) for i, p in enumerate(parts)))
+        return out[0]
+
+    asyncio.run(round_([torch.full((8,), 1.0), torch.full((8,), 1.2)]))
+    alone = asyncio.run(round_([torch.full((8,), 1000.0)]))
+    assert float(alone.norm()) == pytest.approx(HISTORY_MULTIPLE * float(torch.full((8,), 1.1).norm()), rel=1e-3)
+
+
+def test_a_group_is_never_held_to_history_and_a_still_slice_bounds_nothing() -> None:
+    history = NormHistory()
+    shapes = [torch.Size([8])]
+
+    async def round_(parts: list[torch.Tensor]) -> tuple[torch.Tensor, RobustPartReducer]:
+        reducer = RobustPartReducer(shapes, len(parts), history=history, part_keys=[(0, 8)])
+        out = await asyncio.gather(*(reducer.accumulate_part(i, 0, p, weight=100.0) for i, p in enumerate(parts)))
+        return out[0], reducer
+
+    asyncio.run(round_([torch.zeros(8), torch.zeros(8)]))  # a LoRA slice before it moves: norm 0
+    assert history.bound((0, 8)) is None
+    asyncio.run(round_([torch.full((8,), 1e-3), torch.full((8,), 1.1e-3)]))
+    # the updates grow 100x in a round (a learning-rate warm-up): a group is its own reference
+    out, reducer = asyncio.run(round_([torch.full((8,), 0.1), torch.full((8,), 0.12)]))
+    assert out.tolist() == pytest.approx([0.11] * 8) and all(v.kept == 1.0 for v in reducer.verdicts.values())
