@@ -714,6 +714,8 @@ def make_recipe(job_dir: Path, cfg: dict[str, Any], args: argparse.Namespace) ->
     training["batch_size"] = args.batch
     if args.compression:
         training["compression"] = args.compression
+    if args.aggregation:
+        training["aggregation"] = args.aggregation
     path = job_dir / f"recipe-{cfg['tag']}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -1200,7 +1202,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"{report['model']} model, micro-batch {a['batch']}, {a['target']} samples per swarm epoch, "
         f"{a['warmup_epochs']} warm-up + {a['epochs']} measured epochs per configuration, "
-        f"{a['compression']} compression, {a['threads']} torch thread per peer; limited link: "
+        f"{a['compression']} compression, {a.get('aggregation', 'mean')} aggregation, {a['threads']} torch "
+        f"thread per peer; limited link: "
         f"{a['rate_mbit']:g} Mbit/s per peer each way (tc tbf on both veth ends); nat link: each peer "
         f"behind its own NAT router shaped to {a['rate_mbit']:g} Mbit/s each way, in client mode, averaging "
         f"through the averaging peer (public, not shaped). "
@@ -1441,6 +1444,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="averaged tensors' codec (default: the demo recipe's fp16)",
     )
     parser.add_argument(
+        "--aggregation",
+        choices=["robust", "mean"],
+        default=None,
+        help="training.aggregation (default: the recipe's, robust): robust reduction or the plain mean",
+    )
+    parser.add_argument(
         "--rate-mbit", type=float, default=20.0, help="per-peer link rate, each way (limited and nat)"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads per peer")
@@ -1606,6 +1615,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     }
     settings["compression"] = args.compression or "fp16"
+    settings["aggregation"] = args.aggregation or "robust"
     report = {
         "benchmark": "swarm",
         "model": model,

@@ -29,6 +29,7 @@ plug it into hivemind's all-reduce (see ``_GradAverager`` in :mod:`essaim.swarm.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -38,6 +39,9 @@ from typing import Any
 import torch
 from hivemind.averaging.allreduce import AllReduceRunner
 from hivemind.averaging.partition import AllreduceException, BannedException, TensorPartReducer
+from hivemind.compression import deserialize_torch_tensor, serialize_torch_tensor
+from hivemind.proto import averaging_pb2
+from hivemind.utils.asyncio import aiter_with_timeout, amap_in_executor, attach_event_on_finished
 
 WEIGHT_CAP = 2.0  # a member weighs at most this many times the lower median claim of its group
 MIN_CLAIM = 1.0  # weights below this (the coordinator's averaging peer's token) are not claims
@@ -215,8 +219,6 @@ class RobustPartReducer(TensorPartReducer):
         return await current_part_future
 
     async def _next_part(self) -> None:
-        import asyncio
-
         finished = asyncio.create_task(self.finished.wait())
         try:
             await asyncio.wait({self.current_part_future, finished}, return_when=asyncio.FIRST_COMPLETED)
@@ -260,6 +262,71 @@ class RobustAllReduceRunner(AllReduceRunner):
             offset += size
         self.tensor_part_reducer: TensorPartReducer = RobustPartReducer(
             placeholder.part_shapes, placeholder.num_senders, history=history, part_keys=keys)
+
+    # Every member ends the round with the same tensors: the reducer sends each member the
+    # averaged part itself (in the round's codec) rather than hivemind's "average minus what you
+    # sent", and applies that same codec to its own copy. With hivemind's deltas each receiver
+    # rounds a different difference, and the coordinator's averaging peer, which reduces the whole
+    # vector in float32, drifted from the volunteers by the codec's rounding times Adam's gain.
+
+    async def _communicate_with_peer(self, peer_id: Any) -> None:
+        peer_index = self.ordered_peer_ids.index(peer_id)
+        container = self.tensor_part_container
+        if peer_id == self.peer_id:
+            sender_index = self.sender_peer_ids.index(peer_id)
+            infos = [info for _, info in container._input_parts_by_peer[peer_index]]
+            for part_index, tensor_part in enumerate(self.parts_for_local_averaging):
+                averaged = await self.tensor_part_reducer.accumulate_part(
+                    sender_index, part_index, tensor_part, weight=self.weight)
+                sent = deserialize_torch_tensor(container.compression.compress(averaged, infos[part_index]))
+                container.register_processed_part(peer_index, part_index, sent - tensor_part)
+            return
+        own = [part for part, _ in container._input_parts_by_peer[peer_index]]  # views, unchanged until the end
+        try:
+            done_sending = asyncio.Event()
+            inputs = attach_event_on_finished(self._generate_input_for_peer(peer_index), done_sending)
+            stream = await self._get_peer_stub(peer_id).rpc_aggregate_part(inputs)
+            if self.should_delay_results(self.peer_id):
+                await done_sending.wait()
+
+            def _deserialize(msg: Any) -> torch.Tensor:
+                if msg.code != averaging_pb2.AVERAGED_PART:
+                    raise AllreduceException(f"{peer_id} sent {averaging_pb2.MessageCode.Name(msg.code)}")
+                return deserialize_torch_tensor(msg.tensor_part)
+
+            part_index = 0
+            async for averaged in amap_in_executor(_deserialize, aiter_with_timeout(stream, self.reducer_timeout),
+                                                   max_prefetch=container.prefetch):
+                if part_index >= len(own) or averaged.shape != own[part_index].shape:
+                    raise AllreduceException(f"{peer_id} sent a part that is not the one it was given")
+                container.register_processed_part(peer_index, part_index, averaged - own[part_index])
+                part_index += 1
+            if part_index != container.num_parts_by_peer[peer_index]:
+                raise AllreduceException(f"peer {peer_id} sent {part_index} parts, but we expected "
+                                         f"{container.num_parts_by_peer[peer_index]}")
+        except BaseException:
+            container.register_failed_reducer(peer_index)
+            raise
+
+    async def _accumulate_parts_streaming(self, stream: Any, sender_index: int) -> Any:
+        part_index = 0
+        try:
+            loop = asyncio.get_event_loop()
+            async for tensor_part, weight, part_compression in amap_in_executor(
+                lambda msg: (deserialize_torch_tensor(msg.tensor_part), msg.weight, msg.tensor_part.compression),
+                stream, max_prefetch=self.tensor_part_container.prefetch,
+            ):
+                try:
+                    averaged_part = await self.tensor_part_reducer.accumulate_part(
+                        sender_index, part_index, tensor_part, weight=weight)
+                    part_index += 1
+                except BannedException:
+                    break  # the sender was banned: its parts are no longer aggregated
+                serialized = await loop.run_in_executor(None, serialize_torch_tensor, averaged_part, part_compression)
+                yield averaging_pb2.AveragingData(code=averaging_pb2.AVERAGED_PART, tensor_part=serialized)
+        finally:
+            if part_index != self.tensor_part_reducer.num_parts:
+                await self._ban_sender(self.sender_peer_ids[sender_index])
 
     def verdicts(self) -> dict[str, Verdict]:
         """By sender peer id: what this peer, as a reducer, made of each sender's parts (empty

@@ -4,8 +4,10 @@
     ESSAIM_TEST_ATTACKS=scale,nan python hostile_trainer.py --assignment ... (the trainer's own options)
 
 Each round it sends the next attack of ``ESSAIM_TEST_ATTACKS`` in turn: ``scale`` multiplies its
-update by 1000, ``nan`` sends NaN, ``sign`` sends its update negated and x10, ``zero`` sends nothing
-of value while claiming 100x its samples. It trains honestly otherwise, so it stays in the swarm.
+update by 1000, ``nan`` sends NaN, ``sign`` sends its update negated and x10, ``noise`` sends
+random noise of its update's norm, ``zero`` sends nothing of value while claiming 100x its samples
+as its weight. It trains honestly otherwise, so it stays in the swarm. Used by the tests and by
+``bench/adversary.py``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ def main() -> int:
                     t.fill_(float("nan"))
                 elif attack == "sign":
                     t.mul_(-10)
+                elif attack == "noise":  # random, of the update's norm
+                    norm = t.norm()
+                    t.normal_().mul_(norm / t.norm().clamp(min=1e-30))
                 elif attack == "zero":
                     t.zero_()
         print(f"hostile trainer: this round's attack: {attack}", file=sys.stderr, flush=True)

@@ -93,8 +93,8 @@ def test_the_artifact_is_the_swarms_final_adapter(done: Any) -> None:
 
     # the artifact is the coordinator's averaging peer's state of the last epoch: it took part in
     # every round and applied the same averaged updates as the volunteers, so it is one more replica
-    # of the swarm's final state. Replicas differ by the averaging codec's rounding (each reducer
-    # keeps its own part in float32, the others get it in fp16), never by a whole epoch's update.
+    # of the swarm's final state. Under robust aggregation every member, the reducer included, takes
+    # the same fp16 average, so the replicas differ by float32 rounding only, never by an epoch.
     saved = load_file(artifact / "adapter_model.safetensors")
     assert saved
     finals = []
@@ -110,9 +110,9 @@ def test_the_artifact_is_the_swarms_final_adapter(done: Any) -> None:
 
     spread = distance(finals[0], finals[1])
     step = max(float(t.abs().max()) for t in saved.values())  # the adapter's scale
-    for final in finals:
-        assert distance(saved, final) <= max(spread, 1e-6) * 1.5 + 1e-4, (distance(saved, final), spread)
-    assert spread < 0.1 * step, (spread, step)  # the volunteers do hold one state
+    for final in finals:  # measured: 2e-9 apart, for an adapter of scale 0.13
+        assert distance(saved, final) <= 1e-5 * step, (distance(saved, final), spread, step)
+    assert spread <= 1e-5 * step, (spread, step)  # the volunteers do hold one state
     checkpoint = {k.replace(".default", ""): t for k, t in load_file(done.job_dir / "checkpoint.safetensors").items()}
     assert all(torch.equal(checkpoint[k], v) for k, v in saved.items()), "the artifact is not the last checkpoint"
 

@@ -37,6 +37,9 @@ HOOKS = [
     ("aggregation.RobustPartReducer", "hivemind.averaging.partition.TensorPartReducer", "accumulate_part"),
     ("aggregation.RobustPartReducer", "hivemind.averaging.partition.TensorPartReducer",
      "check_current_part_finished"),
+    ("aggregation.RobustAllReduceRunner", "hivemind.averaging.allreduce.AllReduceRunner", "_communicate_with_peer"),
+    ("aggregation.RobustAllReduceRunner", "hivemind.averaging.allreduce.AllReduceRunner",
+     "_accumulate_parts_streaming"),
 ]
 # what essaim.swarm.aggregation relies on that it does not override
 USED = [
@@ -44,7 +47,9 @@ USED = [
      "current_part_index", "current_part_future", "current_part_accumulated_from", "num_current_senders",
      "sender_failed_after", "num_parts_received", "finished")),
     ("hivemind.averaging.allreduce.AllReduceRunner", ("tensor_part_reducer", "sender_peer_ids", "peer_fractions",
-     "ordered_peer_ids", "peer_id")),
+     "ordered_peer_ids", "peer_id", "tensor_part_container", "parts_for_local_averaging", "reducer_timeout")),
+    ("hivemind.averaging.partition.TensorPartContainer", ("_input_parts_by_peer", "compression", "prefetch",
+     "num_parts_by_peer")),
 ]
 
 
@@ -100,7 +105,9 @@ def test_the_reducer_state_essaim_reads_is_still_there() -> None:
     for attr in USED[0][1]:
         assert hasattr(reducer, attr), f"hivemind's TensorPartReducer has no {attr} any more"
     from hivemind.averaging.allreduce import AllReduceRunner
+    from hivemind.averaging.partition import TensorPartContainer
 
-    source = inspect.getsource(AllReduceRunner.__init__)
-    for attr in USED[1][1]:
-        assert f"self.{attr}" in source, f"hivemind's AllReduceRunner no longer sets {attr}"
+    for (name, attrs), init in zip(USED[1:], (AllReduceRunner.__init__, TensorPartContainer.__init__), strict=True):
+        source = inspect.getsource(init)
+        for attr in attrs:
+            assert f"self.{attr}" in source or f", {attr}" in source, f"hivemind's {name} no longer sets {attr}"

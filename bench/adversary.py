@@ -1,0 +1,193 @@
+"""What one attacking volunteer does to a swarm, under robust aggregation and under the plain mean.
+
+Each configuration runs what a public swarm runs, on this machine: a real coordinator (``python -m
+essaim.coordinator serve``, SQLite) with its job runner and averaging peer, the demo job (a full
+fine-tune in local-update mode, ``--epochs`` epochs of ``--target`` samples), two honest volunteer
+trainers and, once they have averaged together, a third: ``mallory``, who runs
+``tests/integration/swarm_services/hostile_trainer.py`` (the real trainer, whose update is altered
+each round by the configuration's attack; ``clean`` runs her honestly). ``--aggregation`` picks the
+recipe's ``training.aggregation`` for each attack (``robust``, ``mean``, or both).
+
+Reported per configuration:
+
+- the held-out exact match of the published model, and its ratio to the clean run's with the same
+  aggregation (the issue's target: within 10%);
+- the rounds mallory took part in, how many of them named her a suspect (``rounds.jsonl``), and the
+  round of her first naming counted from her first round (rounds to detection);
+- honest volunteers ever named (target: none, in every run);
+- the samples the ledger credits her against the samples her trainer reports it processed;
+- the job's wall time and its mean time per epoch (the cost of robust aggregation, next to the
+  plain mean's, in the clean runs).
+
+    .venv/bin/python bench/adversary.py                                    # every attack, robust + mean clean
+    .venv/bin/python bench/adversary.py --attacks clean,scale --aggregation robust,mean
+
+Writes ``bench/results/adversary.json`` and ``.md``. Needs nothing but this checkout; a run of
+every configuration takes about two minutes each on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+HOSTILE = ROOT / "tests" / "integration" / "swarm_services" / "hostile_trainer.py"
+ATTACKS = ("clean", "scale", "nan", "sign", "noise", "zero")
+
+
+def _load(name: str, path: Path) -> ModuleType:
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def _rounds(swarm: Any) -> list[dict[str, Any]]:
+    path = swarm.job_dir / "rounds.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def run_config(harness: ModuleType, conftest: ModuleType, root: Path, attack: str, aggregation: str,
+               args: argparse.Namespace) -> dict[str, Any]:
+    recipe = harness.make_job(root / "job", epochs=args.epochs, target_batch_size=args.target, adapter="full",
+                              averaging="local", checkpoint_every_epochs=args.epochs, eval_size=200,
+                              matchmaking_time=2.5, aggregation=aggregation)
+    started = time.monotonic()
+    swarm = harness.ServiceSwarm.start(conftest.start_coordinator, root / "coord", recipe)
+    row: dict[str, Any] = {"attack": attack, "aggregation": aggregation}
+    try:
+        for name in ("alice", "bob"):
+            swarm.volunteer(name).start()
+        harness.wait_until(lambda: any(len(r["volunteers"]) >= 2 for r in _rounds(swarm)), 300,
+                           "a first round of the honest volunteers", interval=1.0)
+        mallory = swarm.volunteer("mallory")
+        if attack == "clean":
+            mallory.start()
+        else:
+            mallory.start(command=[sys.executable, str(HOSTILE)], env={"ESSAIM_TEST_ATTACKS": attack})
+        harness.wait_until(lambda: swarm.job().status.value in ("completed", "failed"), args.timeout,
+                           "the job to end", interval=2.0)
+        job = swarm.job()
+        row["status"] = job.status.value
+        row["status_reason"] = job.status_reason
+        row["wall_seconds"] = round(time.monotonic() - started, 1)
+        rounds = _rounds(swarm)
+        ids = {v.name: v.volunteer_id for v in swarm.volunteers}
+        her = ids["mallory"]
+        honest = {ids["alice"], ids["bob"]}
+        in_rounds = [r for r in rounds if her in r["volunteers"] or her in r["suspects"]]
+        named = [r for r in in_rounds if her in r["suspects"]]
+        row["rounds"] = len(rounds)
+        row["mallory_rounds"] = len(in_rounds)
+        row["mallory_named"] = len(named)
+        row["rounds_to_detection"] = (
+            next(i for i, r in enumerate(in_rounds, 1) if her in r["suspects"]) if named else None)
+        row["honest_named"] = sum(len(honest & set(r["suspects"])) for r in rounds)
+        times = [r["at"] for r in rounds]
+        row["seconds_per_epoch"] = round((times[-1] - times[0]) / (len(times) - 1), 2) if len(times) > 1 else None
+        provenance_path = swarm.data_dir / "artifacts" / swarm.job_id / "provenance.json"
+        if provenance_path.exists():
+            ev = json.loads(provenance_path.read_text())["eval"]
+            row["eval_before"], row["eval_after"] = ev["before"], ev["after"]
+        credited = swarm.contributions()
+        reported = [e for e in mallory.events if e.get("event") in ("progress", "epoch", "stopped")]
+        row["mallory_credited_samples"] = credited.get(her, 0)
+        row["mallory_reported_samples"] = max((int(e.get("samples", 0)) for e in reported), default=0)
+        row["honest_credited_samples"] = sum(credited.get(v, 0) for v in honest)
+    finally:
+        swarm.close()
+    return row
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "# One attacking volunteer in a swarm of three",
+        "",
+        f"{report['machine']}; the demo job, full fine-tune, local mode, {report['epochs']} epochs of "
+        f"{report['target']} samples; mallory joins once the two honest volunteers have averaged.",
+        "",
+        "| attack | aggregation | status | exact match after | vs clean | mallory's rounds | named in | "
+        "rounds to detection | honest named | mallory credited / processed | s per epoch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        ratio = r.get("vs_clean")
+        credit = (f"{r['mallory_credited_samples']} / {r['mallory_reported_samples']}"
+                  if r.get("mallory_reported_samples") is not None else "")
+        lines.append(
+            f"| {r['attack']} | {r['aggregation']} | {r.get('status', '')} | {r.get('eval_after', '')} | "
+            f"{'' if ratio is None else f'{ratio:.2f}'} | {r.get('mallory_rounds', '')} | {r.get('mallory_named', '')} | "
+            f"{'' if r.get('rounds_to_detection') is None else r['rounds_to_detection']} | "
+            f"{r.get('honest_named', '')} | {credit} | {r.get('seconds_per_epoch', '')} |")
+    lines += ["", "Command: `" + report["command"] + "`", ""]
+    return "\n".join(lines)
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated, of: " + ", ".join(ATTACKS))
+    p.add_argument("--aggregation", default="robust", help="robust, mean or both (robust,mean)")
+    p.add_argument("--no-mean-clean", dest="mean_clean", action="store_false",
+                   help="skip the clean configuration under the plain mean (the cost baseline)")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--target", type=int, default=3200)
+    p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--out", default="adversary")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    attacks = [a for a in args.attacks.split(",") if a]
+    unknown = set(attacks) - set(ATTACKS)
+    if unknown:
+        raise SystemExit(f"unknown attacks: {sorted(unknown)}")
+    aggregations = [a for a in args.aggregation.split(",") if a]
+    configs = [(a, g) for g in aggregations for a in attacks]
+    if args.mean_clean and ("clean", "mean") not in configs:
+        configs.insert(1 if configs and configs[0] == ("clean", "robust") else 0, ("clean", "mean"))
+    harness = _load("essaim_tests_swarm_services_harness",
+                    ROOT / "tests" / "integration" / "swarm_services" / "services_harness.py")
+    conftest = _load("essaim_tests_conftest", ROOT / "tests" / "conftest.py")
+    rows = []
+    for attack, aggregation in configs:
+        print(f"== {attack} under {aggregation}", flush=True)
+        with tempfile.TemporaryDirectory(prefix="essaim-adversary-") as tmp:
+            try:
+                row = run_config(harness, conftest, Path(tmp), attack, aggregation, args)
+            except Exception as exc:  # one failed configuration still leaves the others' figures
+                row = {"attack": attack, "aggregation": aggregation, "status": f"error: {exc}"[:300]}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    clean = {r["aggregation"]: r.get("eval_after") for r in rows if r["attack"] == "clean"}
+    for r in rows:
+        base = clean.get(r["aggregation"])
+        r["vs_clean"] = (r["eval_after"] / base) if base and r.get("eval_after") is not None else None
+    report = {
+        "machine": f"{platform.node() or 'this machine'}: {platform.processor() or platform.machine()}, "
+                   f"{__import__('os').cpu_count()} CPUs",
+        "epochs": args.epochs, "target": args.target, "rows": rows,
+        "command": "python bench/adversary.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(report, indent=1))
+    (RESULTS / f"{args.out}.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
