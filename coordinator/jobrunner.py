@@ -376,6 +376,20 @@ class JobRunner:
             with contextlib.suppress(EssaimError):
                 self.store.update_job_status(self.job_id, JobStatus.RUNNING, reason, expect=[JobStatus.RUNNING])
 
+    def _aggregation_summary(self, recipe: Recipe) -> Any:
+        """The provenance's account of the rounds: how they were reduced, and the suspects named."""
+        from essaim.swarm.artifact import AggregationSummary, Suspect
+
+        named: dict[str, list[str]] = {}
+        for entry in self.rounds.entries:
+            for volunteer, why in entry.suspects.items():
+                named.setdefault(volunteer, []).append(why)
+        return AggregationSummary(
+            method=recipe.training.aggregation, rounds=len(self.rounds.entries),
+            rounds_averaged=sum(1 for e in self.rounds.entries if e.averaged),
+            suspects=[Suspect(volunteer=v, rounds=len(whys), last_reason=whys[-1]) for v, whys in sorted(named.items())],
+        )
+
     def _publish_view(self, *, force: bool = False) -> None:
         """Store how each volunteer takes part in the swarm (reachability, last round), every
         ``PUBLISH_EVERY_S`` seconds (:mod:`essaim.coordinator.swarm_view`)."""
@@ -504,6 +518,7 @@ class JobRunner:
             contributors=[Contributor(volunteer=c.volunteer_name or c.volunteer_id, samples=c.samples,
                                       compute_seconds=round(c.compute_seconds, 3))
                           for c in self.store.contributions(job_id=job.id)],
+            aggregation=self._aggregation_summary(recipe),
             ledger_final_hash=head.hash if head else "",
             started_at=job.created_at,
             finished_at=time.time(),

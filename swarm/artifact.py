@@ -65,6 +65,23 @@ class Contributor(_Record):
     compute_seconds: float = 0.0
 
 
+class Suspect(_Record):
+    """A volunteer whose update a round's reducer refused or clipped hard (robust aggregation)."""
+
+    volunteer: str
+    rounds: int = 0
+    last_reason: str = ""
+
+
+class AggregationSummary(_Record):
+    """How the swarm's rounds were reduced, and who was suspected of what (rounds.jsonl)."""
+
+    method: str = "robust"
+    rounds: int = 0
+    rounds_averaged: int = 0  # rounds in which two or more volunteers' updates were averaged
+    suspects: list[Suspect] = Field(default_factory=list)
+
+
 class Provenance(_Record):
     """What a model was trained on, how, and by whom; written as provenance.json."""
 
@@ -76,6 +93,7 @@ class Provenance(_Record):
     epochs: int = 0
     eval: EvalSummary | None = None
     contributors: list[Contributor] = Field(default_factory=list)
+    aggregation: AggregationSummary | None = None
     ledger_final_hash: str = ""
     started_at: float = 0.0
     finished_at: float = 0.0

@@ -252,9 +252,10 @@ class _GradAverager(GradientAverager):
             return await super()._run_allreduce_inplace_(tensors, group_info, group_id, **kwargs)
         group_id = group_info.group_id if group_id is None else group_id
         self._norm_history: NormHistory = getattr(self, "_norm_history", None) or NormHistory()
+        self._excluded: dict[str, str] = getattr(self, "_excluded", {})  # peer id -> why, for good
         runner = RobustAllReduceRunner(
             p2p=self._p2p, servicer_type=type(self), prefix=self.prefix, tensors=tensors, group_id=group_id,
-            ordered_peer_ids=group_info.peer_ids, history=self._norm_history, **kwargs,
+            ordered_peer_ids=group_info.peer_ids, history=self._norm_history, excluded=self._excluded, **kwargs,
         )
         assert group_id in self._running_groups, f"group {group_id!r} was not registered"
         self._running_groups[group_id].set_result(runner)
@@ -268,6 +269,8 @@ class _GradAverager(GradientAverager):
             self._verdicts[group_info.group_id] = {peer: v.as_dict() for peer, v in verdicts.items()}
             for peer, why in suspects(verdicts).items():
                 logger.warning("averaging: peer %s is suspect: %s", peer, why)
+                if not why.startswith("refused: excluded"):
+                    self._excluded[peer] = f"excluded for the rest of the job after {why}"
 
     @torch.no_grad()
     def accumulate_grads_(self, batch_size: int) -> None:

