@@ -264,6 +264,13 @@ class _GradAverager(GradientAverager):
                 tensor.add_(update, alpha=self._averaging_alpha)
                 self.last_updated = get_dht_time()
                 self._state_updated.set()
+            container = runner.tensor_part_container
+            if container.failed_size:
+                # hivemind keeps this member's own values for the parts a reducer never returned and
+                # calls the round a success; the member then steps on a different update than the
+                # others. Say it failed: the optimizer proceeds with the local update, as it says.
+                raise AllreduceException(
+                    f"the reducer returned {1 - container.failed_size / container.total_size:.0%} of the average")
         finally:
             verdicts = runner.verdicts()
             self._verdicts[group_info.group_id] = {peer: v.as_dict() for peer, v in verdicts.items()}
