@@ -20,6 +20,24 @@ def _demo_recipe(out_dir):
     return make_demo_job(out_dir, train_lines=300, config=DemoConfig(epochs=3, target_batch_size=64, eval_size=8))
 
 
+@pytest.fixture(autouse=True)
+def _no_runner_left(tmp_path):
+    """The coordinator's job runner lives in a session of its own (it outlives a killed
+    coordinator by design): kill the ones this test started, with their hivemind processes."""
+    yield
+    import contextlib
+    import os
+    import signal
+
+    import psutil
+
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if "essaim.coordinator.jobrunner" in cmdline and any(str(tmp_path) in part for part in cmdline):
+            with contextlib.suppress(OSError):  # gone already
+                os.killpg(os.getsid(proc.info["pid"]), signal.SIGKILL)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
