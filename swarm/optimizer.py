@@ -36,7 +36,15 @@ Where hivemind's defaults are changed, and why: a peer alone in the swarm ends a
 own samples, checked against a fresh look at the swarm (hivemind's time estimate made peers that
 start together step apart), and it does not arrange averaging rounds in advance (they can only time
 out and keep it busy); averaging chunks may take ``MIN_CHUNK_TIMEOUT_S`` on a busy machine;
-gradient buffers are float32 and are never served as "state" to newcomers.
+gradient buffers are float32 and are never served as "state" to newcomers. Gradient rounds are
+tagged with the epoch they close, and a group's leader refuses members of another epoch's round
+(hivemind's groups carry no epoch: a peer a round late joined the next epoch's group and stalled
+it); a client-mode peer gives up a round whose group has closed instead of waiting out its timeout;
+a reducer holds parts that arrive a moment before it began the round (``GROUP_REGISTRATION_WAIT_S``)
+instead of refusing them; under robust aggregation a volunteer never leads a group (it could hold
+no reducer) and joins the coordinator's averaging peers' groups, and in overlapped mode the averaging
+peer leads each round from the moment the volunteers' reports show the epoch ended rather than at
+its own estimate of that moment.
 
 Knobs: ``training.matchmaking_time`` — raise it when logs say "averaged ... with N peers" with N
 below the swarm size; ``training.averaging_timeout`` — raise it when logs say "Proceeding with local
@@ -51,6 +59,7 @@ import logging
 import math
 import threading
 import time
+import typing
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -79,8 +88,10 @@ from hivemind.compression import (
 from hivemind.optim.grad_averager import GradientAverager
 from hivemind.optim.progress_tracker import ProgressTracker
 from hivemind.optim.state_averager import TrainingStateAverager
+from hivemind.p2p import P2PContext
+from hivemind.proto import averaging_pb2
 from hivemind.utils import get_dht_time
-from hivemind.utils.asyncio import as_aiter, azip, enter_asynchronously
+from hivemind.utils.asyncio import achain, anext, as_aiter, azip, enter_asynchronously
 
 logger = logging.getLogger(__name__)
 REPORT_EVERY_S = 0.5  # a peer's progress record in the DHT is at most this stale
@@ -88,6 +99,9 @@ ROUNDS_KEPT = 64
 AVERAGING_PEER_WEIGHT = 1e-3  # never 0: a group of weights 0 averages to NaN
 QUIET_SWARM_S = 10.0  # the averaging peer takes no step while no volunteer reported for this long
 ASSIST_EVERY_S = 0.1  # how often the coordinator's averaging peer looks whether a round is due
+LATE_MATCHMAKING = 1.5  # a client-mode round still without a group this many matchmaking periods late gives up
+GROUP_REGISTRATION_WAIT_S = 5.0  # how long a reducer holds parts that came before it began their round
+ROUND_EPOCH = "epoch"  # the key of a gradient round's tag in its members' gathered data
 
 OUTER_MOMENTUM = 0.9
 MIN_CHUNK_TIMEOUT_S = 5.0
@@ -200,6 +214,65 @@ class _GradAverager(GradientAverager):
     def load_state_from_peers(self, wait: bool = True, timeout: float | None = None) -> None:
         return None
 
+    # Every gradient round is tagged with the epoch it closes (the gathered data of its members),
+    # and a leader refuses a member of another epoch's round. hivemind's groups carry no epoch: a
+    # peer that began epoch k's round late joined the group of epoch k+1 with epoch k's update,
+    # then (overlapped) waited for that round at its next epoch's end, reporting nothing; the
+    # averaging peer, which ends an epoch on the volunteers' reports, waited for them in turn,
+    # and the whole group timed out.
+    epoch_of_round: Callable[[], int] | None = None  # set by the optimizer: the epoch a new round closes
+
+    round_timeout: float | None = None  # set by the optimizer: training.averaging_timeout
+
+    def schedule_step(self, scheduled_time: float | None = None, **kwargs: Any) -> Any:
+        if kwargs.get("gather") is None and self.epoch_of_round is not None:
+            kwargs["gather"] = {ROUND_EPOCH: int(self.epoch_of_round())}
+        if kwargs.get("timeout") is None and self.round_timeout is not None:
+            # a round begun without one arranged ahead has no deadline in hivemind: once the
+            # optimizer stopped waiting for it, it went on retrying and held the matchmaking
+            kwargs["timeout"] = self.round_timeout
+        return super().schedule_step(scheduled_time, **kwargs)
+
+    async def rpc_join_group(  # annotated for hivemind's servicer, which reads the protobuf types from them
+        self, request: averaging_pb2.JoinRequest, context: P2PContext,
+    ) -> typing.AsyncIterator[averaging_pb2.MessageFromLeader]:
+        step = getattr(getattr(self, "_matchmaking", None), "step_control", None)
+        ours = round_epoch(self.serializer, step.data_for_gather) if step is not None else None
+        theirs = round_epoch(self.serializer, request.gather)
+        if ours is not None and theirs != ours:
+            logger.debug("refused %s: its round closes epoch %s, ours %s", context.remote_id, theirs, ours)
+            yield averaging_pb2.MessageFromLeader(code=averaging_pb2.BAD_GROUP_KEY)
+            return
+        async for response in super().rpc_join_group(request, context):
+            yield response
+
+    @property
+    def follows_only(self) -> bool:
+        """Under robust aggregation a volunteer never leads a group (see :meth:`_step`)."""
+        return self.aggregation == "robust" and self.reducers is not None and str(self.peer_id) not in self.reducers
+
+    async def _step(self, *, step: Any, future_for_init: Any) -> Any:
+        if self.follows_only:
+            # follow only: a group this peer led would hold no reducer (and under robust
+            # aggregation no full volunteer reduces), so it joins the averaging peers' groups
+            self._matchmaking.client_mode = True
+        return await super()._step(step=step, future_for_init=future_for_init)
+
+    async def rpc_aggregate_part(  # annotated for hivemind's servicer, as rpc_join_group
+        self, stream: typing.AsyncIterator[averaging_pb2.AveragingData], context: P2PContext,
+    ) -> typing.AsyncIterator[averaging_pb2.AveragingData]:
+        """hivemind's, except that a member whose parts arrive before this peer began the round
+        (its own trigger: the end of its epoch) waits for it, at most ``GROUP_REGISTRATION_WAIT_S``.
+        hivemind answered BAD_GROUP_ID at once, and the member's round failed: the coordinator's
+        averaging peer, which starts its round when the volunteers' reports show the epoch ended,
+        is often a moment behind the volunteers that lead that count."""
+        request = await anext(stream)
+        deadline = asyncio.get_event_loop().time() + GROUP_REGISTRATION_WAIT_S
+        while request.group_id not in self._running_groups and asyncio.get_event_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        async for message in super().rpc_aggregate_part(achain(as_aiter(request), stream), context):
+            yield message
+
     # training.aggregation: "robust" reduces with essaim.swarm.aggregation, "mean" as hivemind does
     aggregation: str = "mean"
     # robust: the peer ids allowed to reduce (the coordinator's averaging peers); None: any full peer
@@ -295,6 +368,16 @@ class _GradAverager(GradientAverager):
         if weight is None and self.min_weight:
             weight = max(float(self.local_samples_accumulated), self.min_weight)
         return super().step(weight=weight, **kwargs)
+
+
+def round_epoch(serializer: Any, data_for_gather: bytes) -> int | None:
+    """The epoch a gradient round closes, from a member's gathered data (None: untagged or unreadable)."""
+    try:
+        _bandwidth, _mode, user = serializer.loads(data_for_gather)
+        tag = serializer.loads(user)
+        return int(tag[ROUND_EPOCH]) if isinstance(tag, dict) and ROUND_EPOCH in tag else None
+    except Exception:
+        return None
 
 
 class PseudoGradientAverager(_GradAverager):
@@ -426,6 +509,7 @@ class _Tracker(ProgressTracker):
 
     max_peer_epoch = 0  # the highest epoch any peer reports, client-mode ones included
     newest_report = -math.inf  # when another peer last reported progress (DHT time)
+    full_peer_epoch = -1  # the highest epoch another full peer (one that can lead a group) reports
 
     def _parse_swarm_progress_data(self, metadata: Any) -> Any:
         progress = super()._parse_swarm_progress_data(metadata)
@@ -436,6 +520,8 @@ class _Tracker(ProgressTracker):
             others = [r for r in records if r.get("peer_id") != mine]
             self.max_peer_epoch = max([int(r.get("epoch", 0)) for r in records] + [progress.epoch])
             self.newest_report = max([float(r.get("time", -math.inf)) for r in others], default=-math.inf)
+            self.full_peer_epoch = max([int(r.get("epoch", 0)) for r in others if not r.get("client_mode")],
+                                       default=-1)
             if self.always_report:
                 self._count_client_epochs(progress, others)
         return progress
@@ -530,21 +616,25 @@ class _HivemindOptimizer(hivemind.Optimizer):
     def _average_gradients_and_load_into_optimizer(self, maybe_step_control: Any) -> None:
         """hivemind's, then the round's outcome is noted (hivemind only logs it), even when
         loading the average failed."""
+        epoch = getattr(self, "_round_epochs", {}).get(id(maybe_step_control), self.local_epoch - 1)
+        left_behind = maybe_step_control is not None and self._give_up_if_left_behind(maybe_step_control, epoch)
         try:
             super()._average_gradients_and_load_into_optimizer(maybe_step_control)
         except BaseException as exc:
-            epoch = getattr(self, "_round_epochs", {}).pop(id(maybe_step_control), self.local_epoch - 1)
+            getattr(self, "_round_epochs", {}).pop(id(maybe_step_control), None)
             self._note_round(RoundOutcome(epoch=epoch, error=describe_failure(exc)))
             raise
-        epochs = getattr(self, "_round_epochs", {})
-        epoch = epochs.pop(id(maybe_step_control), self.local_epoch - 1)
+        getattr(self, "_round_epochs", {}).pop(id(maybe_step_control), None)
         if maybe_step_control is None:
             self._note_round(RoundOutcome(epoch=epoch, error=ALONE))
             return
         error = ""
         peers: tuple[str, ...] = ()
         verdicts: dict[str, dict[str, Any]] = {}
-        if not maybe_step_control.done():
+        if left_behind:
+            error = (f"late: the swarm closed epoch {epoch}'s round before this peer found its group, "
+                     f"so this peer's samples of epoch {epoch} were not averaged")
+        elif not maybe_step_control.done():
             error = describe_failure(None)
         elif maybe_step_control.cancelled():
             error = describe_failure(RuntimeError("cancelled"))
@@ -554,7 +644,35 @@ class _HivemindOptimizer(hivemind.Optimizer):
             gathered = maybe_step_control.result()
             peers = tuple(str(p) for p in gathered) if isinstance(gathered, dict) else ()
             verdicts = getattr(gathered, "verdicts", {})
+            if verdicts:  # this peer reduced the round: its peers are those whose parts it received
+                peers = tuple(p for p in peers if p in verdicts or p == str(self.dht.peer_id))
         self._note_round(RoundOutcome(epoch=epoch, peers=peers, error=error, verdicts=verdicts))
+
+    def _give_up_if_left_behind(self, control: Any, epoch: int) -> bool:
+        """Wait while ``control`` (the round closing ``epoch``) looks for its group (at most
+        ``averaging_timeout``), and cancel it when this peer, in client mode, can no longer find
+        one: it still looks ``LATE_MATCHMAKING`` matchmaking periods after this peer saw the
+        swarm's full peers move past ``epoch`` (a full peer moves on when it begins the round, and
+        holds its group open for at most a matchmaking period). A client-mode peer can only join a
+        full peer's group, and theirs for ``epoch`` is closed (rounds are tagged with their epoch).
+        Waiting out the round's timeout would hold the next round's matchmaking (hivemind looks for
+        one group at a time) and, in overlapped mode, this peer's training at the next epoch's end,
+        and with it the progress reports the coordinator's averaging peer ends epochs on. Returns
+        True when cancelled."""
+        if not self.client_mode:
+            return False
+        give_up_at = time.monotonic() + self.averaging_timeout
+        moved_on_at: float | None = None
+        while not control.done() and control.stage == AveragingStage.LOOKING_FOR_GROUP:
+            if getattr(self.tracker, "full_peer_epoch", -1) > epoch:  # it began the round: its group is open a while
+                moved_on_at = time.monotonic() if moved_on_at is None else moved_on_at
+                if time.monotonic() - moved_on_at > LATE_MATCHMAKING * self.matchmaking_time:
+                    control.cancel()
+                    return True
+            if time.monotonic() > give_up_at:
+                return False
+            time.sleep(0.1)
+        return False
 
     def _make_state_averager(self, **kwargs: Any) -> TrainingStateAverager:
         return _StateAverager(  # hivemind.Optimizer._make_state_averager, with the subclass
@@ -581,11 +699,21 @@ class _HivemindOptimizer(hivemind.Optimizer):
         return self.tracker.global_progress.num_peers < 2
 
     def _maybe_schedule_gradient_averaging(self) -> None:
-        running = self.scheduled_grads is not None and self.scheduled_grads.triggered and not self.scheduled_grads.done()
-        # hivemind would start looking for the next round's group while the last one still runs in
-        # the background (overlapped mode); gradient groups carry no epoch, so a peer still on the
-        # last round could join it and wait for tensors that come an epoch later ("received 50%")
-        if not self._alone() and not running:
+        # the next round's group may be arranged while the last round still runs (overlapped mode):
+        # rounds are tagged with their epoch (_GradAverager.schedule_step), so no peer still on
+        # the last round can join it
+        if self._alone():
+            return
+        # In overlapped mode the coordinator's averaging peer arranges no round ahead: it leads the
+        # round of an epoch from the moment the volunteers' reports show that epoch ended, and holds
+        # its group open for a matchmaking period. Arranged on its estimate of the epoch's end, its
+        # group closed before volunteers whose own estimate came later could join, and they lost
+        # the round, often epoch after epoch. Overlapping volunteers go on training and reporting
+        # while they wait for it; in sync mode they stop at their own estimate and report nothing
+        # more, so there it arranges its rounds ahead, as they do.
+        leads_late = (getattr(self.tracker, "always_report", False) and self.delay_grad_averaging
+                      and getattr(self.grad_averager, "aggregation", "mean") == "robust")
+        if not leads_late:
             super()._maybe_schedule_gradient_averaging()
 
     def _maybe_schedule_state_averaging(self) -> None:
@@ -1010,6 +1138,9 @@ def build_optimizer(
         raise
     except Exception as exc:
         raise TrainingError(f"could not start the swarm optimizer: {exc}") from exc
+    if isinstance(hv.grad_averager, _GradAverager):
+        hv.grad_averager.epoch_of_round = lambda: hv.local_epoch  # a round closes the epoch it is begun in
+        hv.grad_averager.round_timeout = settings.averaging_timeout
     if auxiliary:
         optimizer.serve_state(False)
         if isinstance(hv.grad_averager, _GradAverager):

@@ -13,6 +13,10 @@ HOOKS = [
     ("_GradAverager", "hivemind.optim.grad_averager.GradientAverager", "load_state_from_peers"),
     ("_GradAverager", "hivemind.optim.grad_averager.GradientAverager", "accumulate_grads_"),
     ("_GradAverager", "hivemind.optim.grad_averager.GradientAverager", "step"),
+    ("_GradAverager", "hivemind.optim.grad_averager.GradientAverager", "schedule_step"),
+    ("_GradAverager", "hivemind.averaging.averager.DecentralizedAverager", "rpc_join_group"),
+    ("_GradAverager", "hivemind.averaging.averager.DecentralizedAverager", "rpc_aggregate_part"),
+    ("_GradAverager", "hivemind.averaging.averager.DecentralizedAverager", "_step"),
     ("_GradAverager", "hivemind.averaging.averager.DecentralizedAverager", "_aggregate_with_group"),
     ("_GradAverager", "hivemind.averaging.averager.DecentralizedAverager", "_run_allreduce_inplace_"),
     ("PseudoGradientAverager", "hivemind.optim.grad_averager.GradientAverager", "load_accumulators_into_averager_"),
@@ -50,6 +54,15 @@ USED = [
      "ordered_peer_ids", "peer_id", "tensor_part_container", "parts_for_local_averaging", "reducer_timeout")),
     ("hivemind.averaging.partition.TensorPartContainer", ("_input_parts_by_peer", "compression", "prefetch",
      "num_parts_by_peer")),
+]
+# what the epoch-tagged gradient rounds read: the leader its own round's tag from its matchmaking's
+# step, a client-mode peer the stage and scheduled start of the round it waits for
+ROUND_TAGS_USE = [
+    ("hivemind.averaging.matchmaking.Matchmaking", "__init__", "self.step_control"),
+    ("hivemind.averaging.matchmaking.Matchmaking", "look_for_group", "declare=not self.client_mode"),
+    ("hivemind.averaging.control.StepControl", "data_for_gather", "def data_for_gather"),
+    ("hivemind.averaging.control.StepControl", "scheduled_time", "def scheduled_time"),
+    ("hivemind.averaging.control.StepControl", "stage", "def stage"),
 ]
 
 
@@ -111,3 +124,10 @@ def test_the_reducer_state_essaim_reads_is_still_there() -> None:
         source = inspect.getsource(init)
         for attr in attrs:
             assert f"self.{attr}" in source or f", {attr}" in source, f"hivemind's {name} no longer sets {attr}"
+
+
+@pytest.mark.parametrize(("owner", "member", "text"), ROUND_TAGS_USE, ids=[f"{o}.{m}" for o, m, _ in ROUND_TAGS_USE])
+def test_what_the_round_tags_read_is_still_there(owner: str, member: str, text: str) -> None:
+    cls = _resolve(owner)
+    assert member in vars(cls), f"hivemind's {owner} has no {member} any more: see _GradAverager.rpc_join_group"
+    assert text in inspect.getsource(cls), f"hivemind's {owner} no longer has {text}"
