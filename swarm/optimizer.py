@@ -616,15 +616,13 @@ class _HivemindOptimizer(hivemind.Optimizer):
     def _average_gradients_and_load_into_optimizer(self, maybe_step_control: Any) -> None:
         """hivemind's, then the round's outcome is noted (hivemind only logs it), even when
         loading the average failed."""
-        epoch = getattr(self, "_round_epochs", {}).get(id(maybe_step_control), self.local_epoch - 1)
+        epoch = getattr(self, "_round_epochs", {}).pop(id(maybe_step_control), self.local_epoch - 1)
         left_behind = maybe_step_control is not None and self._give_up_if_left_behind(maybe_step_control, epoch)
         try:
             super()._average_gradients_and_load_into_optimizer(maybe_step_control)
         except BaseException as exc:
-            getattr(self, "_round_epochs", {}).pop(id(maybe_step_control), None)
             self._note_round(RoundOutcome(epoch=epoch, error=describe_failure(exc)))
             raise
-        getattr(self, "_round_epochs", {}).pop(id(maybe_step_control), None)
         if maybe_step_control is None:
             self._note_round(RoundOutcome(epoch=epoch, error=ALONE))
             return
