@@ -191,6 +191,7 @@ class Trainer:
         import torch
         from essaim.protocol.recipe import load_recipe
         from essaim.protocol.types import shards_for_slots
+        from essaim.swarm.admission import keep_membership
         from essaim.swarm.auth import SwarmAuthorizer, token_file_refresher, watch_revocations
         from essaim.swarm.data import build_train_dataset
         from essaim.swarm.dht import shutdown_dht, start_dht, visible_maddrs
@@ -234,6 +235,8 @@ class Trainer:
         watching = threading.Event()
         try:
             watch_revocations(dht, a.job_id, a.coordinator_key_bytes(), self.work_dir / REVOKED_FILE, watching)
+            keep_membership(dht, a.job_id, a.swarm_token, key, watching,
+                            current_token=token_file_refresher(self.work_dir / TOKEN_FILE))
             optimizer = build_optimizer(loaded, recipe, dht=dht, run_id=a.job_id, private_key=key,
                                         reducers=a.reducers or None, verbose=self.verbose)
             peer = TrainingPeer(job_id=a.job_id, recipe=recipe, loaded=loaded, dataset=dataset,

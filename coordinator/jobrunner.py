@@ -123,6 +123,7 @@ class JobRunner:
         from essaim.coordinator.averaging import AveragingLoop
         from essaim.coordinator.keeper import Keeper
         from essaim.coordinator.swarm_keys import load_or_create_swarm_key, public_key_der
+        from essaim.swarm.admission import keep_membership
         from essaim.swarm.auth import SwarmAuthorizer, token_file_refresher
         from essaim.swarm.data import load_eval_set
         from essaim.swarm.dht import maddrs_for_others, shutdown_dht, start_dht, visible_maddrs
@@ -147,6 +148,9 @@ class JobRunner:
         )
         self._own_peer = str(dht.peer_id)
         optimizer = None
+        membership = threading.Event()
+        keep_membership(dht, self.job_id, token_path.read_text(), key, membership,
+                        current_token=token_file_refresher(token_path))
         try:
             maddrs = visible_maddrs(dht)
             self._serve_reachability(dht)
@@ -176,6 +180,7 @@ class JobRunner:
                 if self._scoring is not None:
                     self._scoring.shutdown(wait=True, cancel_futures=True)
         finally:
+            membership.set()
             if optimizer is not None:
                 optimizer.shutdown()
             shutdown_dht(dht)

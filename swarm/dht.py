@@ -214,6 +214,7 @@ def start_dht(
         _stop_quietly(dht)
         raise _translate(exc, initial_peers) from None
     dht.essaim_private_key = private_key  # records.publish_progress signs with it
+    dht.essaim_authorizer = authorizer  # the averagers check callers' swarm tokens with it (swarm.admission)
     logger.info("joined the DHT as %s (client mode: %s)", dht.peer_id, client_mode)
     return dht
 

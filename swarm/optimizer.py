@@ -57,6 +57,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 import threading
 import time
 import typing
@@ -69,9 +70,12 @@ from typing import Any
 import hivemind
 import torch
 from essaim.protocol.recipe import OptimizerSpec, Recipe
+from essaim.swarm.admission import Admission, AdmittedServicer
 from essaim.swarm.aggregation import Gathered, NormHistory, RobustAllReduceRunner, suspects
+from essaim.swarm.auth import SwarmAuthorizer
 from essaim.swarm.errors import TrainingError
-from essaim.swarm.identity import RSAPrivateKey
+from essaim.swarm.identity import RSAPrivateKey, peer_id_for_public_key
+from essaim.swarm.records import owner_public_key
 from essaim.swarm.rounds import ALONE, RoundOutcome, describe_failure
 from hivemind.averaging.allreduce import AveragingMode
 from hivemind.averaging.control import AveragingStage
@@ -84,14 +88,16 @@ from hivemind.compression import (
     NoCompression,
     SizeAdaptiveCompression,
     Uniform8BitQuantization,
+    deserialize_torch_tensor,
 )
 from hivemind.optim.grad_averager import GradientAverager
 from hivemind.optim.progress_tracker import ProgressTracker
 from hivemind.optim.state_averager import TrainingStateAverager
-from hivemind.p2p import P2PContext
+from hivemind.p2p import P2PContext, PeerID
 from hivemind.proto import averaging_pb2
 from hivemind.utils import get_dht_time
-from hivemind.utils.asyncio import achain, anext, as_aiter, azip, enter_asynchronously
+from hivemind.utils.asyncio import achain, aiter_with_timeout, anext, as_aiter, azip, enter_asynchronously
+from hivemind.utils.streaming import combine_from_streaming
 
 logger = logging.getLogger(__name__)
 REPORT_EVERY_S = 0.5  # a peer's progress record in the DHT is at most this stale
@@ -101,6 +107,7 @@ QUIET_SWARM_S = 10.0  # the averaging peer takes no step while no volunteer repo
 ASSIST_EVERY_S = 0.1  # how often the coordinator's averaging peer looks whether a round is due
 LATE_MATCHMAKING = 1.5  # a client-mode round still without a group this many matchmaking periods late gives up
 GROUP_REGISTRATION_WAIT_S = 5.0  # how long a reducer holds parts that came before it began their round
+NO_STATE_AVERAGING = 2**31 - 1  # hivemind's average_state_every for "never"
 ROUND_EPOCH = "epoch"  # the key of a gradient round's tag in its members' gathered data
 
 OUTER_MOMENTUM = 0.9
@@ -190,14 +197,15 @@ def optimizer_settings(recipe: Recipe, *, run_id: str, average_state_every: int 
     )
 
 
-class _GradAverager(GradientAverager):
+class _GradAverager(AdmittedServicer, GradientAverager):
     """hivemind's GradientAverager with float32 host buffers that never serves its buffers as
     "state" (newcomers need parameters and optimizer statistics, not last epoch's gradients)."""
 
     def __init__(self, parameters: Sequence[torch.nn.Parameter], *, aggregation: str = "mean",
-                 reducers: Sequence[str] | None = None, **kwargs: Any) -> None:
+                 reducers: Sequence[str] | None = None, admission: Admission | None = None, **kwargs: Any) -> None:
         parameters = tuple(parameters)
         # set before hivemind starts the averager's process, which reads them
+        self.admission = admission
         self.aggregation = aggregation
         self.reducers = frozenset(reducers) if reducers is not None else None
         # hivemind warns (and may deadlock) when a matchmaking request can outlast matchmaking itself
@@ -266,6 +274,9 @@ class _GradAverager(GradientAverager):
         hivemind answered BAD_GROUP_ID at once, and the member's round failed: the coordinator's
         averaging peer, which starts its round when the volunteers' reports show the epoch ended,
         is often a moment behind the volunteers that lead that count."""
+        if not await self._admitted(context):  # before holding anything for the caller
+            yield averaging_pb2.AveragingData(code=averaging_pb2.PROTOCOL_VIOLATION)
+            return
         request = await anext(stream)
         deadline = asyncio.get_event_loop().time() + GROUP_REGISTRATION_WAIT_S
         while request.group_id not in self._running_groups and asyncio.get_event_loop().time() < deadline:
@@ -509,7 +520,10 @@ class _Tracker(ProgressTracker):
 
     max_peer_epoch = 0  # the highest epoch any peer reports, client-mode ones included
     newest_report = -math.inf  # when another peer last reported progress (DHT time)
-    full_peer_epoch = -1  # the highest epoch another full peer (one that can lead a group) reports
+    full_peer_epoch = -1  # the highest epoch another peer that can lead this one's groups reports
+    # the peer ids that lead groups (robust aggregation: the coordinator's averaging peers, the
+    # only ones a volunteer's rounds follow); None: any full peer
+    leaders: frozenset[str] | None = None
 
     def _parse_swarm_progress_data(self, metadata: Any) -> Any:
         progress = super()._parse_swarm_progress_data(metadata)
@@ -520,11 +534,42 @@ class _Tracker(ProgressTracker):
             others = [r for r in records if r.get("peer_id") != mine]
             self.max_peer_epoch = max([int(r.get("epoch", 0)) for r in records] + [progress.epoch])
             self.newest_report = max([float(r.get("time", -math.inf)) for r in others], default=-math.inf)
-            self.full_peer_epoch = max([int(r.get("epoch", 0)) for r in others if not r.get("client_mode")],
+            leading = ([r for subkey, r in self._records_by_owner(metadata) if subkey in self.leaders]
+                       if self.leaders is not None else [r for r in others if not r.get("client_mode")])
+            self.full_peer_epoch = max([int(r.get("epoch", 0)) for r in leading if r.get("peer_id") != mine],
                                        default=-1)
             if self.always_report:
                 self._count_client_epochs(progress, others)
         return progress
+
+    def _records_by_owner(self, metadata: dict[Any, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """(peer id of the key that signed it, record) for each record whose claimed peer id is that
+        of its signer: a record's ``peer_id`` is the peer's word, its subkey the key that signed it."""
+        found = []
+        for subkey, item in metadata.items():
+            record = getattr(item, "value", None)
+            owner = self._owner_peer(subkey)
+            if not isinstance(record, dict) or owner is None:
+                continue
+            try:
+                claimed = PeerID(record.get("peer_id", b"")).to_base58()
+            except Exception:
+                continue
+            if claimed == owner:
+                found.append((owner, record))
+        return found
+
+    def _owner_peer(self, subkey: Any) -> str | None:
+        cache: dict[Any, str | None] = self.__dict__.setdefault("_owners", {})
+        if subkey not in cache:
+            public = owner_public_key(subkey)
+            try:
+                cache[subkey] = peer_id_for_public_key(public) if public is not None else None
+            except Exception:  # not a key: no record of its subkey counts
+                cache[subkey] = None
+            if len(cache) > 4096:
+                cache.clear()
+        return cache.get(subkey)
 
     def _count_client_epochs(self, progress: Any, others: list[dict[str, Any]]) -> None:
         """hivemind takes the swarm's epoch from full peers only; in a swarm of NAT-ed volunteers
@@ -560,7 +605,7 @@ class _Tracker(ProgressTracker):
         return self._last_fetch > self._target_reached_at
 
 
-class _StateAverager(TrainingStateAverager):
+class _StateAverager(AdmittedServicer, TrainingStateAverager):
     """hivemind's TrainingStateAverager that tells its owner before the host copy of the parameters
     (the outer step's result, an averaged or a downloaded state) is copied into the main ones, and
     that never offers a state under an epoch it has not reached: while an epoch's delayed optimizer
@@ -570,14 +615,95 @@ class _StateAverager(TrainingStateAverager):
     before_apply: Callable[[], None] | None = None
     step_pending = False  # an epoch's delayed optimizer step was submitted and has not run yet
 
+    def __init__(self, *args: Any, admission: Admission | None = None,
+                 state_sources: Sequence[str] | None = None, **kwargs: Any) -> None:
+        self.admission = admission  # both before hivemind starts the averager's process
+        self.state_sources = tuple(state_sources) if state_sources is not None else None
+        super().__init__(*args, **kwargs)
+
+    # Where a state is loaded from. hivemind downloads from whichever peer announces the highest
+    # priority (its epoch) in the DHT: any swarm member could announce a forged "final" state and
+    # hand it to every newcomer and to the keeper. With ``state_sources`` (robust aggregation: the
+    # coordinator's averaging peers) only those are asked, directly, in their order. From any
+    # source, a state with a non-finite value is refused.
+    _loading = False
+    loaded = False  # whether the last load_state_from_peers replaced the state
+
+    def load_state_from_peers(self, **kwargs: Any) -> Any:
+        self._loading, self.loaded = True, False
+        try:
+            return super().load_state_from_peers(**kwargs)
+        finally:
+            self._loading = False
+
+    async def _load_state_from_peers(self, future: Any, timeout: float | None = None) -> None:
+        if timeout is not None:  # as hivemind: the timeout applies to each chunk
+            timeout = self.next_chunk_timeout if self.next_chunk_timeout is not None else self.request_timeout
+        try:
+            for peer in await self._state_sources():
+                if peer == self.peer_id:
+                    continue
+                started = time.monotonic()
+                try:
+                    state = await self._download_state(peer, timeout)
+                except Exception as exc:
+                    logger.warning("could not download the state from %s: %r", peer, exc)
+                    continue
+                if state is None:
+                    logger.debug("%s sent no state", peer)
+                    continue
+                metadata, tensors = state
+                if not all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point()):
+                    logger.warning("refused the state %s sent: it holds non-finite values", peer)
+                    continue
+                logger.info("downloaded the state of epoch %s from %s in %.1f s", metadata.get("epoch"), peer,
+                            time.monotonic() - started)
+                future.set_result(state)
+                return
+            logger.info("no peer sent its state%s", " (only the job's averaging peers are asked)"
+                        if self.state_sources is not None else "")
+        finally:
+            if not future.done():
+                future.set_result(None)
+
+    async def _state_sources(self) -> list[PeerID]:
+        if self.state_sources is not None:
+            return [PeerID.from_base58(p) for p in self.state_sources]
+        found = await self.dht.get(f"{self._matchmaking.group_key_manager.prefix}.all_averagers", latest=True,
+                                   return_future=True)
+        announced = getattr(found, "value", None)
+        priority = {PeerID(peer): (float(item.value), random.random())  # random: the tie breaker
+                    for peer, item in (announced.items() if isinstance(announced, dict) else ())
+                    if isinstance(getattr(item, "value", None), (float, int))}
+        return sorted(priority, key=priority.__getitem__, reverse=True)
+
+    async def _download_state(self, peer: PeerID, timeout: float | None) -> tuple[dict[str, Any], list[torch.Tensor]] | None:
+        stub = self.get_stub(self._p2p, peer, namespace=self.prefix)
+        stream = await stub.rpc_download_state(averaging_pb2.DownloadRequest())
+        metadata: Any = None
+        parts: list[Any] = []
+        tensors: list[torch.Tensor] = []
+        async for message in aiter_with_timeout(stream, timeout=timeout):
+            if message.metadata:
+                metadata = self.serializer.loads(message.metadata)
+            if message.tensor_part.dtype and parts:  # the first part of the next tensor
+                tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
+                parts = []
+            parts.append(message.tensor_part)
+        if parts:
+            tensors.append(deserialize_torch_tensor(combine_from_streaming(parts)))
+        return (metadata, tensors) if isinstance(metadata, dict) else None
+
     def step(self, *args: Any, **kwargs: Any) -> Any:
         if kwargs.get("optimizer_step") and kwargs.get("delay_optimizer_step"):
             self.step_pending = True
         return super().step(*args, **kwargs)
 
-    def _update_scheduler(self) -> None:  # runs right after each optimizer step, under lock_optimizer
+    def _update_scheduler(self) -> None:  # after each optimizer step, and at the end of a state's load
         super()._update_scheduler()
         self.step_pending = False
+        if self._loading:
+            self.loaded = True
 
     def _apply_optimizer_parameters_(self) -> None:
         if self.before_apply is not None:
@@ -608,6 +734,8 @@ class _HivemindOptimizer(hivemind.Optimizer):
             self.rounds = deque(maxlen=ROUNDS_KEPT)
         self.rounds.append(outcome)
         self.rounds_noted = getattr(self, "rounds_noted", 0) + 1
+        if self.state_sources and not (outcome.averaged and set(outcome.peers) & set(self.state_sources)):
+            self.drifted = True  # it applied an update the averaging peers did not: see SwarmOptimizer.step
         if outcome.averaged:
             logger.info("epoch %d: averaged with %d peer(s)", outcome.epoch, len(outcome.peers) - 1)
         else:
@@ -657,7 +785,7 @@ class _HivemindOptimizer(hivemind.Optimizer):
         one group at a time) and, in overlapped mode, this peer's training at the next epoch's end,
         and with it the progress reports the coordinator's averaging peer ends epochs on. Returns
         True when cancelled."""
-        if not self.client_mode:
+        if not (self.client_mode or getattr(self.grad_averager, "follows_only", False)):
             return False
         give_up_at = time.monotonic() + self.averaging_timeout
         moved_on_at: float | None = None
@@ -672,8 +800,15 @@ class _HivemindOptimizer(hivemind.Optimizer):
             time.sleep(0.1)
         return False
 
+    # set on the class of a build: hivemind makes its averagers in __init__
+    admission: Admission | None = None
+    state_sources: tuple[str, ...] | None = None  # _StateAverager.state_sources
+    drifted = False  # a round of this peer did not reach the state sources: its state is its own
+
     def _make_state_averager(self, **kwargs: Any) -> TrainingStateAverager:
         return _StateAverager(  # hivemind.Optimizer._make_state_averager, with the subclass
+            admission=self.admission,
+            state_sources=self.state_sources,
             dht=self.dht,
             prefix=f"{self.run_id}_state_averager",
             min_matchmaking_time=self.matchmaking_time,
@@ -715,7 +850,7 @@ class _HivemindOptimizer(hivemind.Optimizer):
             super()._maybe_schedule_gradient_averaging()
 
     def _maybe_schedule_state_averaging(self) -> None:
-        if not self._alone():
+        if self.state_sources is None and not self._alone():  # with state sources there is none
             super()._maybe_schedule_state_averaging()
 
     def _begin_averaging_gradients(self, grad_scaler: Any) -> bool:
@@ -783,6 +918,7 @@ class SwarmOptimizer:
         self._lr_at = lr_at
         self._base_lrs = [g["lr"] for g in inner.param_groups] if inner is not None else []
         self._epoch_seen = hv.local_epoch
+        self._synced_epoch = hv.local_epoch  # when this peer last held the averaging peers' state
         self._reloaded = False
         self._quiet: Any = None
         hv.on_state_loaded = self._after_state_loaded
@@ -892,7 +1028,26 @@ class SwarmOptimizer:
         self._epoch_seen = self.local_epoch
         if changed:
             self._set_inner_lr()
+        self._maybe_resync()
         return StepResult(new_epoch=changed, accepted=not self._reloaded, epoch=self.local_epoch)
+
+    def _maybe_resync(self) -> None:
+        """Under robust aggregation peers do not average their states with each other (a plain
+        mean any member could poison); a volunteer whose round did not reach the coordinator's
+        averaging peers applied an update they did not, and loads their state instead, at most
+        every ``average_state_every`` epochs, once its own last round has landed."""
+        hv = self.hv
+        if (not hv.drifted or hv.state_averager.step_pending
+                or self.local_epoch < self._synced_epoch + self.settings.average_state_every):
+            return
+        logger.info("epoch %d: a round of this peer since epoch %d did not reach the averaging peers: "
+                    "loading their state", self.local_epoch, self._synced_epoch)
+        hv.load_state_from_peers()
+        if hv.state_averager.loaded:
+            hv.drifted = False
+            self._synced_epoch = self.local_epoch
+        else:  # e.g. the averaging peer's own step of this epoch had not landed: again next epoch
+            self._synced_epoch = self.local_epoch + 1 - self.settings.average_state_every
 
     def quiesce(self) -> None:
         """While the peer is paused: stop polling the swarm's progress (and the throughput clock),
@@ -979,6 +1134,8 @@ class SwarmOptimizer:
         averager = self.hv.state_averager
         if averager.client_mode:
             return  # nobody can download from a peer that accepts no connections
+        if getattr(self.hv.grad_averager, "follows_only", False):
+            return  # robust aggregation: newcomers load only the averaging peers' state
         averager.allow_state_sharing = allow
         if allow:
             averager.state_sharing_priority = float(self.local_epoch)
@@ -1014,6 +1171,8 @@ class SwarmOptimizer:
 
     def _after_state_loaded(self) -> None:
         self._reloaded = True
+        if self.hv.state_averager.loaded:
+            self._synced_epoch = self.local_epoch
         if self.inner is not None:
             if self.overlap:
                 self.hv.grad_averager.take_boundary()
@@ -1064,7 +1223,17 @@ def build_optimizer(
     lr_at = lr_factor(recipe.optimizer, settings.epochs)
     if auxiliary and reducers is None:
         reducers = [str(dht.peer_id)]
-    averaging = dict(aggregation=recipe.training.aggregation, reducers=reducers)
+    own = str(dht.peer_id)
+    authorizer = getattr(dht, "essaim_authorizer", None)
+    admission = (Admission(authorizer, run_id, trusted=[own, *(reducers or ())])
+                 if isinstance(authorizer, SwarmAuthorizer) else None)
+    averaging = dict(aggregation=recipe.training.aggregation, reducers=reducers, admission=admission)
+    # robust aggregation with the coordinator's averaging peers as reducers (a public swarm): only
+    # they lead this peer's rounds and only their state is loaded; peers average no state
+    trusted = recipe.training.aggregation == "robust" and reducers is not None
+    state_sources = tuple(r for r in reducers if r != own) if trusted and reducers is not None else None
+    hivemind_class = type("_HivemindOptimizer", (_HivemindOptimizer,),
+                          {"admission": admission, "state_sources": state_sources})
     common: dict[str, Any] = dict(
         dht=dht,
         run_id=run_id,
@@ -1080,7 +1249,7 @@ def build_optimizer(
         grad_compression=settings.compression,
         state_averaging_compression=settings.compression,
         load_state_compression=NoCompression(),
-        average_state_every=settings.average_state_every,
+        average_state_every=NO_STATE_AVERAGING if trusted else settings.average_state_every,
         # alone, hivemind looks for peers' progress every 3 s; look at least twice per matchmaking
         # period so peers that start together agree on the epoch from the first one
         tracker_opts={
@@ -1097,7 +1266,7 @@ def build_optimizer(
     )
     try:
         if settings.mode == "sync":
-            hv = _HivemindOptimizer(
+            hv = hivemind_class(
                 params=params,
                 optimizer=torch_optimizer_factory(recipe.optimizer),
                 scheduler=partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=lr_at),
@@ -1116,7 +1285,7 @@ def build_optimizer(
             # the coordinator's averaging peer overlaps too: it then moves to the next epoch when a
             # round starts, as the volunteers do, so a volunteer an epoch behind sees that it is
             overlap = settings.overlap
-            hv = _HivemindOptimizer(
+            hv = hivemind_class(
                 params=anchors,
                 optimizer=outer,
                 offload_optimizer=overlap,
@@ -1136,6 +1305,10 @@ def build_optimizer(
         raise
     except Exception as exc:
         raise TrainingError(f"could not start the swarm optimizer: {exc}") from exc
+    if trusted and reducers is not None:
+        hv.tracker.leaders = frozenset(reducers)
+        if not auxiliary:
+            hv.state_averager.allow_state_sharing = False  # newcomers load the averaging peers' state only
     if isinstance(hv.grad_averager, _GradAverager):
         hv.grad_averager.epoch_of_round = lambda: hv.local_epoch  # a round closes the epoch it is begun in
         hv.grad_averager.round_timeout = settings.averaging_timeout

@@ -6,8 +6,11 @@
 Each round it sends the next attack of ``ESSAIM_TEST_ATTACKS`` in turn: ``scale`` multiplies its
 update by 1000, ``nan`` sends NaN, ``sign`` sends its update negated and x10, ``noise`` sends
 random noise of its update's norm, ``zero`` sends nothing of value while claiming 100x its samples
-as its weight. It trains honestly otherwise, so it stays in the swarm. Used by the tests and by
-``bench/adversary.py``.
+as its weight (``ESSAIM_TEST_HOLD_NAN_UNTIL=FILE``: ``sign`` instead of ``nan`` until FILE exists). It trains honestly otherwise, so it stays in the swarm. With
+``ESSAIM_TEST_FORGE_STATE=1`` it also offers newcomers a forged state: the job's last epoch far
+behind it (epoch 1,000,000, hivemind's download priority the highest of the swarm) and weights
+that are finite garbage. With ``ESSAIM_TEST_JOIN_WHEN=FILE`` it joins the swarm only once FILE exists
+(``waiting_trainer.py``). Used by the tests and by ``bench/adversary.py``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from essaim.swarm import optimizer
 
 def main() -> int:
     attacks = itertools.cycle([a.strip() for a in os.environ["ESSAIM_TEST_ATTACKS"].split(",") if a.strip()])
+    hold = os.environ.get("ESSAIM_TEST_HOLD_NAN_UNTIL")  # a file: until it exists, "nan" is held back
+    held: list[str] = []
     honest_load = optimizer.PseudoGradientAverager.load_accumulators_into_averager_
     honest_step = optimizer._GradAverager.step
     state = {"attack": ""}
@@ -29,7 +34,11 @@ def main() -> int:
     @torch.no_grad()
     def load(self: optimizer.PseudoGradientAverager) -> None:
         honest_load(self)
-        attack = state["attack"] = next(attacks)
+        attack = held.pop() if held else next(attacks)
+        if attack == "nan" and hold and not os.path.exists(hold):
+            held.append(attack)  # the NaN ends her own trainer: she stays a while with another attack
+            attack = "sign"
+        state["attack"] = attack
         with self.get_tensors() as sent:
             for t in sent:
                 if attack == "scale":
@@ -50,11 +59,41 @@ def main() -> int:
             weight = 100.0 * max(float(self.local_samples_accumulated), 1.0)
         return honest_step(self, weight=weight, **kwargs)
 
+    if os.environ.get("ESSAIM_TEST_FORGE_STATE") == "1":
+        forge_state()
+    if os.environ.get("ESSAIM_TEST_JOIN_WHEN"):
+        from waiting_trainer import join_when  # beside this file
+
+        join_when(os.environ["ESSAIM_TEST_JOIN_WHEN"])
     optimizer.PseudoGradientAverager.load_accumulators_into_averager_ = load  # type: ignore[method-assign]
     optimizer._GradAverager.step = step  # type: ignore[method-assign]
     from essaim.client.trainer import main as trainer_main
 
     return trainer_main(sys.argv[1:])
+
+
+FORGED_EPOCH = 1_000_000
+
+
+def forge_state() -> None:
+    honest_build = optimizer.build_optimizer
+    honest_state = optimizer._StateAverager.get_current_state
+
+    def build(*args: object, **kwargs: object) -> object:
+        built = honest_build(*args, **kwargs)  # type: ignore[arg-type]
+        averager = built.hv.state_averager
+        averager.allow_state_sharing = True  # a volunteer of a robust swarm offers none: she does
+        averager.state_sharing_priority = float(FORGED_EPOCH)
+        built.serve_state = lambda allow=True: None  # keep offering it
+        print("hostile trainer: offering a forged state", file=sys.stderr, flush=True)
+        return built
+
+    def forged(self: optimizer._StateAverager) -> object:
+        metadata, tensors, infos = honest_state(self)
+        return {**metadata, "epoch": FORGED_EPOCH}, [torch.full_like(t, 7.0) for t in tensors], infos
+
+    optimizer.build_optimizer = build  # type: ignore[assignment]
+    optimizer._StateAverager.get_current_state = forged  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":

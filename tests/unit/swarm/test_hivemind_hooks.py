@@ -26,6 +26,8 @@ HOOKS = [
     ("_Tracker", "hivemind.optim.progress_tracker.ProgressTracker", "_parse_swarm_progress_data"),
     ("_Tracker", "hivemind.optim.progress_tracker.ProgressTracker", "ready_to_update_epoch"),
     ("_StateAverager", "hivemind.optim.state_averager.TrainingStateAverager", "step"),
+    ("_StateAverager", "hivemind.optim.state_averager.TrainingStateAverager", "load_state_from_peers"),
+    ("_StateAverager", "hivemind.averaging.averager.DecentralizedAverager", "_load_state_from_peers"),
     ("_StateAverager", "hivemind.optim.state_averager.TrainingStateAverager", "_update_scheduler"),
     ("_StateAverager", "hivemind.optim.state_averager.TrainingStateAverager", "_apply_optimizer_parameters_"),
     ("_StateAverager", "hivemind.optim.state_averager.TrainingStateAverager", "get_current_state"),
@@ -63,6 +65,13 @@ ROUND_TAGS_USE = [
     ("hivemind.averaging.control.StepControl", "data_for_gather", "def data_for_gather"),
     ("hivemind.averaging.control.StepControl", "scheduled_time", "def scheduled_time"),
     ("hivemind.averaging.control.StepControl", "stage", "def stage"),
+    # _StateAverager._download_state dials a state source as hivemind's downloader does, and knows
+    # that a state loaded in full ends with _update_scheduler
+    ("hivemind.averaging.averager.DecentralizedAverager", "_load_state_from_peers",
+     "self.get_stub(self._p2p, peer, namespace=self.prefix)"),
+    ("hivemind.averaging.averager.DecentralizedAverager", "rpc_download_state",
+     "averaging_pb2.DownloadData(tensor_part=part, metadata=metadata)"),
+    ("hivemind.optim.state_averager.TrainingStateAverager", "load_state_from_peers", "self._update_scheduler()"),
 ]
 
 

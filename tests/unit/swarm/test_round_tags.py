@@ -54,9 +54,10 @@ class _Control:
         self.cancelled = True
 
 
-def _peer(*, client_mode: bool, full_peer_epoch: int) -> Any:
+def _peer(*, client_mode: bool, full_peer_epoch: int, follows_only: bool = False) -> Any:
     return SimpleNamespace(client_mode=client_mode, averaging_timeout=15.0, matchmaking_time=2.0,
-                           tracker=SimpleNamespace(full_peer_epoch=full_peer_epoch))
+                           tracker=SimpleNamespace(full_peer_epoch=full_peer_epoch),
+                           grad_averager=SimpleNamespace(follows_only=follows_only))
 
 
 @pytest.fixture
@@ -92,3 +93,33 @@ def test_a_round_in_its_group_or_of_a_full_peer_is_never_given_up(clock: list[fl
     client, running = _peer(client_mode=True, full_peer_epoch=9), _Control()
     running.stage = AveragingStage.RUNNING_ALLREDUCE  # it found its group
     assert _HivemindOptimizer._give_up_if_left_behind(client, running, 2) is False and not running.cancelled
+
+
+def test_a_full_volunteer_that_only_follows_gives_up_like_a_client(clock: list[float]) -> None:
+    """Under robust aggregation a volunteer that accepts connections still never leads (it follows
+    the averaging peers' groups): once they moved past its round's epoch, it stops looking too."""
+    peer, control = _peer(client_mode=False, full_peer_epoch=3, follows_only=True), _Control()
+    assert _HivemindOptimizer._give_up_if_left_behind(peer, control, 2) is True and control.cancelled
+
+
+def _record(key: Any, epoch: int, *, claims: Any = None) -> tuple[bytes, Any]:
+    from essaim.swarm.identity import peer_id_for_key
+    from essaim.swarm.records import owner_subkey
+    from hivemind.p2p import PeerID
+
+    claimed = peer_id_for_key(claims if claims is not None else key)
+    value = {"peer_id": PeerID.from_base58(claimed).to_bytes(), "epoch": epoch, "client_mode": False}
+    return owner_subkey(key), SimpleNamespace(value=value)
+
+
+def test_the_leaders_epoch_is_read_from_their_own_signed_records_only(tmp_path: Any) -> None:
+    """A volunteer gives up a round when the averaging peer's record says it moved on; a record
+    claiming the averaging peer's id under another key (a liar's) does not count."""
+    from essaim.swarm.identity import load_or_create_private_key, peer_id_for_key
+
+    leader, liar = (load_or_create_private_key(tmp_path / f"{n}.pem") for n in ("leader", "liar"))
+    tracker = object.__new__(optimizer._Tracker)
+    tracker.leaders = frozenset({peer_id_for_key(leader)})
+    found = tracker._records_by_owner(dict([_record(leader, 4), _record(liar, 9, claims=leader), _record(liar, 7)]))
+    assert [(owner, r["epoch"]) for owner, r in found] == [(peer_id_for_key(leader), 4), (peer_id_for_key(liar), 7)]
+    assert [r["epoch"] for owner, r in found if owner in tracker.leaders] == [4]
