@@ -219,10 +219,13 @@ class Trainer:
         if self.stop_requested.is_set():
             return self._stopped_early()
 
+        # a coordinator's job never loads a model, tokenizer or dataset from a path on the
+        # volunteer's disk; a local run (its own files: the demo, a benchmark) may
+        local_dirs = None if a.local_files or a.base_dir else ()
         loaded = load_model(recipe, files=files, device=a.device, allow_remote_code=a.allow_remote_code,
-                            seed=recipe.training.seed)
+                            seed=recipe.training.seed, local_dirs=local_dirs)
         _cap_vram(loaded.device, os.environ.get(ENV_MAX_VRAM_MB))
-        dataset = build_train_dataset(recipe, loaded.tokenizer, files=files)
+        dataset = build_train_dataset(recipe, loaded.tokenizer, files=files, local_dirs=local_dirs)
         shard_ids = shards_for_slots(list(a.shard_ids), dataset.num_shards)
         if self.stop_requested.is_set():
             return self._stopped_early()

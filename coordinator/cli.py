@@ -89,6 +89,12 @@ def serve(
     allow_remote_code: bool | None = typer.Option(
         None, "--allow-remote-code/--no-allow-remote-code", help="Accept trust_remote_code recipes."
     ),
+    max_researcher_priority: int | None = typer.Option(
+        None, "--max-researcher-priority", help="Highest priority a researcher may submit with (0)."
+    ),
+    model_dir: list[Path] = typer.Option(
+        [], "--allow-model-dir", help="A directory recipes may name models or datasets in (repeatable)."
+    ),
     open_registration: bool | None = typer.Option(
         None, "--open-registration/--closed-registration", help="Anyone may register as a volunteer."
     ),
@@ -119,6 +125,8 @@ def serve(
         heartbeat_timeout_s=heartbeat_timeout,
         require_approval=require_approval,
         allow_remote_code=allow_remote_code,
+        model_dirs=[d.resolve() for d in model_dir] or None,
+        max_researcher_priority=max_researcher_priority,
         open_registration=open_registration,
         public_pages=public_pages,
         max_message_bytes=max_message_bytes,

@@ -80,6 +80,8 @@ class ProcessSwarmGateway:
             ]
             if self.announce_host:
                 cmd += ["--announce-host", self.announce_host]
+            for directory in self.settings.model_dirs:
+                cmd += ["--model-dir", str(directory)]
             self._procs[job.id] = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
             )

@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -72,8 +73,9 @@ class JobRunner:
     """Runs the bootstrap peer, the monitor and the keeper of one job until it ends or is told to stop."""
 
     def __init__(self, *, job_id: str, data_dir: Path, store: Store, host: str = "127.0.0.1",
-                 announce_host: str | None = None) -> None:
+                 announce_host: str | None = None, model_dirs: Sequence[Path] = ()) -> None:
         self.job_id = job_id
+        self.model_dirs = tuple(model_dirs)  # where on this disk the recipe may name its model
         self.data_dir = data_dir
         self.store = store
         self.host = host
@@ -160,7 +162,7 @@ class JobRunner:
             _write_json(self.dir / RUNNER_FILE, {"pid": os.getpid(), "maddrs": [], "job_id": self.job_id})
             self._remember_dht(dht, maddrs)
             files = self._files(job)
-            loaded = load_model(recipe, files=files, seed=recipe.training.seed)
+            loaded = load_model(recipe, files=files, seed=recipe.training.seed, local_dirs=self.model_dirs)
             eval_set = load_eval_set(recipe, loaded.tokenizer, files=files)
             keeper = Keeper(recipe=recipe, loaded=loaded, optimizer=None, eval_set=eval_set, job_dir=self.dir)
             keeper.evaluate_before()  # the base model, before the averaging peer is in the swarm
@@ -566,13 +568,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db-url", required=True)
     parser.add_argument("--host", default="127.0.0.1", help="address the job's DHT peer listens on")
     parser.add_argument("--announce-host", default=None, help="address volunteers reach it at, if different")
+    parser.add_argument("--model-dir", type=Path, action="append", default=[],
+                        help="a directory the recipe may name its model in (the coordinator's --allow-model-dir)")
     parser.add_argument("--log-level", default=os.environ.get("ESSAIM_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     store = open_store(args.db_url)
     runner = JobRunner(job_id=args.job_id, data_dir=args.data_dir, store=store, host=args.host,
-                       announce_host=args.announce_host)
+                       announce_host=args.announce_host, model_dirs=args.model_dir)
 
     def on_signal(signum: int, _frame: Any) -> None:
         logger.info("signal %d: stopping the swarm services of job %s", signum, args.job_id)

@@ -34,13 +34,14 @@ from essaim.coordinator.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
 )
 from essaim.coordinator.heartbeats import HeartbeatBuffer
 from essaim.coordinator.keys import verify_registration
-from essaim.coordinator.settings import CoordinatorSettings
+from essaim.coordinator.settings import MAX_PRIORITY, CoordinatorSettings
 from essaim.coordinator.store import HeartbeatRecord
 from essaim.protocol.client import safe_relative_path
-from essaim.protocol.recipe import load_recipe
+from essaim.protocol.recipe import load_recipe, paths_named, under_allowed_dir
 from essaim.protocol.types import (
     FINAL_JOB_STATUSES,
     Assignment,
@@ -79,6 +80,11 @@ class SwarmGateway(Protocol):
     def initial_peers(self, job_id: str) -> list[str]: ...
     def issue_swarm_token(self, volunteer: Volunteer, job: Job) -> tuple[str, float]: ...
     def public_key(self) -> bytes: ...
+
+
+def check_priority(priority: int) -> None:
+    if not -MAX_PRIORITY <= int(priority) <= MAX_PRIORITY:
+        raise InvalidArgument(f"priority must be between -{MAX_PRIORITY} and {MAX_PRIORITY}; got {priority}")
 
 
 def _limit(value: int, default: int, cap: int) -> int:
@@ -300,6 +306,13 @@ class CoordinatorService:
     def submit_job(
         self, recipe_yaml: str, *, priority: int = 0, files: Sequence[JobFile] = (), principal: Principal
     ) -> Job:
+        check_priority(priority)
+        cap = self.settings.max_researcher_priority
+        if not principal.is_admin and priority > cap:
+            raise PermissionDenied(
+                f"priority {priority}: researchers may ask for at most {cap} on this coordinator; "
+                "submit with a lower one, or ask an admin to raise the job's priority"
+            )
         recipe = load_recipe(recipe_yaml, source="recipe")
         if recipe.model.trust_remote_code and not self.settings.allow_remote_code:
             raise InvalidArgument(
@@ -309,6 +322,15 @@ class CoordinatorService:
         checked = self._check_files(
             recipe.referenced_files(), [recipe.model.name_or_path, recipe.model.tokenizer], files
         )
+        for field, name in paths_named(recipe, [f.path for f in checked]):
+            if not under_allowed_dir(name, self.settings.model_dirs):
+                raise InvalidArgument(
+                    f"{field}: {name!r} names a path on the coordinator's disk, which a job may not load; "
+                    "ship the files with the job (`essaim job submit` uploads a directory the recipe names "
+                    "next to it) or name a hub id (org/name)"
+                    + ("" if not self.settings.model_dirs else
+                       f"; the admin allows paths under {', '.join(str(d) for d in self.settings.model_dirs)}")
+                )
         status = JobStatus.AWAITING_APPROVAL if self.settings.require_approval else JobStatus.QUEUED
         job = self.store.create_job(
             Job(
@@ -389,13 +411,26 @@ class CoordinatorService:
         return self._set_live(job)
 
     def set_job_priority(self, job_id: str, priority: int) -> Job:
+        check_priority(priority)
         return self.store.set_job_priority(job_id, priority)
 
     # ---- files ----
 
-    def record_upload(self, sha256: str, size: int) -> bool:
+    def record_upload(self, sha256: str, size: int, uploaded_by: str | None = None) -> bool:
         """Note a finished upload in the store; True when the store knew it already."""
-        return not self.store.add_blob(sha256, size)
+        return not self.store.add_blob(sha256, size, uploaded_by)
+
+    def check_upload_quota(self, principal: Principal | None, size: int) -> None:
+        """ResourceExhausted when ``size`` more bytes would take a researcher past its upload quota."""
+        quota = self.settings.upload_quota_bytes
+        if not quota or principal is None or principal.is_admin:
+            return
+        used = self.store.uploaded_bytes(principal.subject)
+        if used + size > quota:
+            raise ResourceExhausted(
+                f"this upload ({size} bytes) would take {principal.subject} to {used + size} bytes uploaded, "
+                f"over this coordinator's quota of {quota}; ask its admin to raise upload_quota_bytes"
+            )
 
     def download_sources(
         self, job_id: str, kind: FileKind, path: str, principal: Principal

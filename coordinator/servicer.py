@@ -264,7 +264,7 @@ class CoordinatorServicer:
             if first is None:
                 raise InvalidArgument("the upload carried no chunk; send at least one FileChunk")
             check_header(first)
-            await self._principal("UploadFile", context)
+            who = await self._principal("UploadFile", context)
             sha256, size = check_sha256(first.sha256), first.size
             blobs = self.service.blobs
             if size > blobs.max_bytes:
@@ -274,6 +274,7 @@ class CoordinatorServicer:
                 )
             if blobs.has(sha256) and await self._run(self.service.store.has_blob, sha256):
                 return serde.upload_result_to_proto(sha256, size, True)
+            await self._run(self.service.check_upload_quota, who, size)
             writer = await self._run(blobs.writer)
             chunk, done = first, False
             while chunk is not None:
@@ -283,6 +284,8 @@ class CoordinatorServicer:
                     raise InvalidArgument(
                         "upload chunks must share one sha256 and arrive in order; upload again"
                     )
+                if writer.size + len(chunk.data) > size:  # refused as it streams, not once it is on disk
+                    raise InvalidArgument(f"the upload sent more than the {size} bytes it declared; upload again")
                 await self._run(writer.write, chunk.data)
                 if chunk.last:
                     done = True
@@ -292,7 +295,7 @@ class CoordinatorServicer:
                 raise InvalidArgument("the upload ended before its last chunk; upload again")
             await self._run(writer.finish, sha256, size)
             writer = None
-            known = await self._run(self.service.record_upload, sha256, size)
+            known = await self._run(self.service.record_upload, sha256, size, who.subject if who else None)
             return serde.upload_result_to_proto(sha256, size, known)
         except Exception as exc:
             if writer is not None:

@@ -18,6 +18,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ADMIN_TOKEN_FILE = "admin-token"
 
+MAX_PRIORITY = 1000  # a job's priority is within +-MAX_PRIORITY (higher runs first)
+
 
 def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("essaim")) / "coordinator"
@@ -63,6 +65,16 @@ class CoordinatorSettings(BaseSettings):
     """Accept recipes with model.trust_remote_code: true (their model code runs on volunteers'
     machines). Researchers get "trust_remote_code is refused": turn on only if you vet jobs."""
 
+    max_researcher_priority: int = Field(default=0, ge=0, le=MAX_PRIORITY)
+    """The highest priority a researcher may ask for at submission (an admin sets any, up to
+    1000, then or later). 0: researchers' jobs queue in order; raise it to let them rank their own."""
+
+    model_dirs: list[Path] = Field(default_factory=list)
+    """Directories of the coordinator's disk that recipes may name, by absolute path, as their
+    model, tokenizer or dataset (for volunteers that see the same path: a cluster's shared disk).
+    Any other path is refused at submission ("names a path on the coordinator's disk"): add its
+    directory here only if you trust every researcher with its contents."""
+
     public_pages: bool = True
     """Serve the dashboard and JSON status to anyone; off keeps only /healthz and /metrics."""
 
@@ -73,6 +85,10 @@ class CoordinatorSettings(BaseSettings):
     max_upload_bytes: int = Field(default=50 * 1024**3, ge=0)
     """Largest file accepted by UploadFile. Uploads refused with "larger than the coordinator
     accepts": raise it, or serve the dataset from a hub instead."""
+
+    upload_quota_bytes: int = Field(default=200 * 1024**3, ge=0)
+    """Bytes each researcher may upload in all (files it uploaded first; admins have no quota; 0:
+    no quota). Researchers get "over this coordinator's quota": raise it, or clean up old jobs."""
 
     max_pending_rpcs: int = Field(default=10_000, ge=100)
     """Calls allowed to wait for the server's attention before gRPC cancels new ones. Volunteers

@@ -55,6 +55,7 @@ def translate_rpc_error(err: grpc.RpcError, address: str) -> EssaimError:
 
 
 CHUNK_BYTES = 1024 * 1024
+MAX_PATH_CHARS = 1024  # a job file's path, as the recipe names it
 
 
 def hash_file(path: Path) -> tuple[str, int]:
@@ -95,6 +96,8 @@ def safe_relative_path(path: str, *, what: str = "path") -> PurePosixPath:
     rel = PurePosixPath(path.replace("\\", "/"))
     if (
         not path
+        or len(path) > MAX_PATH_CHARS
+        or any(ord(c) < 32 or ord(c) == 127 for c in path)  # NUL, newlines, escapes: no file is named so
         or rel.is_absolute()
         or ".." in rel.parts
         or (rel.parts and ":" in rel.parts[0])

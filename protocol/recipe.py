@@ -13,8 +13,9 @@ Used by the coordinator (SubmitJob), the CLI (``essaim job init | validate``) an
 
 from __future__ import annotations
 
-import math
 import re
+import reprlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,14 +24,18 @@ from essaim.protocol.errors import RecipeError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MAX_RECIPE_BYTES = 256 * 1024
+MAX_YAML_DEPTH = 16  # a recipe is sections of fields: a few levels deep at most
+MAX_YAML_NODES = 20_000  # scalars, lists and mappings together
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 
 PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    # every float finite: `alpha: .inf` or `lr: .nan` would reach every volunteer's optimizer
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True, allow_inf_nan=False)
 
 
 class ModelSpec(_Section):
@@ -69,7 +74,7 @@ class AdapterSpec(_Section):
 
     type: Literal["lora", "full"] = "lora"
     r: int = Field(default=8, ge=1, le=1024)
-    alpha: float = Field(default=16.0, gt=0)
+    alpha: float = Field(default=16.0, gt=0, le=1e6)
     dropout: Fraction = 0.05
     target_modules: list[str] | None = Field(
         default=None, description="module names to adapt; None lets PEFT pick for known architectures"
@@ -82,8 +87,8 @@ class OptimizerSpec(_Section):
     weight_decay: float = Field(default=0.0, ge=0, le=1)
     betas: tuple[float, float] = (0.9, 0.999)
     schedule: Literal["constant", "linear", "cosine"] = "constant"
-    warmup_epochs: int = Field(default=0, ge=0)
-    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    warmup_epochs: int = Field(default=0, ge=0, le=1_000_000)
+    max_grad_norm: float | None = Field(default=1.0, gt=0, le=1e6)
 
     @field_validator("betas")
     @classmethod
@@ -128,8 +133,8 @@ class TrainingSpec(_Section):
     compression: Literal["none", "fp16", "8bit"] = "fp16"
     matchmaking_time: float = Field(default=5.0, gt=0, le=600, description="seconds to gather peers")
     averaging_timeout: float = Field(default=60.0, gt=0, le=3600)
-    checkpoint_every_epochs: int = Field(default=1, ge=1)
-    seed: int = 0
+    checkpoint_every_epochs: int = Field(default=1, ge=1, le=1_000_000)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1, description="torch and data order seed (32 bits)")
 
 
 class EvalSpec(_Section):
@@ -180,9 +185,8 @@ class Recipe(_Section):
     def _batch_fits(self) -> Recipe:
         if self.training.batch_size > self.training.target_batch_size:
             raise ValueError("training.batch_size is larger than training.target_batch_size")
-        for value in (self.optimizer.lr, self.training.outer_lr):
-            if not math.isfinite(value):
-                raise ValueError("learning rates must be finite numbers")
+        if self.optimizer.warmup_epochs > self.training.epochs:
+            raise ValueError("optimizer.warmup_epochs is longer than training.epochs")
         return self
 
     def referenced_files(self) -> list[str]:
@@ -191,6 +195,60 @@ class Recipe(_Section):
         for path in [*self.dataset.files, *(self.eval.files if self.eval else [])]:
             seen.setdefault(path, None)
         return list(seen)
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether ``name`` reads as a model or dataset hub id (``name`` or ``org/name``), not a path."""
+    return bool(_HUB_ID_RE.match(name)) and ".." not in name
+
+
+def named_sources(recipe: Recipe) -> list[tuple[str, str]]:
+    """(field, name) of each model, tokenizer and dataset the recipe loads by name (not as files)."""
+    named = [("model.name_or_path", recipe.model.name_or_path)]
+    if recipe.model.tokenizer:
+        named.append(("model.tokenizer", recipe.model.tokenizer))
+    if recipe.dataset.hub_name:
+        named.append(("dataset.hub_name", recipe.dataset.hub_name))
+    return named
+
+
+def paths_named(recipe: Recipe, shipped: Iterable[str]) -> list[tuple[str, str]]:
+    """(field, name) of each source the recipe names that is neither a directory the job ships (the
+    parent of a shipped file) nor a hub id: a path on some machine's disk, which a coordinator
+    accepts only under a directory its admin allows (``--allow-model-dir``)."""
+    shipped = list(shipped)
+    out = []
+    for field, name in named_sources(recipe):
+        prefix = name.rstrip("/") + "/"
+        if field != "dataset.hub_name" and any(path.startswith(prefix) for path in shipped):
+            continue
+        if not is_hub_id(name):
+            out.append((field, name))
+    return out
+
+
+def under_allowed_dir(name: str, allowed: Iterable[str | Path]) -> bool:
+    """Whether ``name`` is an absolute path inside one of the ``allowed`` directories (links resolved)."""
+    path = Path(name)
+    if not path.is_absolute():
+        return False
+    resolved = path.resolve()
+    return any(resolved.is_relative_to(Path(d).resolve()) for d in allowed)
+
+
+def refuse_local_source(field: str, name: str, allowed: Iterable[str | Path] | None) -> str | None:
+    """Why this machine must not load ``name`` (a recipe's model, tokenizer or dataset) from its own
+    disk, or None. ``allowed`` None: any local path may be loaded (a library user's own recipe);
+    otherwise only paths inside the ``allowed`` directories: a job's recipe comes from someone else,
+    and transformers and datasets load a folder of that name, relative or absolute, before the hub."""
+    if allowed is None or not Path(name).expanduser().exists():
+        return None
+    allowed = list(allowed)
+    if under_allowed_dir(str(Path(name).expanduser()), allowed):
+        return None
+    return (f"{field} {name!r} names a path on this machine, which a job may not load"
+            f"{'' if not allowed else ' outside ' + ', '.join(str(d) for d in allowed)}; "
+            "ship the files with the job or name a hub id")
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:
@@ -205,9 +263,59 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return out or "(recipe)"
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxlong, _SHORT.maxother = 2, 50, 40, 50
+_SHORT.maxdict = _SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxset = 3
+
+
 def _describe(value: Any) -> str:
-    text = repr(value)
+    """A short view of a value the recipe gave: bounded however large the input (never its full repr)."""
+    text = _SHORT.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, bounded: no aliases (a recipe needs none, and a few hundred bytes of
+    nested aliases expand to gigabytes), at most ``MAX_YAML_DEPTH`` levels and ``MAX_YAML_NODES``
+    nodes, and no key given twice in a mapping (PyYAML keeps the last, which a reviewer reading
+    the first would not expect)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a recipe",
+                                              event.start_mark)
+        self._nodes += 1
+        if self._nodes > MAX_YAML_NODES:
+            raise yaml.composer.ComposerError(None, None, f"more than {MAX_YAML_NODES} values",
+                                              self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_YAML_DEPTH} levels deep",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the safe loader refuses it below
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {_describe(key)} is given twice",
+                                                        key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
 
 def explain(error: ValidationError) -> list[str]:
@@ -248,7 +356,7 @@ def load_recipe(text: str | bytes, *, source: str = "recipe") -> Recipe:
     if len(text.encode("utf-8", "surrogatepass")) > MAX_RECIPE_BYTES:
         raise RecipeError([f"(recipe): larger than {MAX_RECIPE_BYTES} bytes"], source=source)
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_RecipeLoader)  # a safe loader, bounded
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

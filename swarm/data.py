@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from essaim.protocol.recipe import Recipe
+from essaim.protocol.recipe import Recipe, refuse_local_source
 from essaim.swarm.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -94,7 +94,9 @@ def detect_format(path: str, declared: str = "auto") -> str:
 def _local_paths(paths: Sequence[str], files: Mapping[str, Path] | None) -> list[str]:
     out = []
     for path in paths:
-        local = Path(files[path]) if files and path in files else Path(path)
+        if files is not None and path not in files:  # a job's data are its files, never this machine's
+            raise DataError(f"data file {path!r} is not in the job's files; check the recipe's file list")
+        local = Path(files[path]) if files is not None else Path(path)
         if not local.is_file():
             where = "the job's files" if files else "this directory"
             raise DataError(f"data file {path!r} is not in {where}; check the recipe's file list")
@@ -170,8 +172,9 @@ def tokenize_and_pack(texts: Sequence[str], tokenizer: Any, sequence_length: int
 
 
 def build_train_dataset(recipe: Recipe, tokenizer: Any, *, files: Mapping[str, Path] | None = None,
-                        cache_dir: Path | None = None) -> PackedDataset:
-    """The job's training data, packed and sharded as every peer of the job sees it."""
+                        cache_dir: Path | None = None, local_dirs: Sequence[Path] | None = None) -> PackedDataset:
+    """The job's training data, packed and sharded as every peer of the job sees it. ``local_dirs``:
+    where on this machine a ``dataset.hub_name`` that is a path may be (None: anywhere)."""
     import datasets
 
     spec = recipe.dataset
@@ -182,6 +185,9 @@ def build_train_dataset(recipe: Recipe, tokenizer: Any, *, files: Mapping[str, P
         what = f"dataset {spec.files[0]}"
     else:
         assert spec.hub_name is not None
+        refused = refuse_local_source("dataset.hub_name", spec.hub_name, local_dirs)
+        if refused is not None:
+            raise DataError(refused)
         try:
             with _quiet_datasets():
                 table = datasets.load_dataset(spec.hub_name, spec.hub_config, split=spec.split,

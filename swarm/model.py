@@ -17,13 +17,13 @@ import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
-from essaim.protocol.recipe import Recipe
+from essaim.protocol.recipe import Recipe, refuse_local_source
 from essaim.swarm.errors import ModelError
 from essaim.swarm.hardware import dtype_name, pick_device, pick_dtype
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
@@ -93,8 +93,10 @@ def files_under(files: Mapping[str, Path] | None, directory: str) -> dict[str, P
 
 
 @contextlib.contextmanager
-def _materialized(name_or_path: str, files: Mapping[str, Path] | None) -> Iterator[tuple[str, bool]]:
-    """Yield ``(source, is_local)``: a directory to load from, or the hub id itself."""
+def _materialized(name_or_path: str, files: Mapping[str, Path] | None, *, field: str = "model.name_or_path",
+                  local_dirs: Sequence[Path] | None = None) -> Iterator[tuple[str, bool]]:
+    """Yield ``(source, is_local)``: a directory to load from, or the hub id itself. A name that is a
+    path on this machine is refused unless it is inside ``local_dirs`` (None: any path)."""
     shipped = files_under(files, name_or_path)
     if shipped:
         with tempfile.TemporaryDirectory(prefix="essaim-model-") as tmp:
@@ -109,6 +111,9 @@ def _materialized(name_or_path: str, files: Mapping[str, Path] | None) -> Iterat
                     target.write_bytes(Path(local).read_bytes())
             yield tmp, True
         return
+    refused = refuse_local_source(field, name_or_path, local_dirs)
+    if refused is not None:
+        raise ModelError(refused)
     if Path(name_or_path).expanduser().is_dir():
         yield str(Path(name_or_path).expanduser()), True
         return
@@ -161,12 +166,15 @@ def load_model(
     device: str | None = None,
     allow_remote_code: bool = False,
     seed: int | None = None,
+    local_dirs: Sequence[Path] | None = None,
 ) -> LoadedModel:
     """Build the recipe's model and adapter on ``device`` (picked for this machine when None).
 
     ``seed`` (default: ``recipe.training.seed``) seeds torch before the adapter is created, so
     every peer of a job gets the same LoRA init. Remote code runs only when the recipe asks for it
-    *and* ``allow_remote_code`` is set. Raises ModelError with the reason and a fix.
+    *and* ``allow_remote_code`` is set. ``local_dirs``: where on this machine a model or tokenizer
+    the recipe names by path may be (None: anywhere; a volunteer's trainer passes none at all).
+    Raises ModelError with the reason and a fix.
     """
     spec = recipe.model
     device = pick_device(device)
@@ -176,7 +184,7 @@ def load_model(
         logger.warning("recipe asks for remote code but it is not allowed here; loading without it")
     tokenizer_name = spec.tokenizer or spec.name_or_path
 
-    with _materialized(spec.name_or_path, files) as (source, local), quiet_progress():
+    with _materialized(spec.name_or_path, files, local_dirs=local_dirs) as (source, local), quiet_progress():
         try:
             model: Any = AutoModelForCausalLM.from_pretrained(
                 source, dtype=dtype, trust_remote_code=trust, **({} if local else {"revision": spec.revision})
@@ -189,7 +197,7 @@ def load_model(
             except (OSError, ValueError, KeyError) as exc:
                 raise _wrap_load_error("tokenizer", tokenizer_name, exc, local=local) from None
     if spec.tokenizer is not None:
-        with _materialized(spec.tokenizer, files) as (source, local):
+        with _materialized(spec.tokenizer, files, field="model.tokenizer", local_dirs=local_dirs) as (source, local):
             try:
                 tokenizer = _load_tokenizer(source, revision=None if local else spec.revision, trust=trust)
             except (OSError, ValueError, KeyError) as exc:

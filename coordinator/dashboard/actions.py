@@ -80,8 +80,6 @@ class AdminActions:
                 gateway.stop_job(job_id)
 
     def set_priority(self, job_id: str, priority: int, *, admin: str) -> Job:
-        if not -1000 <= int(priority) <= 1000:
-            raise InvalidArgument(f"priority must be between -1000 and 1000; got {priority}")
         job = self.service.set_job_priority(job_id, int(priority))
         log.info("%s on the dashboard: job %s priority %d", admin, job_id, priority)
         return job

@@ -157,8 +157,9 @@ class JobsMixin(StoreBase):
             ).rowcount:
                 raise _no_job(job_id)
 
-    def add_blob(self, sha256: str, size: int) -> bool:
-        """Record an uploaded file by content hash; False when it was already recorded."""
+    def add_blob(self, sha256: str, size: int, uploaded_by: str | None = None) -> bool:
+        """Record an uploaded file by content hash (and who uploaded it first); False when it was
+        already recorded."""
         check_sha256(sha256)
         if size < 0:
             raise InvalidArgument(f"a file size cannot be negative (got {size})")
@@ -166,10 +167,16 @@ class JobsMixin(StoreBase):
             return bool(
                 conn.execute(
                     self._insert(blobs)
-                    .values(sha256=sha256, size=int(size), created_at=now())
+                    .values(sha256=sha256, size=int(size), created_at=now(), uploaded_by=uploaded_by)
                     .on_conflict_do_nothing(index_elements=["sha256"])
                 ).rowcount
             )
+
+    def uploaded_bytes(self, uploaded_by: str) -> int:
+        """The bytes of the files ``uploaded_by`` uploaded first (what counts against its quota)."""
+        with self._read() as conn:
+            total = conn.execute(sa.select(sa.func.sum(blobs.c.size)).where(blobs.c.uploaded_by == uploaded_by)).scalar()
+        return int(total or 0)
 
     def has_blob(self, sha256: str) -> bool:
         with self._read() as conn:

@@ -121,6 +121,7 @@ blobs = sa.Table(
     sa.Column("sha256", sa.String(64), primary_key=True),
     sa.Column("size", sa.BigInteger(), nullable=False),
     sa.Column("created_at", sa.Float(), nullable=False),
+    sa.Column("uploaded_by", sa.String(200), nullable=True, index=True),  # a token's subject; NULL before 0003
 )
 
 settings = sa.Table(

@@ -77,8 +77,9 @@ def _cli(launcher: Any, tmp: Path, **env: str) -> Cli:
 
 @pytest.fixture(scope="module")
 def coordinator(module_launcher: Any, tmp_path_factory: pytest.TempPathFactory) -> Cli:
-    """A coordinator with default settings (jobs are queued at once)."""
-    return _cli(module_launcher, tmp_path_factory.mktemp("cli-coordinator"))
+    """A coordinator with default settings (jobs are queued at once), where researchers may ask
+    for a priority up to 3."""
+    return _cli(module_launcher, tmp_path_factory.mktemp("cli-coordinator"), ESSAIM_COORDINATOR_MAX_RESEARCHER_PRIORITY="3")
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture(scope="module")
 def coord(module_launcher, tmp_path_factory):
-    return module_launcher(tmp_path_factory.mktemp("jobs"), "--require-approval")
+    return module_launcher(tmp_path_factory.mktemp("jobs"), "--require-approval", "--max-researcher-priority", "2")
 
 
 def test_submit_approve_list_get_cancel(coord, kit) -> None:

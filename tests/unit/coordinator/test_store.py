@@ -266,6 +266,11 @@ class TestStore:
         with pytest.raises(InvalidArgument):
             store.add_blob("not-a-hash", 1)
 
+    def test_uploaded_bytes_count_the_files_each_uploader_brought_first(self, store: Store) -> None:
+        assert store.add_blob(SHA_A, 5, "alice") and store.add_blob(SHA_B, 7, "alice")
+        assert store.add_blob(SHA_B, 7, "bob") is False  # already there: alice brought it
+        assert store.uploaded_bytes("alice") == 12 and store.uploaded_bytes("bob") == 0
+
     def test_ledger_append_read_verify(self, store: Store) -> None:
         a = store.upsert_volunteer(volunteer(1))
         b = store.upsert_volunteer(volunteer(2))
@@ -420,7 +425,7 @@ class TestStore:
             with engine.connect() as conn:
                 context = MigrationContext.configure(conn, opts={"compare_type": True})
                 head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-                assert head == "0002" and context.get_current_revision() == head
+                assert head == "0003" and context.get_current_revision() == head
                 assert compare_metadata(context, metadata) == []
         finally:
             engine.dispose()

@@ -13,8 +13,11 @@ from essaim.protocol.recipe import (
     Recipe,
     dump_recipe,
     example_recipe_text,
+    is_hub_id,
     load_recipe,
     parse_recipe,
+    paths_named,
+    refuse_local_source,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -106,6 +109,109 @@ def test_oversized_and_binary_input_are_refused() -> None:
         load_recipe(b"#" * (MAX_RECIPE_BYTES + 1))
     with pytest.raises(RecipeError, match="not UTF-8"):
         load_recipe(b"name: \xff\xfe")
+
+
+def alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """A few hundred bytes of nested YAML aliases that expand to width**levels strings."""
+    lines = [f"a0: &a0 [{', '.join(['x'] * width)}]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * width)}]" for i in range(1, levels + 1)]
+    return "\n".join([*lines, f"name: *a{levels}", "model: {name_or_path: gpt2}", "dataset: {hub_name: w}", ""])
+
+
+def test_an_alias_bomb_is_refused_before_it_expands() -> None:
+    import time
+    import tracemalloc
+
+    bomb = alias_bomb()
+    assert len(bomb) < 1000  # 9**10 strings once expanded
+    tracemalloc.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(RecipeError, match="aliases") as info:
+            load_recipe(bomb)
+        took = time.monotonic() - started
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert took < 1.0 and peak < 5 * 1024**2, (took, peak)
+    assert len(str(info.value)) < 500  # the message quotes no expanded input
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("name: a\nname: b\n", "the key 'name' is given twice"),
+        ("training: {seed: 1, seed: 2}\n", "the key 'seed' is given twice"),
+        ("name: " + "[" * 40 + "]" * 40 + "\n", "nested more than"),
+        ("name: [" + ", ".join(["1"] * 30_000) + "]\n", "more than 20000 values"),
+    ],
+)
+def test_yaml_beyond_what_a_recipe_needs_is_refused(text: str, needle: str) -> None:
+    with pytest.raises(RecipeError, match=needle):
+        load_recipe(text)
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "field"),
+    [
+        ("adapter", {"alpha": float("inf")}, "adapter.alpha"),
+        ("optimizer", {"lr": float("nan")}, "optimizer.lr"),
+        ("training", {"outer_lr": float("inf")}, "training.outer_lr"),
+        ("training", {"seed": 10**24}, "training.seed"),
+        ("training", {"seed": -1}, "training.seed"),
+        ("optimizer", {"warmup_epochs": 10**21}, "optimizer.warmup_epochs"),
+        ("training", {"checkpoint_every_epochs": 10**21}, "training.checkpoint_every_epochs"),
+        ("optimizer", {"max_grad_norm": float("inf")}, "optimizer.max_grad_norm"),
+        ("hardware", {"min_ram_gb": float("nan")}, "hardware.min_ram_gb"),
+    ],
+)
+def test_every_number_is_finite_and_bounded(section: str, values: dict[str, Any], field: str) -> None:
+    data = copy.deepcopy(EXAMPLE)
+    data[section] = {**data.get(section, {}), **values}
+    assert any(p.startswith(field) for p in _errors(data)), _errors(data)
+
+
+def test_warmup_longer_than_the_job_is_refused() -> None:
+    data = copy.deepcopy(EXAMPLE)
+    data["optimizer"] = {**data["optimizer"], "warmup_epochs": data["training"]["epochs"] + 1}
+    assert any("warmup_epochs is longer" in p for p in _errors(data))
+
+
+def test_a_huge_value_is_quoted_short() -> None:
+    data = copy.deepcopy(EXAMPLE)
+    data["name"] = [list(range(1000))] * 1000
+    problems = _errors(data)
+    assert all(len(p) < 200 for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("name", "hub"),
+    [("gpt2", True), ("org/model-1.5", True), ("models/tiny", True), ("/etc", False), ("../up", False),
+     ("~/models", False), ("a/b/c", False), ("./model", False), ("C:\\models", False), ("org/..", False)],
+)
+def test_hub_ids_and_paths(name: str, hub: bool) -> None:
+    assert is_hub_id(name) is hub
+
+
+def test_paths_named_are_those_neither_shipped_nor_hub_ids() -> None:
+    recipe = parse_recipe({**copy.deepcopy(EXAMPLE), "model": {"name_or_path": "/srv/models/x", "tokenizer": "gpt2"}})
+    assert paths_named(recipe, []) == [("model.name_or_path", "/srv/models/x")]
+    shipped = parse_recipe({**copy.deepcopy(EXAMPLE), "model": {"name_or_path": "my model/v1"}})
+    assert paths_named(shipped, ["my model/v1/config.json"]) == []
+    assert paths_named(shipped, []) == [("model.name_or_path", "my model/v1")]
+
+
+def test_a_local_source_is_refused_outside_the_allowed_directories(tmp_path: Any) -> None:
+    allowed, other = tmp_path / "allowed", tmp_path / "other"
+    (allowed / "m").mkdir(parents=True)
+    other.mkdir()
+    assert refuse_local_source("model.name_or_path", str(other), None) is None  # a library user's own
+    assert refuse_local_source("model.name_or_path", str(allowed / "m"), [allowed]) is None
+    assert "names a path on this machine" in refuse_local_source("model.name_or_path", str(other), [allowed])
+    assert "names a path on this machine" in refuse_local_source("model.name_or_path", str(other), [])
+    (allowed / "link").symlink_to(other)  # a link out of the allowed directory does not count
+    assert refuse_local_source("model.name_or_path", str(allowed / "link"), [allowed]) is not None
+    assert refuse_local_source("model.name_or_path", "org/not-here", []) is None  # a hub id, not a path here
 
 
 def test_not_a_mapping() -> None:
