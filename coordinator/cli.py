@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 import typer
-from essaim.coordinator.errors import ConfigError, EssaimError, NotFound
+from essaim.coordinator.errors import ConfigError, EssaimError, InvalidArgument, NotFound
 from essaim.protocol.types import Role
 
 if TYPE_CHECKING:
@@ -171,37 +171,55 @@ def token_create(
 def ledger_verify(
     data_dir: Path | None = DATA_DIR,
     db_url: str | None = DB_URL,
+    head: Path | None = typer.Option(
+        None, "--head", help="A signed head saved earlier (GET /api/v1/ledger/head, or a job's provenance.json): "
+        "also find rows cut off the end or a rewritten chain."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Check the hash chain of the contributions ledger (exit 1 at the first broken row)."""
-    if db_url is None:
-        settings = make_settings(data_dir=data_dir, db_url=None)
-        if not settings.db_url and not (settings.data_dir / "coordinator.db").exists():
-            raise NotFound(
-                f"no coordinator store in {settings.data_dir}; pass the coordinator's --data-dir or --db-url"
-            )
+    from essaim.coordinator.store.ledger import head_signature_ok
+    from essaim.coordinator.swarm_keys import SWARM_KEY, load_or_create_swarm_key, public_key_der
+
+    settings = make_settings(data_dir=data_dir, db_url=db_url)
+    if db_url is None and not settings.db_url and not (settings.data_dir / "coordinator.db").exists():
+        raise NotFound(f"no coordinator store in {settings.data_dir}; pass the coordinator's --data-dir or --db-url")
+    signed = None
+    if head is not None:
+        signed = _read_signed_head(head)
+        key_path = settings.data_dir / SWARM_KEY
+        if not key_path.exists():
+            raise NotFound(f"no swarm key in {settings.data_dir} to check the head's signature with; pass the "
+                           "coordinator's --data-dir")
+        if not head_signature_ok(signed, public_key_der(load_or_create_swarm_key(key_path))):
+            raise InvalidArgument(f"{head}: the head's signature is not this coordinator's (a forged or foreign head)")
     store = _open_store(data_dir, db_url)
     try:
-        result = store.verify_ledger()
+        result = store.verify_ledger(signed)
     finally:
         store.close()
     if as_json:
-        typer.echo(
-            json.dumps(
-                {
-                    "ok": result.ok,
-                    "checked": result.checked,
-                    "first_bad_seq": result.first_bad_seq,
-                    "message": result.message,
-                }
-            )
-        )
+        typer.echo(json.dumps({"ok": result.ok, "checked": result.checked, "first_bad_seq": result.first_bad_seq,
+                               "message": result.message}))
     elif result.ok:
-        typer.echo(f"ledger ok: {result.checked} row(s) verified")
+        typer.echo(f"ledger ok: {result.checked} row(s) verified" + (f" against the head of row {signed.seq}"
+                                                                       if signed is not None else ""))
     else:
         typer.echo(f"ledger BROKEN at seq {result.first_bad_seq}: {result.message}", err=True)
     if not result.ok:
         raise typer.Exit(1)
+
+
+def _read_signed_head(path: Path) -> Any:
+    """A signed head from its file: the head itself, or a provenance.json holding one."""
+    from essaim.coordinator.store.ledger import SignedHead
+
+    try:
+        data = json.loads(path.read_text())
+        return SignedHead.from_dict(data.get("ledger_head") or {} if "ledger_head" in data else data)
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read {path}: {exc.strerror}") from None
+    except (ValueError, AttributeError) as exc:
+        raise InvalidArgument(f"{path} holds no signed ledger head: {exc}") from None
 
 
 def _click_classes(name: str) -> tuple[type[BaseException], ...]:

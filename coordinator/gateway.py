@@ -26,13 +26,17 @@ import time
 import psutil
 from essaim.coordinator.errors import Unavailable
 from essaim.coordinator.settings import CoordinatorSettings
-from essaim.coordinator.swarm_keys import issue_swarm_token, load_or_create_swarm_key, public_key_der
+from essaim.coordinator.swarm_keys import (
+    SWARM_KEY,
+    issue_swarm_token,
+    load_or_create_swarm_key,
+    public_key_der,
+)
 from essaim.protocol.types import Job, Volunteer
 
 logger = logging.getLogger(__name__)
 
 RUNNER_FILE = "runner.json"  # essaim.coordinator.jobrunner.RUNNER_FILE (not imported: it pulls the store in)
-SWARM_KEY = "swarm-key.pem"
 PEERS_WAIT_S = 3.0
 STOP_WAIT_S = 20.0
 

@@ -49,7 +49,6 @@ RUNNER_FILE = "runner.json"
 DHT_FILE = "dht.json"  # the bootstrap peer's port and the peers it knew, for a restarted runner
 REMEMBER_PEERS_S = 15.0
 MAX_REMEMBERED_PEERS = 32
-SWARM_KEY = "swarm-key.pem"
 TOKEN_TTL_S = 3600.0
 POLL_S = 2.0
 REVOKED_FILE = "revoked.json"
@@ -102,7 +101,7 @@ class JobRunner:
         return {f.path: blobs / f.sha256 for f in job.files}
 
     def _token_refresher(self, key: Any, volunteer_der: bytes) -> Path:
-        from essaim.coordinator.swarm_keys import issue_swarm_token, load_or_create_swarm_key
+        from essaim.coordinator.swarm_keys import SWARM_KEY, issue_swarm_token, load_or_create_swarm_key
 
         coordinator_key = load_or_create_swarm_key(self.data_dir / SWARM_KEY)
         path = self.dir / "swarm_token"
@@ -124,7 +123,7 @@ class JobRunner:
     def run(self) -> int:
         from essaim.coordinator.averaging import AveragingLoop
         from essaim.coordinator.keeper import Keeper
-        from essaim.coordinator.swarm_keys import load_or_create_swarm_key, public_key_der
+        from essaim.coordinator.swarm_keys import SWARM_KEY, load_or_create_swarm_key, public_key_der
         from essaim.swarm.admission import keep_membership
         from essaim.swarm.auth import SwarmAuthorizer, token_file_refresher
         from essaim.swarm.data import load_eval_set
@@ -496,6 +495,7 @@ class JobRunner:
         return metrics
 
     def _complete(self, recipe: Recipe, keeper: Any, metrics: JobMetrics) -> None:
+        from essaim.coordinator.store.ledger import GENESIS_HASH, sign_head
         from essaim.protocol.version import __version__
         from essaim.swarm.artifact import (
             Contributor,
@@ -511,6 +511,7 @@ class JobRunner:
         curve = [EvalPoint(epoch=int(p["epoch"]), value=float(p["value"])) for p in sorted(
             record.curve, key=lambda p: p["epoch"])]
         head = self.store.ledger_head()
+        signer = getattr(self, "_coordinator_key", None)  # set once the runner's swarm services run
         provenance = Provenance(
             job_id=job.id,
             base_model=recipe.model.name_or_path,
@@ -527,6 +528,8 @@ class JobRunner:
                           for c in self.store.contributions(job_id=job.id)],
             aggregation=self._aggregation_summary(recipe),
             ledger_final_hash=head.hash if head else "",
+            ledger_head=sign_head(signer, head.seq if head else 0, head.hash if head else GENESIS_HASH,
+                                  time.time()).to_dict() if signer is not None else None,
             started_at=job.created_at,
             finished_at=time.time(),
         )

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from essaim.coordinator.errors import InvalidArgument
 
+SWARM_KEY = "swarm-key.pem"  # in the coordinator's data dir
 TOKEN_PREFIX = "essaim-swarm-v1."
 _SIGNED_PREFIX = b"essaim-swarm-token-v1"
 _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.MAX_LENGTH)

@@ -95,6 +95,9 @@ class Provenance(_Record):
     contributors: list[Contributor] = Field(default_factory=list)
     aggregation: AggregationSummary | None = None
     ledger_final_hash: str = ""
+    # the ledger's head when the job completed, signed by the coordinator (essaim.coordinator.store.ledger):
+    # `essaim coordinator ledger verify --head provenance.json` checks a later ledger against it
+    ledger_head: dict[str, Any] | None = None
     started_at: float = 0.0
     finished_at: float = 0.0
 

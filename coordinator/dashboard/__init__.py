@@ -51,7 +51,10 @@ class Dashboard:
     """The parts of one registered dashboard (kept on ``app.state.dashboard`` for tests and tools)."""
 
     def __init__(self, *, service: Any, settings: Any) -> None:
-        self.queries = DashboardQueries(service.store, Path(settings.artifacts_dir))
+        from essaim.coordinator.swarm_keys import SWARM_KEY, load_or_create_swarm_key
+
+        signer = load_or_create_swarm_key(Path(settings.data_dir) / SWARM_KEY)
+        self.queries = DashboardQueries(service.store, Path(settings.artifacts_dir), signer=signer)
         self.sessions = SessionStore()
         self.access = Access(service=service, settings=settings, sessions=self.sessions)
         self.actions = AdminActions(service)

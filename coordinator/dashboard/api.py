@@ -40,6 +40,7 @@ from essaim.coordinator.dashboard.schemas import (
     PriorityIn,
     ProgressOut,
     ReasonIn,
+    SignedHeadOut,
     SwarmPeerList,
     VolunteerList,
     VolunteerOut,
@@ -188,6 +189,13 @@ def build_api_router(
     @router.get("/ledger/verify", response_model=LedgerVerificationOut, summary="Re-check the ledger's hash chain")
     def verify(_: Viewer = Depends(access.reader)) -> LedgerVerificationOut:
         return call(queries.verify_ledger)
+
+    @router.get("/ledger/head", response_model=SignedHeadOut, summary="The ledger's head, signed by the coordinator")
+    def head(_: Viewer = Depends(access.reader)) -> SignedHeadOut:
+        signed = call(queries.signed_head)
+        if signed is None:
+            raise HTTPException(status_code=404, detail="this coordinator signs no ledger head (it has no swarm key)")
+        return signed
 
     # ---- admin ----
 

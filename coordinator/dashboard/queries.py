@@ -27,11 +27,13 @@ from essaim.coordinator.dashboard.schemas import (
     LedgerVerificationOut,
     ProgressOut,
     ProgressPoint,
+    SignedHeadOut,
     SwarmPeerOut,
     TeamOut,
     VolunteerOut,
 )
 from essaim.coordinator.store import SwarmPeer
+from essaim.coordinator.store.ledger import GENESIS_HASH, sign_head
 from essaim.protocol.errors import NotFound, RecipeError
 from essaim.protocol.recipe import Recipe, load_recipe
 from essaim.protocol.types import Job, JobStatus, LedgerEntry, Volunteer, VolunteerStatus
@@ -128,8 +130,10 @@ def eta_seconds(job: Job, recipe: Recipe | None) -> float:
 class DashboardQueries:
     """Read-only views over one coordinator's store and artifact directory."""
 
-    def __init__(self, store: Any, artifacts_dir: Path, *, directory_ttl: float = 5.0) -> None:
+    def __init__(self, store: Any, artifacts_dir: Path, *, directory_ttl: float = 5.0, signer: Any = None) -> None:
         self.store = store
+        self.signer = signer  # the coordinator's swarm key: it signs the ledger's head
+        self._signed: tuple[tuple[int, str], Any] | None = None
         self.artifacts_dir = Path(artifacts_dir)
         self.directory_ttl = directory_ttl
         self._directory: tuple[float, dict[str, tuple[str, str]]] = (0.0, {})
@@ -418,4 +422,17 @@ class DashboardQueries:
             message=result.message,
             head_seq=head.seq if head else 0,
             head_hash=head.hash if head else "",
+            signed_head=self.signed_head(),
         )
+
+    def signed_head(self) -> SignedHeadOut | None:
+        """The ledger's head, signed (once per head row) with the coordinator's swarm key."""
+        if self.signer is None:
+            return None
+        head = self.store.ledger_head()
+        at = (head.seq, head.hash) if head else (0, GENESIS_HASH)
+        cached = self._signed
+        if cached is None or cached[0] != at:
+            cached = (at, sign_head(self.signer, at[0], at[1], time.time()))
+            self._signed = cached
+        return SignedHeadOut(**cached[1].to_dict())

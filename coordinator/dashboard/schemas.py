@@ -202,6 +202,21 @@ class LedgerVerificationOut(_Out):
     message: str
     head_seq: int = Field(description="seq of the last row (0 for an empty ledger)")
     head_hash: str = Field(description="hash of the last row; publish it to detect truncation later")
+    signed_head: SignedHeadOut | None = Field(
+        default=None, description="the head as the coordinator signs it (GET /api/v1/ledger/head); none without its key")
+
+
+class SignedHeadOut(_Out):
+    """The ledger's head signed with the coordinator's swarm key (essaim.coordinator.store.ledger).
+    Save it: `essaim coordinator ledger verify --head FILE` then finds rows cut off or a rewritten chain."""
+
+    type: str
+    version: int
+    seq: int
+    hash: str
+    signed_at: float
+    signature: str = Field(description="RSASSA-PSS (SHA-256) over the head's canonical JSON, base64")
+    public_key: str = Field(description="the coordinator's swarm public key, DER SubjectPublicKeyInfo, base64")
 
 
 class ReasonIn(BaseModel):

@@ -21,17 +21,36 @@ float seconds, which round back to the same integers.
 
 What the chain proves: an edited field, a deleted or inserted row, or rows reordered show up as
 a wrong ``hash``, a wrong ``prev_hash`` or a ``seq`` gap at the first row affected. Removing rows
-from the end leaves a valid shorter chain; compare the head (``seq``, ``hash``) with one published
-earlier to rule that out.
+from the end leaves a valid shorter chain, and whoever holds the database can rewrite every row
+and recompute every later hash: a chain alone proves nothing against its keeper.
+
+Signed head (definition version 1)
+----------------------------------
+So the coordinator signs the chain's head with its swarm key (the RSA key whose public half every
+volunteer's swarm token names): RSASSA-PSS, SHA-256, MGF1-SHA-256, maximal salt, over the bytes of
+the JSON object (written as a row's)::
+
+    {"hash": <the head row's hash>, "seq": <its seq>, "signed_at_us": <int>,
+     "type": "essaim-ledger-head", "version": 1}
+
+It publishes it (``/api/v1/ledger/head``, the ledger page, each job's provenance.json). Anyone who
+saved a signed head checks a later ledger against it (:func:`verify_against_head`, ``essaim
+coordinator ledger verify --head FILE``): row ``seq`` must still be there, with that hash, on an
+unbroken chain. Rows cut off the end, or a chain rewritten at or before that row, then fail.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from essaim.protocol.types import LedgerEntry
 
 GENESIS_HASH = "0" * 64
@@ -155,3 +174,100 @@ def verify_chain(
         checked += 1
         expected_seq, expected_prev = entry.seq + 1, entry.hash
     return LedgerVerification(True, checked, None, f"{checked} row(s) form one unbroken chain")
+
+
+HEAD_TYPE = "essaim-ledger-head"
+HEAD_VERSION = 1
+_PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.MAX_LENGTH)
+
+
+def head_bytes(seq: int, hash: str, signed_at: float) -> bytes:
+    """The exact bytes a head's signature covers (see the module docstring)."""
+    doc = {"hash": hash, "seq": int(seq), "signed_at_us": micros(signed_at), "type": HEAD_TYPE,
+           "version": HEAD_VERSION}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+@dataclass(slots=True, frozen=True)
+class SignedHead:
+    """A ledger head signed by the coordinator: ``signature`` and ``public_key`` (DER
+    SubjectPublicKeyInfo) in base64. The embedded key says who signed; trust comes from comparing
+    it with the coordinator's key as you know it (:func:`head_signature_ok` takes that one)."""
+
+    seq: int
+    hash: str
+    signed_at: float
+    signature: str
+    public_key: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": HEAD_TYPE, "version": HEAD_VERSION, "seq": self.seq, "hash": self.hash,
+                "signed_at": self.signed_at, "signature": self.signature, "public_key": self.public_key}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SignedHead:
+        """From :meth:`to_dict`'s form (a saved head, or a provenance's ``ledger_head``); ValueError
+        when it is not one."""
+        try:
+            if data.get("type") != HEAD_TYPE or data.get("version") != HEAD_VERSION:
+                raise ValueError(f"not a version {HEAD_VERSION} {HEAD_TYPE}")
+            head = cls(seq=int(data["seq"]), hash=str(data["hash"]), signed_at=float(data["signed_at"]),
+                       signature=str(data["signature"]), public_key=str(data["public_key"]))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a signed ledger head: {exc!r}") from None
+        if head.seq < 0 or (head.seq == 0) != (head.hash == GENESIS_HASH):
+            raise ValueError("a signed head's seq and hash do not go together")
+        return head
+
+
+def sign_head(key: rsa.RSAPrivateKey, seq: int, hash: str, signed_at: float) -> SignedHead:
+    """The coordinator's signature over the head row ``seq`` (``hash``); an empty ledger's head is
+    seq 0 with :data:`GENESIS_HASH`."""
+    signed_at = micros(signed_at) / 1_000_000
+    signature = key.sign(head_bytes(seq, hash, signed_at), _PSS, hashes.SHA256())
+    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return SignedHead(seq=int(seq), hash=hash, signed_at=signed_at, signature=base64.b64encode(signature).decode(),
+                      public_key=base64.b64encode(der).decode())
+
+
+def head_signature_ok(head: SignedHead, public_key_der: bytes) -> bool:
+    """Whether ``head`` was signed by the key ``public_key_der`` (the coordinator's, as you know it)."""
+    try:
+        public = serialization.load_der_public_key(public_key_der)
+        if not isinstance(public, rsa.RSAPublicKey):
+            return False
+        public.verify(base64.b64decode(head.signature, validate=True), head_bytes(head.seq, head.hash, head.signed_at),
+                      _PSS, hashes.SHA256())
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
+def verify_against_head(entries: Iterable[LedgerEntry], head: SignedHead) -> LedgerVerification:
+    """Check a whole ledger (rows in ``seq`` order from 1) against a head signed earlier: an unbroken
+    chain that still holds row ``head.seq`` with ``head.hash``. Check the head's signature first."""
+    at_head: list[LedgerEntry] = []
+
+    def watched() -> Iterator[LedgerEntry]:
+        for entry in entries:
+            if entry.seq == head.seq:
+                at_head.append(entry)
+            yield entry
+
+    result = verify_chain(watched())
+    if not result.ok:
+        return result
+    if head.seq == 0:
+        return result
+    if not at_head:
+        return LedgerVerification(
+            False, result.checked, result.checked + 1,
+            f"rows were cut off: the ledger ends at row {result.checked}, but a head signed earlier covers "
+            f"row {head.seq}")
+    if at_head[0].hash != head.hash:
+        return LedgerVerification(
+            False, result.checked, head.seq,
+            f"the chain was rewritten: row {head.seq} hashes to {at_head[0].hash[:16]}..., not to "
+            f"{head.hash[:16]}... as the head signed earlier says")
+    return LedgerVerification(True, result.checked, None,
+                              f"{result.message}, holding the row {head.seq} a head signed earlier covers")

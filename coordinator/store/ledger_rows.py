@@ -15,7 +15,15 @@ from collections.abc import Iterator, Sequence
 import sqlalchemy as sa
 from essaim.coordinator.store.base import StoreBase, now
 from essaim.coordinator.store.engine import LEDGER_LOCK_KEY
-from essaim.coordinator.store.ledger import GENESIS_HASH, LedgerVerification, entry_hash, micros, verify_chain
+from essaim.coordinator.store.ledger import (
+    GENESIS_HASH,
+    LedgerVerification,
+    SignedHead,
+    entry_hash,
+    micros,
+    verify_against_head,
+    verify_chain,
+)
 from essaim.coordinator.store.records import Contribution, LedgerDraft
 from essaim.coordinator.store.rows import ledger_from_row
 from essaim.coordinator.store.tables import ledger, volunteers
@@ -130,8 +138,12 @@ class LedgerMixin(StoreBase):
             row = conn.execute(sa.select(ledger).order_by(ledger.c.seq.desc()).limit(1)).first()
         return None if row is None else ledger_from_row(row)
 
-    def verify_ledger(self) -> LedgerVerification:
-        """Re-hash the whole ledger from row 1 and check every link (see :mod:`.ledger`)."""
+    def verify_ledger(self, head: SignedHead | None = None) -> LedgerVerification:
+        """Re-hash the whole ledger from row 1 and check every link (see :mod:`.ledger`); with a
+        ``head`` signed earlier (its signature checked by the caller), also that its row is still
+        there, unchanged."""
+        if head is not None:
+            return verify_against_head(self._iter_ledger(), head)
         return verify_chain(self._iter_ledger())
 
     def _iter_ledger(self) -> Iterator[LedgerEntry]:

@@ -13,7 +13,8 @@ import time
 
 import pytest
 import yaml
-from essaim.coordinator.store.ledger import verify_chain
+from essaim.coordinator.store.ledger import SignedHead, head_signature_ok, verify_against_head, verify_chain
+from essaim.coordinator.swarm_keys import SWARM_KEY, load_or_create_swarm_key, public_key_der
 from essaim.protocol.errors import EssaimError
 from essaim.protocol.recipe import load_recipe
 from essaim.protocol.types import JobStatus, LedgerEntry, VolunteerStatus
@@ -105,6 +106,15 @@ def test_ledger_pages_verify_and_downloads_recheck(swarm, demo):
 
     job_ledger = demo.request("GET", f"{swarm.url}/api/v1/jobs/{swarm.running.id}/ledger.json").json()
     assert job_ledger["verification"]["ok"] and len(job_ledger["rows"]) == swarm.ledger_rows
+
+    # the head, signed with the coordinator's swarm key (the same in the verification and the page)
+    head = SignedHead.from_dict(demo.get_json(f"{swarm.url}/api/v1/ledger/head"))
+    key = load_or_create_swarm_key(swarm.coord.data_dir / SWARM_KEY)
+    assert head.seq == swarm.ledger_rows and head.hash == entries[-1].hash
+    assert head_signature_ok(head, public_key_der(key)) and verify_against_head(entries, head).ok
+    assert verdict["signed_head"]["signature"] == head.signature
+    page = demo.request("GET", f"{swarm.url}/ledger")
+    assert 'href="/api/v1/ledger/head"' in page.text
 
 
 def test_transparency_downloads(swarm, demo):

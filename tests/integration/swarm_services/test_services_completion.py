@@ -8,6 +8,8 @@ This job is a LoRA adapter trained in synchronous (gradient averaging) mode; the
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -75,6 +77,14 @@ def test_provenance_tells_what_was_trained_on_and_by_whom(done: Any) -> None:
     finally:
         store.close()
     assert provenance["ledger_final_hash"] in hashes
+    # the head, signed with the coordinator's swarm key: the ledger can be checked against it later
+    head = provenance["ledger_head"]
+    assert head["hash"] == provenance["ledger_final_hash"], head
+    verdict = subprocess.run([sys.executable, "-m", "essaim.coordinator", "ledger", "verify", "--data-dir",
+                              str(done.data_dir), "--head", str(done.data_dir / "artifacts" / done.job_id /
+                                                                 "provenance.json"), "--json"],
+                             capture_output=True, text=True, timeout=60)
+    assert json.loads(verdict.stdout)["ok"], verdict.stdout + verdict.stderr
 
 
 @pytest.mark.timeout(180)

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from typing import Any
 
+import pytest
 from essaim.coordinator.store.ledger import (
     GENESIS_HASH,
+    SignedHead,
     canonical_json,
     entry_hash,
     hash_of,
+    head_bytes,
+    head_signature_ok,
     micros,
+    sign_head,
+    verify_against_head,
     verify_chain,
 )
 from essaim.protocol.types import LedgerEntry
@@ -96,3 +104,67 @@ def test_a_slice_verifies_from_a_known_row() -> None:
     tail = entries[5:]
     assert not verify_chain(tail).ok
     assert verify_chain(tail, prev_hash=entries[4].hash, first_seq=6).ok
+
+
+# ---- the signed head ----
+
+def _key() -> Any:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _der(key: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def test_the_head_definition_is_stable() -> None:
+    assert head_bytes(7, "ab" * 32, 1_700_000_000.5) == (
+        '{"hash":"' + "ab" * 32 + '","seq":7,"signed_at_us":1700000000500000,"type":"essaim-ledger-head","version":1}'
+    ).encode()
+
+
+def test_a_signed_head_verifies_with_its_key_only() -> None:
+    key, other = _key(), _key()
+    entries = chain(4)
+    head = sign_head(key, entries[-1].seq, entries[-1].hash, 1_700_000_000.25)
+    again = SignedHead.from_dict(json.loads(json.dumps(head.to_dict())))
+    assert again == head and head_signature_ok(again, _der(key))
+    assert not head_signature_ok(head, _der(other))  # someone else's key
+    assert not head_signature_ok(dataclasses.replace(head, seq=3), _der(key))  # a head moved back
+    assert not head_signature_ok(dataclasses.replace(head, signature="AAAA"), _der(key))
+    for junk in ({}, {"type": "essaim-ledger-head", "version": 1}, {**head.to_dict(), "version": 2},
+                 {**head.to_dict(), "seq": 0}):
+        with pytest.raises(ValueError):
+            SignedHead.from_dict(junk)
+
+
+def test_a_ledger_is_checked_against_a_head_signed_earlier() -> None:
+    key = _key()
+    entries = chain(6)
+    head = sign_head(key, entries[3].seq, entries[3].hash, 1_700_000_000.0)
+    assert verify_against_head(entries, head).ok  # rows appended since are fine
+    assert verify_against_head(entries[:4], head).ok
+    cut = verify_against_head(entries[:3], head)  # rows cut off the end: a valid but shorter chain
+    assert verify_chain(entries[:3]).ok and not cut.ok and "cut off" in cut.message, cut
+    # a rewrite from row 3 on, every later hash recomputed: an unbroken chain, but not the one signed
+    rewritten = list(entries)
+    rewritten[2] = dataclasses.replace(rewritten[2], samples=rewritten[2].samples + 1000)
+    rewritten = _rehash(rewritten)
+    assert verify_chain(rewritten).ok
+    result = verify_against_head(rewritten, head)
+    assert not result.ok and "rewritten" in result.message and result.first_bad_seq == 4, result
+    empty = sign_head(key, 0, GENESIS_HASH, 1_700_000_000.0)
+    assert verify_against_head([], empty).ok and verify_against_head(entries, empty).ok
+
+
+def _rehash(entries: list[LedgerEntry]) -> list[LedgerEntry]:
+    out, prev = [], GENESIS_HASH
+    for e in entries:
+        e = dataclasses.replace(e, prev_hash=prev)
+        e = dataclasses.replace(e, hash=hash_of(e))
+        out.append(e)
+        prev = e.hash
+    return out
