@@ -105,7 +105,7 @@ def fresh_postgres(url: str) -> str | None:
 # ---- coordinator ----
 
 
-def start_coordinator(data_dir: Path, db_url: str) -> tuple[subprocess.Popen[str], str, str]:
+def start_coordinator(data_dir: Path, db_url: str, extra: list[str]) -> tuple[subprocess.Popen[str], str, str]:
     cmd = [
         sys.executable,
         "-m",
@@ -121,6 +121,7 @@ def start_coordinator(data_dir: Path, db_url: str) -> tuple[subprocess.Popen[str
         "0",
         "--log-level",
         "warning",
+        *extra,
     ]
     log = (data_dir / "coordinator.log").open("wb")
     proc = subprocess.Popen(
@@ -163,6 +164,7 @@ def _register_request(index: int) -> Any:
 
 async def _client_main(
     address: str,
+    ca_file: str | None,
     creds: list[tuple[str, str]],
     register: int,
     rate: float,
@@ -177,10 +179,13 @@ async def _client_main(
     from essaim.protocol.types import HeartbeatReport
     from essaim.protocol.v1 import coordinator_pb2_grpc as pb_grpc
 
-    chans = [
-        grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(channels)
-    ]
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    if ca_file:  # the coordinator's TLS, its certificate verified as a real client does
+        credentials = grpc.ssl_channel_credentials(root_certificates=Path(ca_file).read_bytes())
+        target = address.removeprefix("https://")
+        chans = [grpc.aio.secure_channel(target, credentials, options=options) for _ in range(channels)]
+    else:
+        chans = [grpc.aio.insecure_channel(address, options=options) for _ in range(channels)]
     stubs = [pb_grpc.CoordinatorStub(c) for c in chans]
     stats = {"ok": 0, "errors": 0, "missed": 0, "register_errors": 0}
     lat: list[float] = []
@@ -282,6 +287,7 @@ def client_process(
         asyncio.run(
             _client_main(
                 address,
+                args["ca_file"],
                 creds,
                 args["register"],
                 args["rate"],
@@ -313,11 +319,14 @@ def make_tokens(url: str, count: int) -> list[tuple[str, str]]:
 # ---- one run ----
 
 
-def server_latency(http: str) -> dict[str, Any]:
+def server_latency(http: str, ca_file: str | None) -> dict[str, Any]:
     """The coordinator's own view from /metrics: heartbeat latency quantiles (bucket bounds), store errors."""
+    import ssl
     import urllib.request
 
-    with urllib.request.urlopen(f"http://{http}/metrics", timeout=30) as resp:
+    url = f"{http}/metrics" if "://" in http else f"http://{http}/metrics"
+    context = ssl.create_default_context(cafile=ca_file) if ca_file else None
+    with urllib.request.urlopen(url, timeout=30, context=context) as resp:
         text = resp.read().decode()
     buckets: list[tuple[float, int]] = []
     info: dict[str, Any] = {}
@@ -351,7 +360,13 @@ def run_backend(name: str, db_url: str | None, args: argparse.Namespace) -> dict
         t0 = time.perf_counter()
         creds = make_tokens(url, args.active)
         tokens_s = time.perf_counter() - t0
-        proc, address, http = start_coordinator(data_dir, url)
+        extra, ca_file = [], None
+        if args.tls:
+            from essaim.coordinator.certs import issue
+
+            issued = issue(data_dir / "tls", ["127.0.0.1", "localhost"])
+            extra, ca_file = ["--tls-cert", str(issued.cert), "--tls-key", str(issued.key)], str(issued.ca_cert)
+        proc, address, http = start_coordinator(data_dir, url, extra)
         coord = psutil.Process(proc.pid)
         try:
             register_s = max(5.0, args.procs * args.register / 100)
@@ -367,6 +382,7 @@ def run_backend(name: str, db_url: str | None, args: argparse.Namespace) -> dict
                 "rate": args.rate / args.procs,
                 "clients": args.clients,
                 "channels": args.channels,
+                "ca_file": ca_file,
             }
             workers = [
                 ctx.Process(
@@ -396,7 +412,7 @@ def run_backend(name: str, db_url: str | None, args: argparse.Namespace) -> dict
             results = [out.get(timeout=180) for _ in workers]
             for w in workers:
                 w.join(30)
-            server_side = server_latency(http)
+            server_side = server_latency(http, ca_file)
         finally:
             proc.terminate()
             try:
@@ -418,6 +434,7 @@ def run_backend(name: str, db_url: str | None, args: argparse.Namespace) -> dict
             "registered_via_api": len(reg),
             "client_processes": args.procs,
             "mode": "open" if args.rate > 0 else "closed",
+            "tls": bool(args.tls),
             "target_rate": args.rate,
             "duration_s": args.duration,
             "heartbeats": ok,
@@ -454,14 +471,14 @@ def write_results(runs: list[dict[str, Any]], notes: list[str], args: argparse.N
         "",
         f"{meta['machine']}; Python {meta['python']}; `{meta['command']}`; target {meta['target']}.",
         "",
-        "| backend | volunteers in store | heartbeating | mode | heartbeats/s | p50 ms | p99 ms | errors+missed | "
+        "| backend | TLS | volunteers in store | heartbeating | mode | heartbeats/s | p50 ms | p99 ms | errors+missed | "
         "server-side p99 ms | coordinator CPU % | CPU µs/heartbeat | RSS MB |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
         mode = f"open @ {r['target_rate']:,.0f}/s" if r["mode"] == "open" else "closed"
         lines.append(
-            f"| {r['backend']} | {r['volunteers_in_store']:,} | {r['heartbeating_volunteers']:,} | {mode} | "
+            f"| {r['backend']} | {'on' if r.get('tls') else 'off'} | {r['volunteers_in_store']:,} | {r['heartbeating_volunteers']:,} | {mode} | "
             f"{r['heartbeats_per_s']:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['errors'] + r['missed']} | "
             f"<= {r['server_side'].get('p99_ms_at_most') or float('nan'):g} | {r['coordinator_cpu_percent']:.0f} | "
             f"{r['coordinator_cpu_us_per_heartbeat']:.0f} | {r['coordinator_rss_mb']:.0f} |"
@@ -502,16 +519,19 @@ def main(argv: list[str] | None = None) -> int:
         "--register", type=int, default=100, help="new volunteers per client process that Register first"
     )
     parser.add_argument("--pg-url", default=os.environ.get("ESSAIM_TEST_POSTGRES_URL", PG_DEFAULT))
+    parser.add_argument("--tls", default="off", help="off, on, or off,on: each run without and/or with TLS "
+                        "(a private CA's certificate, verified by the clients)")
     args = parser.parse_args(argv)
 
     runs, notes = [], []
     load_before = os.getloadavg()[0]
     rates = [float(r) for r in str(args.rate).split(",") if r.strip()]
+    tls_modes = [{"off": False, "on": True}[m.strip()] for m in args.tls.split(",") if m.strip()]
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
         if backend not in ("sqlite", "postgresql"):
             parser.error(f"unknown backend {backend!r}")
-        for rate in rates:
-            one = argparse.Namespace(**{**vars(args), "rate": rate})
+        for rate, tls in [(r, t) for r in rates for t in tls_modes]:
+            one = argparse.Namespace(**{**vars(args), "rate": rate, "tls": tls})
             if backend == "sqlite":
                 runs.append(run_backend("sqlite", None, one))
                 continue

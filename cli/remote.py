@@ -9,6 +9,9 @@ Precedence, first found wins:
    app shares this file and owns its other tables; the CLI only reads it.
 4. the default address ``127.0.0.1:50051`` (there is no default token).
 
+A coordinator that is not on this machine is reached over TLS and its certificate verified with
+the system's CAs, or with the CA of ``ESSAIM_CA_FILE`` (or ``ca_file`` in the ``[coordinator]``
+table); an address written ``http://HOST:PORT`` is reached in plain text (essaim.protocol.tls).
 ``ESSAIM_TIMEOUT`` (seconds per call) and ``ESSAIM_RETRIES`` tune the client. Every remote command
 of :mod:`essaim.job` and :mod:`essaim.admin` builds its client with :func:`client_from_options`.
 """
@@ -42,6 +45,7 @@ ENV_TOKEN = "ESSAIM_TOKEN"
 ENV_CONFIG = "ESSAIM_CONFIG"
 ENV_TIMEOUT = "ESSAIM_TIMEOUT"
 ENV_RETRIES = "ESSAIM_RETRIES"
+ENV_CA_FILE = "ESSAIM_CA_FILE"  # essaim.protocol.tls.ENV_CA_FILE (not imported: it is light, this is lighter)
 
 CoordinatorOption = Annotated[
     str | None,
@@ -74,6 +78,7 @@ class RemoteSettings:
     address_source: str
     token_source: str | None
     config_path: Path
+    ca_file: str | None = None  # the CA to verify the coordinator with (else ESSAIM_CA_FILE, else the system's)
 
     def __repr__(self) -> str:  # never show the token itself
         token = "set" if self.token else "unset"
@@ -104,17 +109,21 @@ def read_coordinator_table(path: Path) -> dict[str, Any]:
     table = data.get("coordinator", {})
     if not isinstance(table, dict):
         raise InvalidArgument(f"the config file {path}: [coordinator] must be a table")
-    for key in ("address", "token"):
+    for key in ("address", "token", "ca_file"):
         if key in table and not isinstance(table[key], str):
             raise InvalidArgument(f"the config file {path}: coordinator.{key} must be a string")
     return table
 
 
 def normalize_address(address: str, *, source: str = "--coordinator") -> str:
-    """``HOST:PORT`` checked; a bare host gets the default port. ``[v6]:port`` is accepted."""
+    """``HOST:PORT`` checked; a bare host gets the default port. ``[v6]:port`` is accepted, and
+    ``https://`` (TLS) or ``http://`` (plain text) in front is kept (see :mod:`essaim.protocol.tls`)."""
     text = address.strip()
-    for scheme in ("grpc://", "http://"):
-        text = text.removeprefix(scheme)
+    scheme = ""
+    for prefix, kept in (("grpc://", ""), ("grpcs://", "https://"), ("https://", "https://"), ("http://", "http://")):
+        if text.lower().startswith(prefix):
+            text, scheme = text[len(prefix):], kept
+            break
     text = text.rstrip("/")
     if not text:
         raise InvalidArgument(f"{source}: empty coordinator address; expected HOST:PORT")
@@ -131,10 +140,10 @@ def normalize_address(address: str, *, source: str = "--coordinator") -> str:
     if not host or host == "[]":
         raise InvalidArgument(f"{source}: {address!r} has no host; expected HOST:PORT")
     if not port:
-        return f"{host}:{DEFAULT_PORT}"
+        return f"{scheme}{host}:{DEFAULT_PORT}"
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise InvalidArgument(f"{source}: {address!r} has a bad port; expected HOST:PORT with PORT in 1-65535")
-    return f"{host}:{int(port)}"
+    return f"{scheme}{host}:{int(port)}"
 
 
 def resolve(
@@ -179,6 +188,8 @@ def resolve(
         address_source=address_source,
         token_source=token_source if chosen else None,
         config_path=path,
+        # the table's ca_file pins the CA of the table's coordinator; any other comes with ESSAIM_CA_FILE
+        ca_file=env.get(ENV_CA_FILE) or (from_file("ca_file") if address_source == "config" else None),
     )
 
 
@@ -224,4 +235,5 @@ def client_from_options(
               settings.token_source)
     from essaim.protocol.client import CoordinatorClient
 
-    return CoordinatorClient(settings.address, token=settings.token, timeout=timeout, retries=retries)
+    return CoordinatorClient(settings.address, token=settings.token, timeout=timeout, retries=retries,
+                             ca_file=settings.ca_file)

@@ -83,8 +83,10 @@ class CoordinatorLink:
         hardware: Callable[[], Hardware],
         client_factory: ClientFactory = default_client_factory,
         backoff: RetryPolicy | None = None,
+        ca_file: str = "",
     ) -> None:
         self.address = address
+        self.ca_file = ca_file  # the clients take it from ESSAIM_CA_FILE, which the supervisor sets
         self.identity_file = identity_file
         self.registration_file = registration_file
         self.name = name

@@ -117,8 +117,16 @@ _TABLE: list[Setting] = [
         "coordinator.address",
         str,
         "",
-        "the coordinator's HOST:PORT (empty: none; see volunteer.job_file)",
+        "the coordinator's HOST:PORT, reached over TLS unless on this machine or written http://HOST:PORT "
+        "(empty: none; see volunteer.job_file)",
         flag_name="coordinator",
+    ),
+    _s(
+        "coordinator.ca_file",
+        str,
+        "",
+        "a CA certificate (PEM) to verify the coordinator with, for one with a certificate of its own "
+        "(empty: the system's CAs)",
     ),
     _s("volunteer.name", str, "", "public pseudonym on the leaderboard (empty: made from the peer id)"),
     _s("volunteer.team", str, "", "team shown on the leaderboard"),

@@ -39,6 +39,7 @@ from essaim.client.policy import Decision, Observations, PolicyConfig, PolicySta
 from essaim.client.settings import parse_duration
 from essaim.client.trainer_handle import default_trainer_command
 from essaim.client.worker import Contribution, Worker, swarm_line
+from essaim.protocol.tls import ENV_CA_FILE
 from essaim.protocol.types import Assignment
 from essaim.protocol.version import __version__
 
@@ -136,12 +137,18 @@ class Supervisor:
 
     def _connect(self) -> None:
         address = self.settings["coordinator.address"]
-        if self.link is not None and self.link.address != address:
+        ca_file = self.settings["coordinator.ca_file"]
+        if ca_file:  # the app's link and its trainers verify the coordinator with it (essaim.protocol.tls)
+            os.environ[ENV_CA_FILE] = ca_file
+        else:
+            os.environ.pop(ENV_CA_FILE, None)
+        if self.link is not None and (self.link.address != address or self.link.ca_file != ca_file):
             self.link.stop()
             self.link = None
         if address and self.link is None and not self.settings["volunteer.job_file"]:
             self.link = CoordinatorLink(
                 address=address,
+                ca_file=ca_file,
                 identity_file=self.paths.identity_file,
                 registration_file=self.paths.data_dir / "registration.json",
                 name=self.settings["volunteer.name"],

@@ -355,8 +355,14 @@ class Tray:
         url = self._setting("volunteer.dashboard_url")
         if url:
             return url
-        host = (self._setting("coordinator.address") or "127.0.0.1").rsplit(":", 1)[0]
-        return f"http://{host}:8080"
+        from essaim.protocol.tls import resolve
+
+        try:
+            endpoint = resolve(self._setting("coordinator.address") or "127.0.0.1:50051")
+        except Exception:  # a malformed address: the status line says so; the dashboard guess is moot
+            return "http://127.0.0.1:8080"
+        host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
+        return f"{'https' if endpoint.tls else 'http'}://{host}:8080"
 
     # ---- the menu ----
 

@@ -32,6 +32,8 @@ token_app = typer.Typer(help="Bearer tokens for admins, researchers and voluntee
 ledger_app = typer.Typer(help="The contributions ledger.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 app.add_typer(ledger_app, name="ledger")
+tls_app = typer.Typer(help="TLS for a coordinator without a public certificate.", no_args_is_help=True)
+app.add_typer(tls_app, name="tls")
 
 DATA_DIR = typer.Option(
     None, "--data-dir", help="Coordinator data directory (default: the platform data dir)."
@@ -89,6 +91,11 @@ def serve(
     allow_remote_code: bool | None = typer.Option(
         None, "--allow-remote-code/--no-allow-remote-code", help="Accept trust_remote_code recipes."
     ),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="Certificate chain (PEM): serve TLS only."),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="The certificate's private key (PEM)."),
+    insecure: bool | None = typer.Option(
+        None, "--insecure/--no-insecure", help="Plain text on a public address (behind a TLS proxy only)."
+    ),
     max_researcher_priority: int | None = typer.Option(
         None, "--max-researcher-priority", help="Highest priority a researcher may submit with (0)."
     ),
@@ -127,6 +134,9 @@ def serve(
         allow_remote_code=allow_remote_code,
         model_dirs=[d.resolve() for d in model_dir] or None,
         max_researcher_priority=max_researcher_priority,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        insecure=insecure,
         open_registration=open_registration,
         public_pages=public_pages,
         max_message_bytes=max_message_bytes,
@@ -220,6 +230,22 @@ def _read_signed_head(path: Path) -> Any:
         raise InvalidArgument(f"cannot read {path}: {exc.strerror}") from None
     except (ValueError, AttributeError) as exc:
         raise InvalidArgument(f"{path} holds no signed ledger head: {exc}") from None
+
+
+@tls_app.command("init")
+def tls_init(
+    name: list[str] = typer.Option(..., "--name", help="A host name or IP address volunteers dial (repeatable)."),
+    out: Path = typer.Option(..., "--out", help="Directory for ca.pem, ca.key, server.pem and server.key."),
+    days: int = typer.Option(825, "--days", min=1, max=3650, help="Validity of both certificates."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files."),
+) -> None:
+    """Make a private CA and the coordinator's certificate (serve with --tls-cert/--tls-key)."""
+    from essaim.coordinator.certs import issue
+
+    issued = issue(out, name, days=days, overwrite=overwrite)
+    typer.echo(f"serve with:  --tls-cert {issued.cert} --tls-key {issued.key}")
+    typer.echo(f"clients:     ESSAIM_CA_FILE={issued.ca_cert} (or ca_file under [coordinator] in their config)")
+    typer.echo(f"keep {issued.ca_key} offline: it signs certificates every client of this coordinator trusts")
 
 
 def _click_classes(name: str) -> tuple[type[BaseException], ...]:

@@ -8,7 +8,10 @@ ports, then print exactly one line::
 
     essaim coordinator ready grpc=HOST:PORT http=HOST:PORT
 
-Tests and scripts wait for that line (ports 0 are replaced by the ones picked). On SIGTERM or
+Tests and scripts wait for that line (ports 0 are replaced by the ones picked). The gRPC address is
+written as clients should dial it: ``https://HOST:PORT`` with TLS (``--tls-cert``/``--tls-key``),
+``http://HOST:PORT`` for plain text on a public address (``--insecure``), bare on loopback; the
+HTTP address is ``https://HOST:PORT`` with TLS. On SIGTERM or
 SIGINT the servers stop taking calls, buffered heartbeats are flushed, and the store is closed.
 A swarm gateway passed in may also have ``resume(jobs)`` (called once at start with the running
 and paused jobs), ``check(jobs)`` (every few seconds) and ``close()`` (at shutdown).
@@ -35,12 +38,33 @@ from essaim.coordinator.service import MAX_JOB_LIMIT, CoordinatorService, SwarmG
 from essaim.coordinator.servicer import CoordinatorServicer, build_handler
 from essaim.coordinator.settings import CoordinatorSettings
 from essaim.coordinator.store import open_store
+from essaim.protocol.tls import is_loopback
 from essaim.protocol.types import JobStatus
 
 logger = logging.getLogger(__name__)
 
 JOB_REFRESH_SECONDS = 5.0
 GRACE_SECONDS = 3.0
+
+
+def read_tls(settings: CoordinatorSettings) -> tuple[bytes, bytes] | None:
+    """(certificate chain, private key) PEM when the coordinator serves TLS; ConfigError when half of
+    it is given, a file cannot be read, or plain text would be served on a public address."""
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise ConfigError("give both --tls-cert and --tls-key (the certificate chain and its private key)")
+    if settings.tls_cert is None or settings.tls_key is None:
+        if not is_loopback(settings.host) and not settings.insecure:
+            raise ConfigError(
+                f"refusing to serve plain text on {settings.host}: bearer tokens would cross the network in clear. "
+                "Give --tls-cert and --tls-key, or --insecure behind a TLS-terminating proxy on this host")
+        return None
+    try:
+        cert, key = settings.tls_cert.read_bytes(), settings.tls_key.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the TLS certificate or key: {exc}") from None
+    if b"-----BEGIN" not in cert or b"PRIVATE KEY-----" not in key:
+        raise ConfigError("--tls-cert must be a PEM certificate chain and --tls-key its PEM private key")
+    return cert, key
 
 
 class _Uvicorn(uvicorn.Server):
@@ -111,6 +135,7 @@ async def serve_async(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
 
+    tls = read_tls(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = await asyncio.to_thread(open_store, settings.resolved_db_url())
     metrics = Metrics()
@@ -139,7 +164,11 @@ async def serve_async(
         )
         grpc_server.add_generic_rpc_handlers((build_handler(CoordinatorServicer(service, metrics=metrics)),))
         try:
-            grpc_port = grpc_server.add_insecure_port(_fmt(settings.host, settings.grpc_port))
+            if tls is not None:
+                credentials = grpc.ssl_server_credentials([(tls[1], tls[0])])
+                grpc_port = grpc_server.add_secure_port(_fmt(settings.host, settings.grpc_port), credentials)
+            else:
+                grpc_port = grpc_server.add_insecure_port(_fmt(settings.host, settings.grpc_port))
         except RuntimeError as exc:
             raise ConfigError(
                 f"cannot listen for gRPC on {settings.host}:{settings.grpc_port} ({exc}); pick another --grpc-port"
@@ -153,6 +182,8 @@ async def serve_async(
             log_level="warning",
             lifespan="on",
             access_log=False,
+            ssl_certfile=str(settings.tls_cert) if tls is not None else None,
+            ssl_keyfile=str(settings.tls_key) if tls is not None else None,
         )
         http_server = _Uvicorn(config)
         tasks.append(asyncio.create_task(http_server.serve(sockets=[sock])))
@@ -175,8 +206,10 @@ async def serve_async(
             )
         )
         tasks.append(asyncio.create_task(_refresh_jobs(service, stop)))
+        scheme = "https://" if tls is not None else ("" if is_loopback(settings.host) else "http://")
         announce(
-            f"essaim coordinator ready grpc={_fmt(settings.host, grpc_port)} http={_fmt(settings.host, http_port)}"
+            f"essaim coordinator ready grpc={scheme}{_fmt(settings.host, grpc_port)} "
+            f"http={'https://' if tls is not None else ''}{_fmt(settings.host, http_port)}"
         )
         await stop.wait()
         logger.info("stopping")

@@ -34,6 +34,18 @@ class CoordinatorSettings(BaseSettings):
     """Address both servers listen on. Volunteers on other machines get "cannot reach the
     coordinator": set 0.0.0.0 (and put TLS in front)."""
 
+    tls_cert: Path | None = None
+    """The coordinator's certificate chain (PEM) for gRPC and HTTP: with ``tls_key``, both ports speak
+    TLS only. Any CA will do (Let's Encrypt's, or your own given to volunteers as ESSAIM_CA_FILE)."""
+
+    tls_key: Path | None = None
+    """The certificate's private key (PEM). Keep it readable by the coordinator's user only."""
+
+    insecure: bool = False
+    """Serve plain text on an address other than loopback. Only behind a TLS-terminating proxy on
+    the same host, or on a closed test network: tokens cross in clear otherwise. Without it, a
+    coordinator on a public address refuses to start with no certificate."""
+
     grpc_port: int = Field(default=50051, ge=0, le=65535)
     """gRPC API port; 0 picks a free one (printed on the ready line). "address already in use"
     at start: pick another."""

@@ -25,6 +25,7 @@ from essaim.protocol import serde
 from essaim.protocol.auth_metadata import bearer_metadata
 from essaim.protocol.errors import EssaimError, InvalidArgument, Unavailable, from_grpc_status
 from essaim.protocol.retry import RetryPolicy
+from essaim.protocol.tls import resolve
 from essaim.protocol.types import (
     FileChunk,
     FileKind,
@@ -196,7 +197,8 @@ class _Incoming:
 
 
 class CoordinatorClient(VolunteerCalls):
-    """Blocking client of one coordinator. ``retries`` is how many times idempotent calls are retried."""
+    """Blocking client of one coordinator. ``retries`` is how many times idempotent calls are retried.
+    TLS unless ``address`` is loopback or ``http://...``; ``ca_file`` pins the CA (see :mod:`.tls`)."""
 
     def __init__(
         self,
@@ -206,20 +208,24 @@ class CoordinatorClient(VolunteerCalls):
         timeout: float = 10.0,
         retries: int = 3,
         stream_timeout: float = 3600.0,
+        ca_file: str | Path | None = None,
     ) -> None:
         self.address = address
         self.token = token
         self.timeout = timeout
         self.stream_timeout = stream_timeout
         self._retry = RetryPolicy(attempts=retries + 1, base=0.2, cap=5.0, retry_on=(Unavailable,))
-        self._channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.enable_retries", 0),
-            ],
-        )
+        self.endpoint = resolve(address, ca_file=ca_file)
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.enable_retries", 0),
+        ]
+        if self.endpoint.tls:
+            credentials = grpc.ssl_channel_credentials(root_certificates=self.endpoint.root_certificates())
+            self._channel = grpc.secure_channel(self.endpoint.target, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(self.endpoint.target, options=options)
         self._stub = pb_grpc.CoordinatorStub(self._channel)
 
     # ---- plumbing ----

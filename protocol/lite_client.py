@@ -10,7 +10,8 @@ through the pure-Python ``h2`` library. The CLI and the trainer keep :class:`Coo
 What it supports is what those three calls need, and no more:
 
 - unary calls only, one at a time, on one HTTP/2 connection opened on the first call and reused;
-  cleartext with prior knowledge, as :class:`CoordinatorClient` uses an insecure channel;
+  over TLS (ALPN h2, the certificate and host name verified) unless the address is loopback or
+  ``http://...``, then cleartext with prior knowledge, as :class:`CoordinatorClient` (:mod:`.tls`);
 - the standard wire format (``POST /essaim.v1.Coordinator/<Method>``, ``application/grpc``,
   ``te: trailers``, ``grpc-timeout``, the bearer token as ``authorization``, length-prefixed
   uncompressed messages); the protocol version travels in each request's header, as with grpcio;
@@ -22,17 +23,18 @@ What it supports is what those three calls need, and no more:
   that maps grpcio's (:func:`~essaim.protocol.errors.from_grpc_status`); an unreachable
   coordinator, a timeout or a broken connection is Unavailable and names the address.
 
-Not supported: streaming calls, compression, TLS, name resolution beyond ``HOST:PORT``.
+Not supported: streaming calls, compression, name resolution beyond ``HOST:PORT``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import select
 import socket
+import ssl
 import threading
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -42,7 +44,8 @@ import h2.errors
 import h2.events
 import h2.exceptions
 from essaim.protocol.auth_metadata import bearer_metadata
-from essaim.protocol.errors import EssaimError, InvalidArgument, from_grpc_status
+from essaim.protocol.errors import EssaimError, from_grpc_status
+from essaim.protocol.tls import resolve
 from essaim.protocol.version import __version__
 from essaim.protocol.volunteer_calls import VolunteerCalls
 
@@ -82,19 +85,6 @@ _STATUS_NAMES = [
 """gRPC status code names by number."""
 
 
-def parse_address(address: str) -> tuple[str, int]:
-    """(host, port) of ``HOST:PORT``, ``[IPv6]:PORT`` or ``dns:///HOST:PORT``; InvalidArgument otherwise."""
-    rest = address.removeprefix("dns:///").strip()
-    host, sep, port = rest.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise InvalidArgument(
-            f"coordinator address {address!r} is not HOST:PORT; set it like 127.0.0.1:50051"
-        )
-    return host, int(port)
-
-
 class _Refused(Exception):
     """The coordinator went away before it saw this call (GOAWAY): sending it again is safe."""
 
@@ -132,9 +122,12 @@ class LiteClient(VolunteerCalls):
     """Blocking client of one coordinator for the volunteer app's three calls; thread-safe, one call at a time."""
 
     def __init__(
-        self, address: str, *, token: str | None = None, timeout: float = 10.0, connect_timeout: float = 5.0
+        self, address: str, *, token: str | None = None, timeout: float = 10.0, connect_timeout: float = 5.0,
+        ca_file: str | Path | None = None,
     ) -> None:
         self.address = address
+        self.endpoint = resolve(address, ca_file=ca_file)
+        self._tls = self.endpoint.ssl_context() if self.endpoint.tls else None
         self.token = token
         self.timeout = timeout
         self.connect_timeout = connect_timeout
@@ -201,9 +194,19 @@ class LiteClient(VolunteerCalls):
             self.close()
         if self._sock is not None:
             return
-        host, port = parse_address(self.address)
-        sock = socket.create_connection((host, port), timeout=min(self.connect_timeout, _remaining(deadline)))
+        endpoint = self.endpoint
+        sock = socket.create_connection((endpoint.host, endpoint.port),
+                                        timeout=min(self.connect_timeout, _remaining(deadline)))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._tls is not None:
+            try:
+                sock = self._tls.wrap_socket(sock, server_hostname=endpoint.host)
+            except BaseException:
+                sock.close()
+                raise
+            if sock.selected_alpn_protocol() != "h2":
+                sock.close()
+                raise ConnectionRefusedError(f"the coordinator at {self.address} does not speak HTTP/2 over TLS")
         config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
         conn = h2.connection.H2Connection(config=config)
         conn.initiate_connection()
@@ -214,8 +217,12 @@ class LiteClient(VolunteerCalls):
         """Read what arrived while idle (settings, pings, GOAWAY, EOF); False when the connection is done."""
         try:
             sock, _ = self._live()
-            while select.select([sock], [], [], 0)[0]:
-                data = sock.recv(READ_BYTES)
+            sock.settimeout(0)  # drain without waiting (TLS records that carry no data included)
+            while True:
+                try:
+                    data = sock.recv(READ_BYTES)
+                except (BlockingIOError, ssl.SSLWantReadError):
+                    break
                 if not data:
                     return False
                 self._handle(data)
@@ -269,12 +276,11 @@ class LiteClient(VolunteerCalls):
         _, conn = self._live()
         stream_id = conn.get_next_available_stream_id()
         reply = self._replies[stream_id] = _Reply()
-        host, port = parse_address(self.address)
         headers = [
             (":method", "POST"),
-            (":scheme", "http"),
+            (":scheme", "https" if self.endpoint.tls else "http"),
             (":path", SERVICE_PATH + method),
-            (":authority", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"),
+            (":authority", self.endpoint.target),
             ("content-type", "application/grpc"),
             ("te", "trailers"),
             ("grpc-timeout", f"{max(math.ceil(_remaining(deadline) * 1000), 1)}m"),

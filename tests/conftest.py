@@ -47,7 +47,7 @@ class CoordinatorProcess:
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.http_address}"
+        return self.http_address if "://" in self.http_address else f"http://{self.http_address}"
 
     def client(self, token: str | None = None, **kwargs: Any) -> Any:
         from essaim.protocol.client import CoordinatorClient
@@ -126,8 +126,9 @@ def start_coordinator(
         if line.startswith(READY_PREFIX):
             ready = line
     parts = dict(p.split("=", 1) for p in ready[len(READY_PREFIX) :].split())
-    if public_host is not None:
-        parts = {k: f"{public_host}:{v.rsplit(':', 1)[1]}" for k, v in parts.items()}
+    if public_host is not None:  # the scheme (http:// on a public address) is kept
+        parts = {k: f"{v.split('://')[0] + '://' if '://' in v else ''}{public_host}:{v.rsplit(':', 1)[1]}"
+                 for k, v in parts.items()}
     admin_token = (data_dir / "admin-token").read_text().strip()
     return CoordinatorProcess(
         proc=proc,

@@ -52,7 +52,7 @@ def nat_swarm(netlab_module: ModuleType, harness: ModuleType, module_launcher: A
                                   matchmaking_time=2.5)
 
         def launcher(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> Any:
-            return module_launcher(data_dir, "--host", "0.0.0.0", *args, env=env, prefix=coord.prefix(),
+            return module_launcher(data_dir, "--host", "0.0.0.0", "--insecure", *args, env=env, prefix=coord.prefix(),
                                    public_host=coord.address)
 
         swarm = harness.ServiceSwarm.start(launcher, root / "coord", recipe)

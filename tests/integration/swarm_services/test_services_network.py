@@ -23,7 +23,8 @@ def test_the_runner_announces_the_given_host_with_its_real_port(
     recipe = harness.make_job(tmp_path / "job", epochs=6, target_batch_size=512)
 
     def launcher(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> Any:
-        return launch_coordinator(data_dir, "--host", "0.0.0.0", "--announce-host", ANNOUNCED, *args, env=env)
+        return launch_coordinator(data_dir, "--host", "0.0.0.0", "--insecure", "--announce-host", ANNOUNCED, *args,
+                                  env=env)
 
     swarm = harness.ServiceSwarm.start(launcher, tmp_path / "coord", recipe)
     try:

@@ -92,8 +92,10 @@ class FakeClient:
 
     instances: list[FakeClient] = []
 
-    def __init__(self, address: str, *, token: str | None = None, timeout: float = 10.0, retries: int = 3):
+    def __init__(self, address: str, *, token: str | None = None, timeout: float = 10.0, retries: int = 3,
+                 ca_file: str | None = None):
         self.address, self.token, self.timeout, self.retries = address, token, timeout, retries
+        self.ca_file = ca_file
         self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
         self.job_states: list[Any] = [make_job()]
         self.volunteers: list[Volunteer] = [make_volunteer()]
