@@ -1,6 +1,6 @@
 """The trainer process: trains one job as one peer of its swarm, driven over a pipe by the app.
 
-    python -m essaim.client.trainer --assignment job.json --work-dir DIR [--coordinator HOST:PORT --token T]
+    ESSAIM_TRAINER_TOKEN=T python -m essaim.client.trainer --assignment job.json --work-dir DIR [--coordinator HOST:PORT]
     python -m essaim.client.trainer --assignment job.json --work-dir DIR --headless
 
 It reads commands as JSON lines on stdin and writes events as JSON lines on stdout
@@ -473,7 +473,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--assignment", required=True, type=Path, help="the job description (JSON)")
     parser.add_argument("--work-dir", required=True, type=Path, help="state, token, log and cache of this job")
     parser.add_argument("--coordinator", help="HOST:PORT of the coordinator, to download the job's files")
-    parser.add_argument("--token", help="the volunteer's bearer token for the coordinator")
+    parser.add_argument("--token", help="the volunteer's bearer token for the coordinator (better: the "
+                        "ESSAIM_TRAINER_TOKEN environment variable, which other users of the machine cannot read)")
     parser.add_argument("--headless", action="store_true", help="run without an app (stdin may be closed)")
     parser.add_argument("--cache-dir", type=Path, help="content cache of job files (default: WORK_DIR/cache)")
     parser.add_argument("--client-mode", choices=("auto", "on", "off"),
@@ -497,7 +498,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.client_mode:
         assignment = assignment.model_copy(update={"client_mode": args.client_mode})
-    trainer = Trainer(assignment, args.work_dir, events, coordinator=args.coordinator, token=args.token,
+    token = args.token or os.environ.pop("ESSAIM_TRAINER_TOKEN", None)  # not handed down to its children
+    trainer = Trainer(assignment, args.work_dir, events, coordinator=args.coordinator, token=token,
                       headless=args.headless, cache_dir=args.cache_dir, verbose=args.verbose)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: threading.Thread(target=trainer.request_stop, args=("signal",),

@@ -33,6 +33,7 @@ import psutil
 from essaim.client.errors import TrainerError
 
 logger = logging.getLogger(__name__)
+TOKEN_ENV = "ESSAIM_TRAINER_TOKEN"  # the volunteer's bearer token, handed to the trainer
 EXIT_EVENT = "_exit"
 """Event the reader thread adds when the trainer's stdout closes: {"event": "_exit", "returncode": N}."""
 
@@ -77,14 +78,15 @@ class TrainerHandle:
         argv = [*self.command, "--assignment", str(self.assignment_file), "--work-dir", str(self.work_dir)]
         if self.coordinator:
             argv += ["--coordinator", self.coordinator]
-        if self.token:
-            argv += ["--token", self.token]
-        return argv
+        return argv  # the token goes in the environment (ESSAIM_TRAINER_TOKEN): a command line is public
 
     def start(self) -> int:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.work_dir / "trainer-stderr.log", "ab")  # noqa: SIM115 - closed in _reap
         env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
+        env.pop(TOKEN_ENV, None)
+        if self.token:  # other users of the machine read command lines (ps), not other processes' environments
+            env[TOKEN_ENV] = self.token
         kwargs: dict[str, Any] = {}
         if os.name == "posix":
             kwargs["start_new_session"] = True

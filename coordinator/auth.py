@@ -12,7 +12,9 @@ subject) and stop working when that volunteer is banned.
 Used by the servicer (every call), the service (ownership checks) and ``essaim coordinator token``.
 Lookups are cached for ``cache_ttl`` seconds (several heartbeat intervals) so heartbeats do not hit
 the store; a ban clears the volunteer's entries at once, expiry is checked on every use, and a token
-revoked in the store by another process stops working within ``cache_ttl``.
+revoked in the store, by this process or another (``essaim coordinator token revoke``), stops
+working within seconds: the server calls :meth:`Authenticator.watch_revocations` every 2 s, one
+read of a settings row, and drops the whole cache when a revocation happened.
 """
 
 from __future__ import annotations
@@ -151,6 +153,17 @@ class Authenticator:
         self._cache: dict[str, tuple[Principal, float, float | None]] = {}
         self._banned: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._revoked_at: float | None = None
+
+    def watch_revocations(self) -> bool:
+        """Drop the cache if a token was revoked since the last look; True when it was."""
+        at = self._store.revocations_at()
+        if at == self._revoked_at:
+            return False
+        first, self._revoked_at = self._revoked_at is None, at
+        with self._lock:
+            self._cache.clear()
+        return not first
 
     def load_banned(self, banned: dict[str, str]) -> None:
         with self._lock:

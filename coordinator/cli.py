@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,11 +61,13 @@ def make_settings(**flags: Any) -> CoordinatorSettings:
 
 
 def _open_store(data_dir: Path | None, db_url: str | None) -> Any:
+    """The store of an existing coordinator: an admin command never makes a new, empty one (a token
+    created there would be known to no coordinator)."""
     from essaim.coordinator.store import open_store
 
     settings = make_settings(data_dir=data_dir, db_url=db_url)
-    if not settings.db_url:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if not settings.db_url and not (settings.data_dir / "coordinator.db").exists():
+        raise NotFound(f"no coordinator store in {settings.data_dir}; pass the coordinator's --data-dir or --db-url")
     return open_store(settings.resolved_db_url())
 
 
@@ -159,10 +162,18 @@ def serve(
     run_server(settings, gateway=gateway)
 
 
+EXPIRES_IN = typer.Option(90.0, "--expires-in", min=0.0, help="Days the token is valid (0: it never expires).")
+
+
+def _expiry(days: float) -> float | None:
+    return time.time() + days * 86400 if days > 0 else None
+
+
 @token_app.command("create")
 def token_create(
     role: Role = typer.Option(..., "--role", help="admin, researcher or volunteer."),
     label: str = typer.Option("", "--label", help="Who the token is for (also its owner name for jobs)."),
+    expires_in: float = EXPIRES_IN,
     data_dir: Path | None = DATA_DIR,
     db_url: str | None = DB_URL,
 ) -> None:
@@ -171,7 +182,72 @@ def token_create(
 
     store = _open_store(data_dir, db_url)
     try:
-        token = create_token(store, role=role, label=label)
+        token = create_token(store, role=role, label=label, expires_at=_expiry(expires_in))
+    finally:
+        store.close()
+    typer.echo(token)
+
+
+@token_app.command("list")
+def token_list(
+    include_revoked: bool = typer.Option(False, "--all", help="Revoked and expired tokens too."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    data_dir: Path | None = DATA_DIR,
+    db_url: str | None = DB_URL,
+) -> None:
+    """The tokens (id, role, subject, label, dates): never the tokens themselves, which are not stored."""
+    store = _open_store(data_dir, db_url)
+    try:
+        records = store.list_tokens(include_revoked=include_revoked)
+    finally:
+        store.close()
+    rows = [{"id": r.id, "role": str(r.role), "subject": r.subject, "label": r.label, "created_at": r.created_at,
+             "expires_at": r.expires_at, "revoked": r.revoked} for r in records]
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    def day(t: float | None) -> str:
+        return time.strftime("%Y-%m-%d", time.gmtime(t)) if t else "never"
+
+    for r in rows:
+        state = "revoked" if r["revoked"] else ("expired" if r["expires_at"] and r["expires_at"] < time.time() else "")
+        typer.echo(f"{r['id']:>6}  {r['role']:<10} {r['subject'][:32]:<32} created {day(r['created_at'])}  "
+                   f"expires {day(r['expires_at'])}  {r['label'][:30]}  {state}".rstrip())
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: int = typer.Argument(..., help="The token's id (`token list`)."),
+    data_dir: Path | None = DATA_DIR,
+    db_url: str | None = DB_URL,
+) -> None:
+    """Revoke a token: running coordinators refuse it within seconds."""
+    store = _open_store(data_dir, db_url)
+    try:
+        record = store.revoke_token(token_id)
+    finally:
+        store.close()
+    typer.echo(f"revoked token {token_id} ({record.role} {record.subject})")
+
+
+@token_app.command("rotate")
+def token_rotate(
+    token_id: int = typer.Argument(..., help="The token's id (`token list`)."),
+    expires_in: float = EXPIRES_IN,
+    data_dir: Path | None = DATA_DIR,
+    db_url: str | None = DB_URL,
+) -> None:
+    """Replace a token: print a new one for the same role and subject, and revoke the old one."""
+    from essaim.coordinator.auth import create_token
+
+    store = _open_store(data_dir, db_url)
+    try:
+        old = store.get_token(token_id)
+        if old.revoked:
+            raise InvalidArgument(f"token {token_id} is revoked already; create a new one with `token create`")
+        token = create_token(store, role=old.role, label=old.label, subject=old.subject,
+                             expires_at=_expiry(expires_in))
+        store.revoke_token(token_id)
     finally:
         store.close()
     typer.echo(token)

@@ -44,6 +44,7 @@ from essaim.protocol.types import JobStatus
 logger = logging.getLogger(__name__)
 
 JOB_REFRESH_SECONDS = 5.0
+REVOCATION_POLL_SECONDS = 2.0  # a revoked token stops working within this (and one call's time)
 GRACE_SECONDS = 3.0
 
 
@@ -104,6 +105,17 @@ async def _refresh_jobs(service: CoordinatorService, stop: asyncio.Event) -> Non
             await _gateway_hook(service, "check")
         except Exception as exc:
             logger.warning("could not refresh the live jobs: %s", exc)
+
+
+async def _watch_token_revocations(service: CoordinatorService, stop: asyncio.Event) -> None:
+    """Drop the token cache when a token was revoked, by this process or another (``token revoke``)."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), REVOCATION_POLL_SECONDS)
+        try:
+            await asyncio.to_thread(service.auth.watch_revocations)
+        except Exception as exc:
+            logger.warning("could not check for revoked tokens: %s", exc)
 
 
 async def _gateway_hook(service: CoordinatorService, name: str) -> None:
@@ -206,6 +218,7 @@ async def serve_async(
             )
         )
         tasks.append(asyncio.create_task(_refresh_jobs(service, stop)))
+        tasks.append(asyncio.create_task(_watch_token_revocations(service, stop)))
         scheme = "https://" if tls is not None else ("" if is_loopback(settings.host) else "http://")
         announce(
             f"essaim coordinator ready grpc={scheme}{_fmt(settings.host, grpc_port)} "

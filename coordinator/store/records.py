@@ -22,6 +22,7 @@ class TokenRecord:
     created_at: float
     expires_at: float | None
     revoked: bool
+    id: int = 0  # the store's row id: how admins name a token (never the token itself)
 
     def usable(self, now: float) -> bool:
         """True when the token is neither revoked nor expired at ``now``."""

@@ -7,12 +7,21 @@ things such as the first-start marker.
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from essaim.coordinator.store.base import StoreBase, now
 from essaim.coordinator.store.records import TokenRecord
 from essaim.coordinator.store.tables import settings, tokens
-from essaim.protocol.errors import AlreadyExists, InvalidArgument
+from essaim.protocol.errors import AlreadyExists, InvalidArgument, NotFound
 from essaim.protocol.types import Role
+
+REVOKED_AT = "tokens_revoked_at"  # the settings key revocations bump
+
+
+def _record(row: Any) -> TokenRecord:
+    return TokenRecord(role=Role(row.role), subject=row.subject, label=row.label, created_at=row.created_at,
+                       expires_at=row.expires_at, revoked=bool(row.revoked), id=int(row.id))
 
 
 class TokensMixin(StoreBase):
@@ -50,23 +59,54 @@ class TokensMixin(StoreBase):
             row = conn.execute(sa.select(tokens).where(tokens.c.token_hash == token_hash)).first()
         if row is None:
             return None
-        return TokenRecord(
-            role=Role(row.role),
-            subject=row.subject,
-            label=row.label,
-            created_at=row.created_at,
-            expires_at=row.expires_at,
-            revoked=bool(row.revoked),
-        )
+        return _record(row)
+
+    def list_tokens(self, *, include_revoked: bool = False) -> list[TokenRecord]:
+        """Every token (hashes left out), oldest first; without revoked or expired ones by default."""
+        query = sa.select(tokens).order_by(tokens.c.id)
+        if not include_revoked:
+            query = query.where(tokens.c.revoked == sa.false(),
+                                sa.or_(tokens.c.expires_at.is_(None), tokens.c.expires_at > now()))
+        with self._read() as conn:
+            return [_record(row) for row in conn.execute(query)]
+
+    def get_token(self, token_id: int) -> TokenRecord:
+        with self._read() as conn:
+            row = conn.execute(sa.select(tokens).where(tokens.c.id == int(token_id))).first()
+        if row is None:
+            raise NotFound(f"no token {token_id}; `essaim coordinator token list` shows them")
+        return _record(row)
+
+    def revoke_token(self, token_id: int) -> TokenRecord:
+        """Revoke one token by id; returns it as it was. Running coordinators refuse it within seconds."""
+        record = self.get_token(token_id)
+        with self._write() as conn:
+            conn.execute(sa.update(tokens).where(tokens.c.id == int(token_id)).values(revoked=True))
+            self._note_revocation(conn)
+        return record
 
     def revoke_tokens(self, subject: str) -> int:
         """Revoke every token of a subject; returns how many were still unrevoked."""
         with self._write() as conn:
-            return conn.execute(
+            count = conn.execute(
                 sa.update(tokens)
                 .where(tokens.c.subject == subject, tokens.c.revoked == sa.false())
                 .values(revoked=True)
             ).rowcount
+            self._note_revocation(conn)
+            return count
+
+    def revocations_at(self) -> float:
+        """When a token was last revoked (0: never): coordinators drop their token caches when it moves."""
+        value = self.get_setting(REVOKED_AT)
+        try:
+            return float(value) if value is not None else 0.0
+        except ValueError:
+            return 0.0
+
+    def _note_revocation(self, conn: Any) -> None:
+        conn.execute(self._insert(settings).values(key=REVOKED_AT, value=repr(now()))
+                     .on_conflict_do_update(index_elements=["key"], set_={"value": repr(now())}))
 
     def count_tokens(self, role: Role | None = None) -> int:
         """How many tokens (of a role) are usable now: neither revoked nor expired."""

@@ -99,6 +99,23 @@ class TestStore:
         assert bob is not None and bob.revoked and not bob.usable(time.time())
         assert store.count_tokens(Role.RESEARCHER) == 0
 
+    def test_tokens_are_listed_and_revoked_by_id(self, store: Store) -> None:
+        assert store.revocations_at() == 0.0
+        store.add_token(token_hash="h-a", role=Role.ADMIN, subject="alice")
+        store.add_token(token_hash="h-b", role=Role.RESEARCHER, subject="bob", label="b")
+        listed = store.list_tokens()
+        assert [(t.subject, t.label) for t in listed] == [("alice", ""), ("bob", "b")]
+        assert store.get_token(listed[1].id).subject == "bob"
+        assert store.revoke_token(listed[1].id).revoked is False  # as it was
+        assert [t.subject for t in store.list_tokens()] == ["alice"]
+        assert [t.revoked for t in store.list_tokens(include_revoked=True)] == [False, True]
+        first = store.revocations_at()
+        assert first > 0
+        store.revoke_tokens("alice")
+        assert store.revocations_at() >= first
+        with pytest.raises(NotFound):
+            store.revoke_token(10_000)
+
     def test_settings(self, store: Store) -> None:
         assert store.get_setting("first_start") is None
         store.set_setting("first_start", "1")
