@@ -14,11 +14,13 @@ reuse its identity at once.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import os
 import threading
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import hivemind
 import psutil
@@ -62,11 +64,30 @@ def _watch_parent(parent_pid: int) -> None:
 
 
 class _DHT(hivemind.DHT):
-    """hivemind.DHT whose background process leaves with its parent (see the module docstring)."""
+    """hivemind.DHT whose background process leaves with its parent (see the module docstring), and
+    whose calls are not lost to the garbage collector (:func:`_keep_tasks_alive`)."""
 
     def run(self) -> None:
         _watch_parent(self._parent_pid)
+        _keep_tasks_alive()
         super().run()
+
+
+def _keep_tasks_alive() -> None:
+    """In the DHT's own process: keep every task until it is done. hivemind's DHT loop starts each call
+    (get, store, run_coroutine) as a task it keeps no reference to, and asyncio holds tasks weakly: a
+    garbage collection could destroy one mid-call ("Task was destroyed but it is pending!"), and the
+    caller waited out its timeout (a trainer failed with "cannot read the DHT's addresses")."""
+    create = asyncio.create_task
+    running: set[asyncio.Task[Any]] = set()
+
+    def create_task(coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        task = create(coro, **kwargs)
+        running.add(task)
+        task.add_done_callback(running.discard)
+        return task
+
+    asyncio.create_task = create_task  # type: ignore[assignment]
 
 
 _fork_hook_installed = False

@@ -30,7 +30,8 @@ def main() -> int:
     parser.add_argument("--token", default="")
     args = parser.parse_args()
     journal = open(os.path.join(args.work_dir, "fake_trainer.jsonl"), "a", buffering=1)  # noqa: SIM115
-    journal.write(json.dumps({"argv": sys.argv[1:], "pid": os.getpid()}) + "\n")
+    journal.write(json.dumps({"argv": sys.argv[1:], "pid": os.getpid(),
+                              "token": os.environ.get("ESSAIM_TRAINER_TOKEN", "")}) + "\n")
     with open(args.assignment) as f:
         data = json.load(f)
         job_id = data.get("job_id") or (data.get("job") or {}).get("id", "job")

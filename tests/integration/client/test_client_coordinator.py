@@ -66,9 +66,10 @@ def test_outages_are_ridden_out(tmp_path, launch_app, launch_coordinator, client
     assert st["coordinator"]["connected"] and st["coordinator"]["volunteer_id"]
     volunteer_id = st["coordinator"]["volunteer_id"]
     work = app.paths.data_dir / "jobs" / job.id
-    argv = json.loads((work / "fake_trainer.jsonl").read_text().splitlines()[0])["argv"]
+    started = json.loads((work / "fake_trainer.jsonl").read_text().splitlines()[0])
+    argv = started["argv"]
     assert argv[argv.index("--coordinator") + 1] == address
-    assert argv[argv.index("--token") + 1].startswith("essaim_")
+    assert started["token"].startswith("essaim_") and "--token" not in argv  # in its environment only
     assignment = json.loads((work / "assignment.json").read_text())  # what the real trainer reads
     assert assignment["job_id"] == job.id
     assert assignment["volunteer_id"] == volunteer_id
