@@ -11,10 +11,12 @@ are essaim.protocol.errors classes; the caller prints them and exits with their 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,15 +62,20 @@ def make_settings(**flags: Any) -> CoordinatorSettings:
         raise ConfigError(f"invalid coordinator settings: {problems}") from None
 
 
-def _open_store(data_dir: Path | None, db_url: str | None) -> Any:
-    """The store of an existing coordinator: an admin command never makes a new, empty one (a token
-    created there would be known to no coordinator)."""
+@contextlib.contextmanager
+def _store(data_dir: Path | None, db_url: str | None) -> Iterator[Any]:
+    """The store of an existing coordinator, closed on the way out: an admin command never makes a
+    new, empty one (a token created there would be known to no coordinator)."""
     from essaim.coordinator.store import open_store
 
     settings = make_settings(data_dir=data_dir, db_url=db_url)
     if not settings.db_url and not (settings.data_dir / "coordinator.db").exists():
         raise NotFound(f"no coordinator store in {settings.data_dir}; pass the coordinator's --data-dir or --db-url")
-    return open_store(settings.resolved_db_url())
+    store = open_store(settings.resolved_db_url())
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 @app.command()
@@ -180,11 +187,8 @@ def token_create(
     """Create a bearer token and print it (it is stored hashed: this is the only time it is shown)."""
     from essaim.coordinator.auth import create_token
 
-    store = _open_store(data_dir, db_url)
-    try:
+    with _store(data_dir, db_url) as store:
         token = create_token(store, role=role, label=label, expires_at=_expiry(expires_in))
-    finally:
-        store.close()
     typer.echo(token)
 
 
@@ -196,11 +200,8 @@ def token_list(
     db_url: str | None = DB_URL,
 ) -> None:
     """The tokens (id, role, subject, label, dates): never the tokens themselves, which are not stored."""
-    store = _open_store(data_dir, db_url)
-    try:
+    with _store(data_dir, db_url) as store:
         records = store.list_tokens(include_revoked=include_revoked)
-    finally:
-        store.close()
     rows = [{"id": r.id, "role": str(r.role), "subject": r.subject, "label": r.label, "created_at": r.created_at,
              "expires_at": r.expires_at, "revoked": r.revoked} for r in records]
     if as_json:
@@ -222,11 +223,8 @@ def token_revoke(
     db_url: str | None = DB_URL,
 ) -> None:
     """Revoke a token: running coordinators refuse it within seconds."""
-    store = _open_store(data_dir, db_url)
-    try:
+    with _store(data_dir, db_url) as store:
         record = store.revoke_token(token_id)
-    finally:
-        store.close()
     typer.echo(f"revoked token {token_id} ({record.role} {record.subject})")
 
 
@@ -240,16 +238,13 @@ def token_rotate(
     """Replace a token: print a new one for the same role and subject, and revoke the old one."""
     from essaim.coordinator.auth import create_token
 
-    store = _open_store(data_dir, db_url)
-    try:
+    with _store(data_dir, db_url) as store:
         old = store.get_token(token_id)
         if old.revoked:
             raise InvalidArgument(f"token {token_id} is revoked already; create a new one with `token create`")
         token = create_token(store, role=old.role, label=old.label, subject=old.subject,
                              expires_at=_expiry(expires_in))
         store.revoke_token(token_id)
-    finally:
-        store.close()
     typer.echo(token)
 
 
@@ -267,22 +262,18 @@ def ledger_verify(
     from essaim.coordinator.swarm_keys import SWARM_KEY, load_or_create_swarm_key, public_key_der
 
     settings = make_settings(data_dir=data_dir, db_url=db_url)
-    if db_url is None and not settings.db_url and not (settings.data_dir / "coordinator.db").exists():
-        raise NotFound(f"no coordinator store in {settings.data_dir}; pass the coordinator's --data-dir or --db-url")
-    signed = None
-    if head is not None:
-        signed = _read_signed_head(head)
-        key_path = settings.data_dir / SWARM_KEY
-        if not key_path.exists():
-            raise NotFound(f"no swarm key in {settings.data_dir} to check the head's signature with; pass the "
-                           "coordinator's --data-dir")
-        if not head_signature_ok(signed, public_key_der(load_or_create_swarm_key(key_path))):
-            raise InvalidArgument(f"{head}: the head's signature is not this coordinator's (a forged or foreign head)")
-    store = _open_store(data_dir, db_url)
-    try:
+    with _store(data_dir, db_url) as store:
+        signed = None
+        if head is not None:
+            signed = _read_signed_head(head)
+            key_path = settings.data_dir / SWARM_KEY
+            if not key_path.exists():
+                raise NotFound(f"no swarm key in {settings.data_dir} to check the head's signature with; pass the "
+                               "coordinator's --data-dir")
+            if not head_signature_ok(signed, public_key_der(load_or_create_swarm_key(key_path))):
+                raise InvalidArgument(f"{head}: the head's signature is not this coordinator's (a forged or "
+                                      "foreign head)")
         result = store.verify_ledger(signed)
-    finally:
-        store.close()
     if as_json:
         typer.echo(json.dumps({"ok": result.ok, "checked": result.checked, "first_bad_seq": result.first_bad_seq,
                                "message": result.message}))

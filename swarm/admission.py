@@ -123,18 +123,17 @@ class Admission:
 
     def _learn(self, found: Any) -> None:
         """Keep every published token that checks out and belongs to the key of its subkey."""
-        from essaim.swarm.records import owner_public_key
+        from essaim.swarm.records import owner_peer_id
 
         if found is None or not isinstance(getattr(found, "value", None), dict):
             return
         for subkey, item in found.value.items():
-            public = owner_public_key(subkey)
+            owner = owner_peer_id(subkey) if isinstance(subkey, bytes) else None
             value = getattr(item, "value", None)
-            if public is None or not isinstance(value, str):
+            if owner is None or not isinstance(value, str):
                 continue
             try:
                 token = decode_swarm_token(value)
-                owner = peer_id_for_public_key(public)
                 if peer_id_for_public_key(bytes(token.public_key)) != owner:
                     continue  # a token of another key: it proves nothing about this subkey's owner
             except (AuthError, ValueError) as exc:

@@ -74,8 +74,8 @@ from essaim.swarm.admission import Admission, AdmittedServicer
 from essaim.swarm.aggregation import Gathered, NormHistory, RobustAllReduceRunner, suspects
 from essaim.swarm.auth import SwarmAuthorizer
 from essaim.swarm.errors import TrainingError
-from essaim.swarm.identity import RSAPrivateKey, peer_id_for_public_key
-from essaim.swarm.records import owner_public_key
+from essaim.swarm.identity import RSAPrivateKey
+from essaim.swarm.records import owner_peer_id
 from essaim.swarm.rounds import ALONE, RoundOutcome, describe_failure
 from hivemind.averaging.allreduce import AveragingMode
 from hivemind.averaging.control import AveragingStage
@@ -542,13 +542,14 @@ class _Tracker(ProgressTracker):
                 self._count_client_epochs(progress, others)
         return progress
 
-    def _records_by_owner(self, metadata: dict[Any, Any]) -> list[tuple[str, dict[str, Any]]]:
+    @staticmethod
+    def _records_by_owner(metadata: dict[Any, Any]) -> list[tuple[str, dict[str, Any]]]:
         """(peer id of the key that signed it, record) for each record whose claimed peer id is that
         of its signer: a record's ``peer_id`` is the peer's word, its subkey the key that signed it."""
         found = []
         for subkey, item in metadata.items():
             record = getattr(item, "value", None)
-            owner = self._owner_peer(subkey)
+            owner = owner_peer_id(subkey) if isinstance(subkey, bytes) else None
             if not isinstance(record, dict) or owner is None:
                 continue
             try:
@@ -558,18 +559,6 @@ class _Tracker(ProgressTracker):
             if claimed == owner:
                 found.append((owner, record))
         return found
-
-    def _owner_peer(self, subkey: Any) -> str | None:
-        cache: dict[Any, str | None] = self.__dict__.setdefault("_owners", {})
-        if subkey not in cache:
-            public = owner_public_key(subkey)
-            try:
-                cache[subkey] = peer_id_for_public_key(public) if public is not None else None
-            except Exception:  # not a key: no record of its subkey counts
-                cache[subkey] = None
-            if len(cache) > 4096:
-                cache.clear()
-        return cache.get(subkey)
 
     def _count_client_epochs(self, progress: Any, others: list[dict[str, Any]]) -> None:
         """hivemind takes the swarm's epoch from full peers only; in a swarm of NAT-ed volunteers

@@ -15,6 +15,7 @@ fields it does not know, so peers of newer versions can add fields; readers igno
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -104,6 +105,19 @@ def owner_public_key(subkey: bytes) -> bytes | None:
     return match.group(1) if match else None
 
 
+@functools.lru_cache(maxsize=4096)
+def owner_peer_id(subkey: bytes) -> str | None:
+    """The peer id of the key inside an owner subkey (the key that signed what is stored under it),
+    or None when it holds none. Cached: peers read the same subkeys every second."""
+    public = owner_public_key(subkey)
+    if public is None:
+        return None
+    try:
+        return peer_id_for_public_key(public)
+    except Exception:  # not a key: nothing stored under it counts
+        return None
+
+
 def publish_progress(
     dht: hivemind.DHT,
     job_id: str,
@@ -149,12 +163,12 @@ def read_progress(dht: hivemind.DHT, job_id: str, *, timeout: float = 10.0) -> d
         return {}
     records: dict[str, ProgressRecord] = {}
     for subkey, item in found.value.items():
-        public = owner_public_key(subkey)
+        owner = owner_peer_id(subkey) if isinstance(subkey, bytes) else None
         value = getattr(item, "value", None)
-        if public is None or not isinstance(value, dict):
+        if owner is None or not isinstance(value, dict):
             continue
         try:
-            records[peer_id_for_public_key(public)] = ProgressRecord.model_validate(value)
+            records[owner] = ProgressRecord.model_validate(value)
         except (ValidationError, ValueError) as exc:
             logger.debug("skipping a malformed progress record: %s", exc)
     return records
