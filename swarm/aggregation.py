@@ -7,8 +7,9 @@ claims (its samples) is taken on trust. A :class:`RobustPartReducer` instead, fo
 
 1. **refuses** a part that is not finite, has the wrong shape, or comes with a weight that is not a
    finite non-negative number, and every later part of that sender in the round; and every part of
-   a sender it named a suspect in an earlier round (:func:`suspects`): one attack gets through,
-   bounded, and its sender is shut out of the rounds this reducer runs for the rest of the job;
+   a sender it named a suspect in an earlier round (:func:`suspects`: a gross attack at once, a
+   subtler one on its second far update): an attack gets through, bounded, and its sender is shut
+   out of the rounds this reducer runs for the rest of the job;
 2. **caps claimed weights** at ``WEIGHT_CAP`` times the lower median of the group's claims (weights
    below 1, the coordinator's averaging peer's token weight, are not claims and are not counted):
    a member claiming 100x the samples it computed weighs at most twice a typical member;
@@ -54,23 +55,32 @@ ITERATIONS = 3
 # step of lr 1, left the model at exact match 0.0 for good)
 HISTORY_MULTIPLE = 1.5
 HISTORY_ROUNDS = 16
-# a member clipped to under this share of its pull on any part is a suspect: over eight median
-# norms from the centre. An honest volunteer an outer step behind was measured at 0.47; an update
-# negated and x10 at 0.18, x1000 at 0.002
+# A member clipped to under SUSPECT_KEPT of its pull on any part (over eight median norms from the
+# centre) takes a strike; it is a suspect at once when clipped under NAMED_AT_ONCE_KEPT (over
+# twenty), else on its second strike within STRIKE_ROUNDS rounds of this reducer. Measured: an
+# honest volunteer an outer step behind at 0.47, and 0.24 once in twelve rounds on a loaded 2-core
+# machine, where volunteers' shares of an epoch's samples (and so their update norms) vary tenfold;
+# an update negated and x10 at 0.18 (named on its second round), x1000 at 0.002 (named at once).
 SUSPECT_KEPT = 0.25
+NAMED_AT_ONCE_KEPT = 0.1
+STRIKES_TO_NAME = 2
+STRIKE_ROUNDS = 8
 
 
 @dataclass(slots=True)
 class Verdict:
     """What a reducer made of one sender's parts in a round: refused (with the reason), or the
-    smallest share of its pull it kept on any part (1.0: never clipped)."""
+    smallest share of its pull it kept on any part (1.0: never clipped); ``strikes``: the rounds,
+    this one included, in which this reducer clipped the sender under ``SUSPECT_KEPT`` lately
+    (:class:`Strikes`)."""
 
     refused: str = ""
     kept: float = 1.0
     parts: int = 0
+    strikes: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"refused": self.refused, "kept": round(self.kept, 4), "parts": self.parts}
+        return {"refused": self.refused, "kept": round(self.kept, 4), "parts": self.parts, "strikes": self.strikes}
 
 
 def part_problem(part: torch.Tensor, shape: torch.Size, weight: float) -> str:
@@ -355,14 +365,41 @@ class Gathered(dict):  # type: ignore[type-arg]
         self.verdicts = dict(verdicts or {})
 
 
+class Strikes:
+    """The rounds in which a reducer clipped each sender under ``SUSPECT_KEPT``, over its last
+    ``STRIKE_ROUNDS`` rounds: one far update is bounded by the clipping and may be an honest
+    volunteer's (one that computed most of an epoch's samples while the others were starved); the
+    same sender far out again is not a coincidence."""
+
+    def __init__(self) -> None:
+        self.round = 0
+        self.seen: dict[str, deque[int]] = {}
+
+    def record(self, verdicts: dict[str, Verdict]) -> None:
+        """Count this round's far senders, and set every verdict's ``strikes``."""
+        self.round += 1
+        for peer, verdict in verdicts.items():
+            rounds = self.seen.setdefault(peer, deque())
+            if not verdict.refused and verdict.kept < SUSPECT_KEPT:
+                rounds.append(self.round)
+            while rounds and rounds[0] <= self.round - STRIKE_ROUNDS:
+                rounds.popleft()
+            verdict.strikes = len(rounds)
+
+
 def suspects(verdicts: dict[str, Verdict] | dict[str, dict[str, Any]]) -> dict[str, str]:
-    """Peer id -> why it is suspect: refused parts, or an update clipped to under ``SUSPECT_KEPT``
-    of its pull."""
+    """Peer id -> why it is suspect: refused parts, an update clipped to under
+    ``NAMED_AT_ONCE_KEPT`` of its pull, or one clipped under ``SUSPECT_KEPT`` on its
+    ``STRIKES_TO_NAME``-th strike."""
     out: dict[str, str] = {}
     for peer, verdict in verdicts.items():
         v = verdict.as_dict() if isinstance(verdict, Verdict) else verdict
+        kept = float(v.get("kept", 1.0))
+        strikes = int(v.get("strikes", 1))
         if v.get("refused"):
             out[peer] = f"refused: {v['refused']}"
-        elif float(v.get("kept", 1.0)) < SUSPECT_KEPT:
-            out[peer] = f"clipped to {float(v['kept']):.0%} of its pull"
+        elif kept < NAMED_AT_ONCE_KEPT:
+            out[peer] = f"clipped to {kept:.0%} of its pull"
+        elif kept < SUSPECT_KEPT and strikes >= STRIKES_TO_NAME:
+            out[peer] = f"clipped to {kept:.0%} of its pull ({strikes} times in {STRIKE_ROUNDS} rounds)"
     return out

@@ -4,8 +4,8 @@ Two volunteers train the demo job with the coordinator's averaging peer; a third
 once they have averaged, running ``hostile_trainer.py``: the real trainer, whose update each round
 is in turn multiplied by 1000, negated and multiplied by 10, then NaN. Under robust aggregation (the
 recipe's default) only the averaging peer reduces the rounds (the volunteers are full peers here
-and could each reduce a slice): it clips her first attack to the group's scale, names her as its
-suspect, and refuses her every part after that; it never names an honest volunteer. The model learns.
+and could each reduce a slice): it clips her first attack (x1000) to the group's scale, names her
+as its suspect at once, and refuses her every part after that; it never names an honest volunteer. The model learns.
 She also offers newcomers a forged state (epoch 1,000,000, the highest download priority, garbage
 weights): a fourth volunteer (carol) joining meanwhile loads the averaging peer's state instead.
 Meanwhile a stranger with no swarm token (``hostile_peer.py``) dials the averaging peer for the

@@ -10,9 +10,12 @@ import torch
 from essaim.swarm.aggregation import (
     CLIP_MULTIPLE,
     HISTORY_MULTIPLE,
+    STRIKE_ROUNDS,
     Gathered,
     NormHistory,
     RobustPartReducer,
+    Strikes,
+    Verdict,
     capped_weights,
     group_norm,
     part_problem,
@@ -136,8 +139,26 @@ def test_the_reducer_refuses_a_part_of_the_wrong_shape() -> None:
 def test_gathered_data_carries_the_verdicts() -> None:
     import pickle
 
-    g = pickle.loads(pickle.dumps(Gathered({"peer": b"x"}, verdicts={"peer": {"refused": "", "kept": 0.1}})))
-    assert dict(g) == {"peer": b"x"} and suspects(g.verdicts) == {"peer": "clipped to 10% of its pull"}
+    g = pickle.loads(pickle.dumps(Gathered({"peer": b"x"}, verdicts={"peer": {"refused": "", "kept": 0.05}})))
+    assert dict(g) == {"peer": b"x"} and suspects(g.verdicts) == {"peer": "clipped to 5% of its pull"}
+
+
+def test_a_far_update_is_named_on_its_second_strike_a_gross_one_at_once() -> None:
+    strikes = Strikes()
+    far, gross, honest = Verdict(kept=0.2, parts=1), Verdict(kept=0.002, parts=1), Verdict(kept=0.6, parts=1)
+    strikes.record({"far": far, "gross": gross, "honest": honest})
+    # one far update may be an honest volunteer's that did most of the epoch: bounded, not named
+    assert set(suspects({"far": far, "gross": gross, "honest": honest})) == {"gross"}
+    assert (far.strikes, honest.strikes) == (1, 0)
+    again = Verdict(kept=0.2, parts=1)
+    strikes.record({"far": again})
+    assert suspects({"far": again}) == {"far": f"clipped to 20% of its pull (2 times in {STRIKE_ROUNDS} rounds)"}
+    # strikes wear off: far again only after STRIKE_ROUNDS quiet rounds is a first strike
+    for _ in range(STRIKE_ROUNDS):
+        strikes.record({"far": Verdict(kept=0.9, parts=1)})
+    late = Verdict(kept=0.2, parts=1)
+    strikes.record({"far": late})
+    assert late.strikes == 1 and suspects({"far": late}) == {}
 
 
 def test_a_lone_member_is_held_to_the_norms_of_recent_rounds() -> None:
