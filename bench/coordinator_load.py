@@ -121,6 +121,11 @@ def start_coordinator(data_dir: Path, db_url: str, extra: list[str]) -> tuple[su
         "0",
         "--log-level",
         "warning",
+        # every simulated volunteer registers from this machine: no sign-up rate limit
+        "--signups-per-minute-per-source",
+        "0",
+        "--signups-per-minute",
+        "0",
         *extra,
     ]
     log = (data_dir / "coordinator.log").open("wb")

@@ -115,6 +115,12 @@ def serve(
     open_registration: bool | None = typer.Option(
         None, "--open-registration/--closed-registration", help="Anyone may register as a volunteer."
     ),
+    signups_per_source: int | None = typer.Option(
+        None, "--signups-per-minute-per-source", help="Registrations without a token a minute per address (10)."
+    ),
+    signups: int | None = typer.Option(
+        None, "--signups-per-minute", help="Registrations without a token a minute in all (600)."
+    ),
     public_pages: bool | None = typer.Option(
         None, "--public-pages/--no-public-pages", help="Serve the status pages to anyone."
     ),
@@ -148,6 +154,8 @@ def serve(
         tls_key=tls_key,
         insecure=insecure,
         open_registration=open_registration,
+        signups_per_minute_per_source=signups_per_source,
+        signups_per_minute=signups,
         public_pages=public_pages,
         max_message_bytes=max_message_bytes,
     )

@@ -35,11 +35,14 @@ from essaim.coordinator.errors import (
     NotFound,
     PermissionDenied,
     ResourceExhausted,
+    Unauthenticated,
 )
 from essaim.coordinator.heartbeats import HeartbeatBuffer
 from essaim.coordinator.keys import verify_registration
 from essaim.coordinator.settings import MAX_PRIORITY, CoordinatorSettings
+from essaim.coordinator.signup import bounded_hardware, finite_rate, registration_digest
 from essaim.coordinator.store import HeartbeatRecord
+from essaim.protocol.auth_metadata import REGISTRATION_MAX_SKEW_SECONDS, registration_message
 from essaim.protocol.client import safe_relative_path
 from essaim.protocol.recipe import load_recipe, paths_named, under_allowed_dir
 from essaim.protocol.types import (
@@ -176,6 +179,11 @@ class CoordinatorService:
             timestamp=req.timestamp,
             signature=req.signature,
         )
+        digest = registration_digest(req.public_key, registration_message(req.peer_id, req.name, req.timestamp))
+        if not self.store.use_once(digest, req.timestamp + REGISTRATION_MAX_SKEW_SECONDS):
+            raise Unauthenticated(
+                "this signed registration was used already (a replayed request?): sign a new timestamp to register"
+            )
         existing = self.store.find_volunteer_by_public_key(req.public_key)
         if existing is not None and (
             existing.status == VolunteerStatus.BANNED or self.auth.is_banned(existing.id)
@@ -187,7 +195,7 @@ class CoordinatorService:
                 name=name,
                 peer_id=req.peer_id,
                 public_key=req.public_key,
-                hardware=req.hardware,
+                hardware=bounded_hardware(req.hardware),
                 team=req.team[:MAX_NAME_CHARS],
                 client_version=client_version,
             )
@@ -211,10 +219,10 @@ class CoordinatorService:
                 at=now,
                 state=report.state[:64],
                 reason=report.reason[:256],
-                hardware=report.hardware,
+                hardware=None if report.hardware is None else bounded_hardware(report.hardware),
                 client_version=report.client_version[:64],
                 current_job_id=job_ids[0] if job_ids else "",
-                samples_per_second=sum(max(p.samples_per_second, 0.0) for p in report.progress),
+                samples_per_second=sum(finite_rate(p.samples_per_second) for p in report.progress),
             )
         )
         stop = []

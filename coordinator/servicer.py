@@ -33,6 +33,7 @@ from essaim.coordinator.errors import (
 )
 from essaim.coordinator.http import Metrics
 from essaim.coordinator.service import CoordinatorService
+from essaim.coordinator.signup import RateLimiter, source_of
 from essaim.protocol import serde
 from essaim.protocol.auth_metadata import token_from_metadata
 from essaim.protocol.types import Role
@@ -116,6 +117,8 @@ class CoordinatorServicer:
         self.service = service
         self.metrics = metrics or Metrics()
         self.open_registration = service.settings.open_registration
+        self.signups = RateLimiter(per_source=service.settings.signups_per_minute_per_source,
+                                   total=service.settings.signups_per_minute)
 
     async def _principal(self, rpc: str, context: grpc.aio.ServicerContext) -> Principal | None:
         token = token_from_metadata(context.invocation_metadata())
@@ -155,6 +158,9 @@ class CoordinatorServicer:
 
     async def Register(self, request: Any, context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
         async def handle(req: pb.RegisterRequest, who: Principal | None, version: str) -> pb.RegisterResponse:
+            if who is None and (wait := self.signups.check(source_of(context.peer()))):
+                raise ResourceExhausted(
+                    f"too many registrations from this address or in all: try again in {max(1.0, wait):.0f} s")
             reg = serde.registration_request_from_proto(req)
             result = await self._run(self.service.register, reg, who, client_version=version)
             return serde.registration_to_proto(result)

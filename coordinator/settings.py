@@ -110,6 +110,15 @@ class CoordinatorSettings(BaseSettings):
     """Anyone may register as a volunteer. Unwanted registrations: turn it off and hand out
     volunteer tokens (``essaim coordinator token create --role volunteer``)."""
 
+    signups_per_minute_per_source: int = Field(default=10, ge=0)
+    """Registrations without a token a minute from one address (an IPv6 /64), in bursts of as
+    many (0: no limit). Behind a reverse proxy every volunteer has the proxy's address: raise it
+    there. Volunteers see "too many registrations from this address" and try again later."""
+
+    signups_per_minute: int = Field(default=600, ge=0)
+    """Registrations without a token a minute from everyone together (0: no limit). A launch
+    that brings more volunteers at once: raise it."""
+
     heartbeat_flush_interval_s: float = Field(default=0.2, gt=0)
     """How often buffered heartbeats are written to the store in one batch. Store CPU high
     under load: raise it (fewer, bigger batches); a crash loses at most this much."""

@@ -263,7 +263,8 @@ class CoordinatorClient(VolunteerCalls):
     # ---- volunteers (register, heartbeat, get_assignment: VolunteerCalls) ----
 
     def _volunteer_call(self, method: str, request: Any, reply_type: type) -> Any:
-        return self._unary(method, request)
+        # a signed registration is accepted once: a retry of it would be refused as a replay
+        return self._unary(method, request, idempotent=method != "Register")
 
     def list_volunteers(self, *, online_only: bool = False, limit: int = 0) -> list[Volunteer]:
         request = pb.ListVolunteersRequest(

@@ -73,6 +73,7 @@ def volunteer_out(v: Volunteer) -> VolunteerOut:
         current_job_id=v.current_job_id,
         samples=v.samples,
         compute_seconds=v.compute_seconds,
+        measured_samples_per_second=v.samples / v.compute_seconds if v.compute_seconds > 0 else 0.0,
     )
 
 

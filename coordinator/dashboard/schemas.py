@@ -35,8 +35,10 @@ class VolunteerOut(_Out):
     status: str = Field(description="online, offline or banned")
     state: str = Field(description="what the app reported: training, idle, paused, ...")
     reason: str = Field(description="why it is in that state (or why it was banned)")
-    hardware: HardwareOut
-    samples_per_second: float
+    hardware: HardwareOut = Field(description="as the volunteer declared it (bounded to what one machine can hold)")
+    samples_per_second: float = Field(description="the throughput the volunteer reports now (a claim)")
+    measured_samples_per_second: float = Field(
+        description="accepted samples over accepted compute time in the ledger: the throughput the swarm measured")
     last_seen: float
     registered_at: float
     client_version: str

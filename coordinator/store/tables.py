@@ -147,4 +147,13 @@ swarm_peers = sa.Table(
     sa.Index(None, "volunteer_id"),
 )
 
-ALL_TABLES = (volunteers, tokens, jobs, progress, ledger, blobs, settings, swarm_peers)
+# Signed messages accepted once (a volunteer's registration, by its digest), kept until the
+# signature's timestamp leaves the window in which it would be accepted (:mod:`essaim.coordinator.signup`).
+used_signatures = sa.Table(
+    "used_signatures",
+    metadata,
+    sa.Column("digest", sa.String(64), primary_key=True),
+    sa.Column("expires_at", sa.Float(), nullable=False, index=True),
+)
+
+ALL_TABLES = (volunteers, tokens, jobs, progress, ledger, blobs, settings, swarm_peers, used_signatures)

@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 from essaim.coordinator.store.base import StoreBase, now
 from essaim.coordinator.store.records import TokenRecord
-from essaim.coordinator.store.tables import settings, tokens
+from essaim.coordinator.store.tables import settings, tokens, used_signatures
 from essaim.protocol.errors import AlreadyExists, InvalidArgument, NotFound
 from essaim.protocol.types import Role
 
@@ -134,3 +134,14 @@ class TokensMixin(StoreBase):
             conn.execute(
                 insert.on_conflict_do_update(index_elements=["key"], set_={"value": insert.excluded.value})
             )
+
+    def use_once(self, digest: str, expires_at: float) -> bool:
+        """Mark a signed message used; False when it was used already (a replay). Marks whose
+        ``expires_at`` is past are dropped on the way."""
+        with self._write() as conn:
+            conn.execute(sa.delete(used_signatures).where(used_signatures.c.expires_at < now()))
+            result = conn.execute(
+                self._insert(used_signatures).values(digest=digest, expires_at=float(expires_at))
+                .on_conflict_do_nothing(index_elements=["digest"])
+            )
+            return bool(result.rowcount == 1)

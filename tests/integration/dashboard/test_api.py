@@ -33,6 +33,8 @@ def test_volunteers_with_hardware_state_and_totals(swarm, demo):
     assert "CUDA" in ada["hardware"]["summary"] and "24 GB" in ada["hardware"]["summary"]
     assert ada["samples_per_second"] == pytest.approx(4.0)
     assert ada["samples"] == sum(40 + e for e in range(6))  # from the ledger
+    # what the pages call its speed is what the ledger accepted, not what it reports
+    assert ada["measured_samples_per_second"] == pytest.approx(ada["samples"] / (6 * 120.0))
     linus = by_id[swarm.member("linus").volunteer_id]
     assert linus["state"] == "idle" and linus["current_job_id"] == "" and linus["samples"] == 0
 

@@ -122,6 +122,14 @@ class TestStore:
         store.set_setting("first_start", "2")
         assert store.get_setting("first_start") == "2"
 
+    def test_a_signature_is_used_once_until_it_expires(self, store: Store) -> None:
+        soon = time.time() + 600
+        assert store.use_once("a" * 64, soon) and not store.use_once("a" * 64, soon)
+        assert store.use_once("b" * 64, soon)
+        # an expired mark is dropped: its timestamp would be refused as too old anyway
+        assert store.use_once("c" * 64, time.time() - 1)
+        assert store.use_once("c" * 64, soon)
+
     def test_volunteer_upsert_get_list(self, store: Store) -> None:
         first = store.upsert_volunteer(volunteer(1, hardware=Hardware(os="linux", cpu_cores=8), team="red"))
         assert len(first.id) == 32 and first.status == VolunteerStatus.ONLINE
@@ -442,7 +450,7 @@ class TestStore:
             with engine.connect() as conn:
                 context = MigrationContext.configure(conn, opts={"compare_type": True})
                 head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-                assert head == "0003" and context.get_current_revision() == head
+                assert head == "0004" and context.get_current_revision() == head
                 assert compare_metadata(context, metadata) == []
         finally:
             engine.dispose()
