@@ -57,7 +57,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import random
 import threading
 import time
 import typing
@@ -596,6 +595,17 @@ class _Tracker(ProgressTracker):
         return self._last_fetch > self._target_reached_at
 
 
+def ranked_above(announced: Any, me: PeerID) -> list[PeerID]:
+    """The peers of hivemind's state announcement (peer -> priority, the epoch) ranked above ``me``
+    (a higher priority, or the same and a higher peer id), best first; all of them when ``me``
+    offers no state."""
+    priority = {PeerID(peer): (float(item.value), PeerID(peer).to_bytes())
+                for peer, item in (announced.items() if isinstance(announced, dict) else ())
+                if isinstance(getattr(item, "value", None), (float, int))}
+    ranked = sorted(priority, key=priority.__getitem__, reverse=True)
+    return ranked[: ranked.index(me)] if me in ranked else ranked
+
+
 class _StateAverager(AdmittedServicer, TrainingStateAverager):
     """hivemind's TrainingStateAverager that tells its owner before the host copy of the parameters
     (the outer step's result, an averaged or a downloaded state) is copied into the main ones, and
@@ -658,15 +668,27 @@ class _StateAverager(AdmittedServicer, TrainingStateAverager):
                 future.set_result(None)
 
     async def _state_sources(self) -> list[PeerID]:
+        """The peers to ask for a state, best first. Without ``state_sources`` (mean aggregation):
+        those announcing a higher priority (epoch) than this peer, or the same with a higher peer
+        id. A peer ranks no peer below itself: two peers whose round failed, each reloading from
+        the other at once, would only swap states; this way the lower loads the higher's, and a
+        newcomer (epoch 0) still loads from the peers ahead of it."""
         if self.state_sources is not None:
             return [PeerID.from_base58(p) for p in self.state_sources]
-        found = await self.dht.get(f"{self._matchmaking.group_key_manager.prefix}.all_averagers", latest=True,
-                                   return_future=True)
-        announced = getattr(found, "value", None)
-        priority = {PeerID(peer): (float(item.value), random.random())  # random: the tie breaker
-                    for peer, item in (announced.items() if isinstance(announced, dict) else ())
-                    if isinstance(getattr(item, "value", None), (float, int))}
-        return sorted(priority, key=priority.__getitem__, reverse=True)
+        found = await self.dht.get(self.announce_key, latest=True, return_future=True)
+        return ranked_above(getattr(found, "value", None), self.peer_id)
+
+    @property
+    def announce_key(self) -> str:
+        """Where hivemind's state averagers announce the state they offer (priority: the epoch)."""
+        return f"{self._matchmaking.group_key_manager.prefix}.all_averagers"
+
+    def has_source(self) -> bool:
+        """Whether any peer could send this one a state (from the trainer's process)."""
+        if self.state_sources is not None:
+            return bool(self.state_sources)
+        found = self.dht.get(f"{self.prefix}.all_averagers", latest=True)
+        return bool(ranked_above(getattr(found, "value", None), self.dht.peer_id))
 
     async def _download_state(self, peer: PeerID, timeout: float | None) -> tuple[dict[str, Any], list[torch.Tensor]] | None:
         stub = self.get_stub(self._p2p, peer, namespace=self.prefix)
@@ -727,6 +749,8 @@ class _HivemindOptimizer(hivemind.Optimizer):
         self.rounds_noted = getattr(self, "rounds_noted", 0) + 1
         if self.state_sources and not (outcome.averaged and set(outcome.peers) & set(self.state_sources)):
             self.drifted = True  # it applied an update the averaging peers did not: see SwarmOptimizer.step
+        elif self.state_sources is None and not outcome.averaged and outcome.error != ALONE and not self.auxiliary:
+            self.drifted = True  # it applied an update the others did not (mean aggregation)
         if outcome.averaged:
             logger.info("epoch %d: averaged with %d peer(s)", outcome.epoch, len(outcome.peers) - 1)
         else:
@@ -1026,19 +1050,28 @@ class SwarmOptimizer:
         """Under robust aggregation peers do not average their states with each other (a plain
         mean any member could poison); a volunteer whose round did not reach the coordinator's
         averaging peers applied an update they did not, and loads their state instead, at most
-        every ``average_state_every`` epochs, once its own last round has landed."""
+        every ``average_state_every`` epochs, once its own last round has landed. Under mean
+        aggregation a peer whose round failed does the same from the peers ranked above it
+        (:meth:`_StateAverager._state_sources`) at its next epoch: its anchor and the others'
+        would otherwise stay apart by that epoch's updates until the next state averaging."""
         hv = self.hv
-        if (not hv.drifted or hv.state_averager.step_pending
-                or self.local_epoch < self._synced_epoch + self.settings.average_state_every):
+        # under mean aggregation a peer whose round failed reloads at once (the state averaging
+        # every average_state_every epochs would bring it back only then)
+        every = self.settings.average_state_every if hv.state_sources is not None else 1
+        if not hv.drifted or hv.state_averager.step_pending or self.local_epoch < self._synced_epoch + every:
             return
-        logger.info("epoch %d: a round of this peer since epoch %d did not reach the averaging peers: "
-                    "loading their state", self.local_epoch, self._synced_epoch)
+        if hv.state_sources is None and not hv.state_averager.has_source():
+            hv.drifted = False  # no peer ranks above this one: the others come to it
+            return
+        logger.info("epoch %d: a round of this peer since epoch %d did not reach %s: loading their state",
+                    self.local_epoch, self._synced_epoch,
+                    "the averaging peers" if hv.state_sources is not None else "the other peers")
         hv.load_state_from_peers()
         if hv.state_averager.loaded:
             hv.drifted = False
             self._synced_epoch = self.local_epoch
         else:  # e.g. the averaging peer's own step of this epoch had not landed: again next epoch
-            self._synced_epoch = self.local_epoch + 1 - self.settings.average_state_every
+            self._synced_epoch = self.local_epoch + 1 - every
 
     def quiesce(self) -> None:
         """While the peer is paused: stop polling the swarm's progress (and the throughput clock),
@@ -1164,7 +1197,7 @@ class SwarmOptimizer:
         self._reloaded = True
         if self.hv.state_averager.loaded:
             self._synced_epoch = self.local_epoch
-        if self.inner is not None:
+        if self.inner is not None and self.hv.state_averager.loaded:  # nothing came: keep the local progress
             if self.overlap:
                 self.hv.grad_averager.take_boundary()
             self._sync_model_from_anchors()

@@ -123,3 +123,33 @@ def test_the_leaders_epoch_is_read_from_their_own_signed_records_only(tmp_path: 
     found = tracker._records_by_owner(dict([_record(leader, 4), _record(liar, 9, claims=leader), _record(liar, 7)]))
     assert [(owner, r["epoch"]) for owner, r in found] == [(peer_id_for_key(leader), 4), (peer_id_for_key(liar), 7)]
     assert [r["epoch"] for owner, r in found if owner in tracker.leaders] == [4]
+
+
+def _sources(announced: dict[bytes, float], me: bytes) -> list[bytes]:
+    from hivemind.p2p import PeerID
+
+    async def get(key: str, latest: bool, return_future: bool) -> Any:
+        return SimpleNamespace(value={peer: SimpleNamespace(value=epoch) for peer, epoch in announced.items()})
+
+    averager = SimpleNamespace(state_sources=None, peer_id=PeerID(me), dht=SimpleNamespace(get=get),
+                               announce_key="job.all_averagers")
+    ranked = asyncio.run(optimizer._StateAverager._state_sources(averager))  # type: ignore[arg-type]
+    return [p.to_bytes() for p in ranked]
+
+
+def test_under_mean_aggregation_a_peer_reloads_only_from_peers_ranked_above_it() -> None:
+    swarm = {b"peer-a": 3.0, b"peer-b": 3.0, b"peer-c": 3.0, b"peer-z": 2.0}
+    # two peers of one epoch whose round failed: the lower loads the higher's state, never the reverse
+    assert _sources(swarm, b"peer-b") == [b"peer-c"]
+    assert _sources(swarm, b"peer-a") == [b"peer-c", b"peer-b"]
+    assert _sources(swarm, b"peer-c") == []  # the highest keeps its own
+    # a peer behind (a newcomer, epoch 2) loads from every peer ahead of it, the highest first
+    assert _sources(swarm, b"peer-z") == [b"peer-c", b"peer-b", b"peer-a"]
+    # a peer that offers no state of its own (client mode) may load from anyone
+    assert _sources(swarm, b"peer-x") == [b"peer-c", b"peer-b", b"peer-a", b"peer-z"]
+    # the trainer's side asks the same question before it reloads: the highest peer does not
+    announced = {peer: SimpleNamespace(value=epoch) for peer, epoch in swarm.items()}
+    from hivemind.p2p import PeerID
+
+    assert optimizer.ranked_above(announced, PeerID(b"peer-c")) == []
+    assert [p.to_bytes() for p in optimizer.ranked_above(announced, PeerID(b"peer-b"))] == [b"peer-c"]
