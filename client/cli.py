@@ -5,6 +5,7 @@
     essaim status [--json]          state, reason, job, trainer pid (from the running app)
     essaim pause [--for 1h] | resume | finish
     essaim config show | set KEY VALUE
+    essaim erase-account [--yes]    erase this volunteer's account on the coordinator (app not running)
 
 ``app`` is mounted at the top level of ``essaim`` by :mod:`essaim.main`. The flags of ``run`` are
 made from :data:`essaim.client.settings.SETTINGS`, so each setting has one. Once ``run`` (or the
@@ -25,9 +26,10 @@ from typing import Annotated, Any
 import typer
 from essaim.client import control, entry
 from essaim.client.config import Paths, load_settings, render, save_value
-from essaim.client.errors import AppNotRunning, NoDisplay
+from essaim.client.errors import AppNotRunning, ClientError, NoDisplay
 from essaim.client.settings import SETTINGS, parse_duration
 from essaim.protocol.errors import EssaimError
+from essaim.protocol.tls import ENV_CA_FILE
 
 logger = logging.getLogger(__name__)
 app = typer.Typer(help="The volunteer app.", no_args_is_help=True, add_completion=False)
@@ -157,6 +159,40 @@ def resume() -> None:
 def finish() -> None:
     """Complete the current epoch's averaging, then stop taking work."""
     typer.echo(_ask({"cmd": "finish"})["status"]["reason"])
+
+
+@app.command("erase-account")
+def erase_account(
+    coordinator: Annotated[
+        str | None, typer.Option("--coordinator", help="The coordinator's address (default: coordinator.address).")
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Erase your volunteer account on the coordinator, and forget it on this machine."""
+    try:
+        _ask({"cmd": "status"})
+    except AppNotRunning:
+        pass
+    else:
+        raise ClientError("the app is running: quit it first (the tray's Quit, or stop its service), "
+                          "then run essaim erase-account again")
+    paths = Paths.default()
+    settings = load_settings(paths)
+    address = coordinator or settings["coordinator.address"]
+    if not address:
+        raise ClientError("no coordinator is set (coordinator.address): there is no account to erase")
+    if settings["coordinator.ca_file"]:
+        os.environ[ENV_CA_FILE] = settings["coordinator.ca_file"]
+    if not yes:
+        typer.confirm(f"Erase your volunteer account on {address}? Your pseudonym, team and machine details are "
+                      "deleted there; your contributions stay in its public ledger under an anonymous id",
+                      abort=True)
+    from essaim.client.link import erase_account as erase  # the coordinator client, only here
+
+    volunteer_id = erase(address=address, registration_file=paths.data_dir / "registration.json",
+                         identity_file=paths.identity_file)
+    typer.echo(f"erased volunteer {volunteer_id} on {address}: its ledger rows remain under that id; "
+               "joining again makes a new volunteer")
 
 
 @config_app.command("show")

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from essaim.client import keys
+from essaim.client.errors import ClientError
 from essaim.protocol.auth_metadata import registration_message
 from essaim.protocol.errors import EssaimError, PermissionDenied, Unauthenticated, Unavailable
 from essaim.protocol.retry import RetryPolicy
@@ -45,6 +46,38 @@ def default_client_factory(address: str, *, token: str | None = None) -> Any:
     from essaim.protocol.lite_client import LiteClient  # imported only when a coordinator is set
 
     return LiteClient(address, token=token, timeout=10.0)
+
+
+def erase_account(*, address: str, registration_file: Path, identity_file: Path,
+                  client_factory: ClientFactory = default_client_factory) -> str:
+    """Erase this machine's volunteer account on the coordinator at ``address`` (its tokens stop;
+    its pseudonym, team, hardware and state are forgotten there; its id and ledger rows remain),
+    then forget it here: the saved registration, and the identity key when no other coordinator
+    knows it (joining again makes a new volunteer). Returns the erased volunteer id."""
+    try:
+        saved = json.loads(registration_file.read_text())
+    except (OSError, ValueError):
+        saved = {}
+    saved = saved if isinstance(saved, dict) else {}
+    entry = saved.get(address)
+    if not isinstance(entry, dict) or not entry.get("token") or not entry.get("volunteer_id"):
+        raise ClientError(f"this machine has no volunteer account on {address} (nothing saved in {registration_file})")
+    volunteer_id = str(entry["volunteer_id"])
+    client = client_factory(address, token=str(entry["token"]))
+    try:
+        client.erase_account(volunteer_id)
+    finally:
+        client.close()
+    del saved[address]
+    tmp = registration_file.with_name(registration_file.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(saved, f)
+    os.replace(tmp, registration_file)
+    if not saved:
+        identity_file.unlink(missing_ok=True)
+    logger.info("erased volunteer %s on %s", volunteer_id, address)
+    return volunteer_id
 
 
 @dataclass(slots=True)

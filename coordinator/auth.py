@@ -54,6 +54,7 @@ RPC_ROLES: dict[str, frozenset[Role]] = {
     "SetJobPriority": frozenset({Role.ADMIN}),
     "ListVolunteers": frozenset({Role.ADMIN}),
     "BanVolunteer": frozenset({Role.ADMIN}),
+    "EraseVolunteer": frozenset({Role.VOLUNTEER, Role.ADMIN}),  # a volunteer: only itself
 }
 
 
@@ -173,6 +174,11 @@ class Authenticator:
         with self._lock:
             self._banned[volunteer_id] = reason
             self._cache = {h: v for h, v in self._cache.items() if v[0].subject != volunteer_id}
+
+    def forget_subject(self, subject: str) -> None:
+        """Drop the cached tokens of ``subject`` (its tokens were revoked in this process)."""
+        with self._lock:
+            self._cache = {h: v for h, v in self._cache.items() if v[0].subject != subject}
 
     def is_banned(self, volunteer_id: str) -> bool:
         return volunteer_id in self._banned

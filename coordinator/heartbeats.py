@@ -61,6 +61,10 @@ class HeartbeatBuffer:
             return
         self._pending[record.volunteer_id] = record
 
+    def discard(self, volunteer_id: str) -> None:
+        """Drop a volunteer's pending heartbeat (its account was erased)."""
+        self._pending.pop(volunteer_id, None)
+
     async def flush(self) -> int:
         """Write everything pending in one transaction; on failure keep it for the next try."""
         async with self._flush_lock:

@@ -309,6 +309,24 @@ class CoordinatorService:
         logger.warning("volunteer %s banned: %s", volunteer_id, reason or "(no reason given)")
         return self.store.get_volunteer(volunteer_id)
 
+    def erase_volunteer(self, volunteer_id: str, principal: Principal | None) -> Volunteer:
+        """A volunteer erases its own account (an admin, anyone's): its tokens stop at once and
+        what it told about itself is forgotten (:meth:`Store.erase_volunteer`); its ledger rows
+        stay, under its pseudonymous id, so the ledger still verifies."""
+        if principal is None or not principal.is_admin:
+            check_own_volunteer(principal, volunteer_id)
+        self.store.get_volunteer(volunteer_id)  # NotFound first
+        self.store.revoke_tokens(volunteer_id)
+        self.auth.forget_subject(volunteer_id)
+        self.heartbeats.discard(volunteer_id)
+        with self._lock:
+            for members in self._members.values():
+                members.pop(volunteer_id, None)
+        erased = self.store.erase_volunteer(volunteer_id)
+        logger.info("volunteer %s erased its account%s", volunteer_id,
+                    "" if principal is None or principal.role == Role.VOLUNTEER else f" (by {principal.subject})")
+        return erased
+
     # ---- jobs ----
 
     def submit_job(

@@ -213,6 +213,12 @@ class CoordinatorServicer:
 
         return await self._unary("BanVolunteer", request, context, handle)
 
+    async def EraseVolunteer(self, request: Any, context: grpc.aio.ServicerContext) -> pb.Volunteer:
+        async def handle(req: pb.EraseVolunteerRequest, who: Principal | None, __: str) -> pb.Volunteer:
+            return serde.volunteer_to_proto(await self._run(self.service.erase_volunteer, req.volunteer_id, who))
+
+        return await self._unary("EraseVolunteer", request, context, handle)
+
     # ---- jobs ----
 
     async def SubmitJob(self, request: Any, context: grpc.aio.ServicerContext) -> pb.Job:

@@ -37,6 +37,7 @@ class VolunteerStatus(enum.StrEnum):
     ONLINE = "online"
     OFFLINE = "offline"
     BANNED = "banned"
+    ERASED = "erased"  # the volunteer erased its account: only its id and ledger rows remain
 
 
 class Role(enum.StrEnum):

@@ -20,6 +20,7 @@ from essaim.protocol.types import (
     JobProgress,
     Registration,
     RegistrationRequest,
+    Volunteer,
 )
 from essaim.protocol.v1 import coordinator_pb2 as pb
 
@@ -81,3 +82,9 @@ class VolunteerCalls:
     def get_assignment(self, volunteer_id: str, hardware: Hardware) -> Assignment:
         request = serde.assignment_request_to_proto(volunteer_id, hardware)
         return serde.assignment_from_proto(self._volunteer_call("GetAssignment", request, pb.Assignment))
+
+    def erase_account(self, volunteer_id: str) -> Volunteer:
+        """Erase this volunteer's account: its tokens stop, what it told about itself (pseudonym,
+        team, hardware, state) is forgotten; its id and ledger rows remain."""
+        request = pb.EraseVolunteerRequest(header=serde.request_header(), volunteer_id=volunteer_id)
+        return serde.volunteer_from_proto(self._volunteer_call("EraseVolunteer", request, pb.Volunteer))

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from essaim.coordinator.auth import hash_token
+from essaim.coordinator.dashboard.queries import withheld
 from essaim.coordinator.dashboard.sessions import COOKIE_NAME, CSRF_HEADER, Session, SessionStore
 from essaim.protocol.errors import EssaimError
 from essaim.protocol.types import Role
@@ -53,6 +54,14 @@ class Viewer:
         """How a volunteer takes part in the swarm (reachability, last round) is for admins and for
         that volunteer (its own bearer token) only; the IP it was seen from, for admins only."""
         return self.is_admin or (self.role == Role.VOLUNTEER and self.subject == volunteer_id)
+
+    def may_see_private_of(self, volunteer_id: str) -> bool:
+        """A volunteer's live state, reason, hardware and client: admins and that volunteer only."""
+        return self.is_admin or (self.role == Role.VOLUNTEER and self.subject == volunteer_id)
+
+    def shown(self, v: Any) -> Any:
+        """A :class:`VolunteerOut` as this viewer may see it (see ``queries.withheld``)."""
+        return v if self.may_see_private_of(v.id) else withheld(v)
 
     @property
     def signed_in(self) -> bool:
@@ -156,7 +165,9 @@ class Access:
     # ---- rules ----
 
     def may_read(self, viewer: Viewer) -> bool:
-        return bool(self.settings.public_pages) or viewer.signed_in
+        """Public pages on: anyone. Off: admins only (a volunteer's or researcher's token reads
+        nothing here; researchers follow their jobs with the CLI)."""
+        return bool(self.settings.public_pages) or viewer.is_admin
 
     def reader(self, request: Request) -> Viewer:
         """FastAPI dependency for the JSON API's GET routes: 401 when reading needs sign-in."""
@@ -167,7 +178,7 @@ class Access:
         if not self.may_read(viewer):
             raise HTTPException(
                 status_code=401,
-                detail="public pages are turned off on this coordinator; send a bearer token",
+                detail="public pages are turned off on this coordinator; only an admin token may read them",
                 headers={"WWW-Authenticate": "Bearer"},
             )
         return viewer

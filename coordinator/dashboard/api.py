@@ -102,17 +102,17 @@ def build_api_router(
 
     @router.get("/volunteers", response_model=VolunteerList, summary="Volunteers with their totals")
     def list_volunteers(
-        _: Viewer = Depends(access.reader),
+        viewer: Viewer = Depends(access.reader),
         status: Annotated[VolunteerStatus | None, Query(description="online, offline or banned")] = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> VolunteerList:
         items = call(queries.volunteers, status=status, limit=limit, offset=offset)
-        return VolunteerList(total=call(queries.count_volunteers, status), items=items)
+        return VolunteerList(total=call(queries.count_volunteers, status), items=[viewer.shown(v) for v in items])
 
     @router.get("/volunteers/{volunteer_id}", response_model=VolunteerOut, summary="One volunteer")
-    def get_volunteer(volunteer_id: str, _: Viewer = Depends(access.reader)) -> VolunteerOut:
-        return call(queries.volunteer, volunteer_id)
+    def get_volunteer(volunteer_id: str, viewer: Viewer = Depends(access.reader)) -> VolunteerOut:
+        return viewer.shown(call(queries.volunteer, volunteer_id))
 
     @router.get("/swarm/online", response_model=OnlineSeries, summary="Volunteers online over time")
     def swarm_online(
@@ -134,8 +134,9 @@ def build_api_router(
         return JobList(items=call(queries.jobs, statuses=status or None, limit=limit))
 
     @router.get("/jobs/{job_id}", response_model=JobDetail, summary="One job, its recipe, files and volunteers")
-    def get_job(job_id: str, _: Viewer = Depends(access.reader)) -> JobDetail:
-        return call(queries.job, job_id)
+    def get_job(job_id: str, viewer: Viewer = Depends(access.reader)) -> JobDetail:
+        detail = call(queries.job, job_id)
+        return detail.model_copy(update={"volunteers": [v for v in detail.volunteers if viewer.may_see_private_of(v.id)]})
 
     @router.get("/jobs/{job_id}/progress", response_model=ProgressOut, summary="A job's loss, eval and throughput curve")
     def job_progress(job_id: str, _: Viewer = Depends(access.reader)) -> ProgressOut:

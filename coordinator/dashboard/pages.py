@@ -86,7 +86,7 @@ def build_pages_router(ctx: PageContext, *, sampler: SwarmSampler) -> APIRouter:
         def build(viewer: Viewer) -> dict[str, Any]:
             samples = sampler.points()
             counts = {s.value: q.count_volunteers(s) for s in VolunteerStatus}
-            volunteers = q.volunteers(limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
+            volunteers = [viewer.shown(v) for v in q.volunteers(limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)]
             running = q.jobs(statuses=[JobStatus.RUNNING])
             board = q.leaderboard()
             return {
@@ -115,7 +115,7 @@ def build_pages_router(ctx: PageContext, *, sampler: SwarmSampler) -> APIRouter:
     @router.get("/volunteers/{volunteer_id}", response_class=HTMLResponse)
     def volunteer(request: Request, volunteer_id: str) -> Response:
         def build(viewer: Viewer) -> dict[str, Any]:
-            v = q.volunteer(volunteer_id)
+            v = viewer.shown(q.volunteer(volunteer_id))
             current = None
             if v.current_job_id:
                 try:
@@ -140,6 +140,7 @@ def build_pages_router(ctx: PageContext, *, sampler: SwarmSampler) -> APIRouter:
     def job(request: Request, job_id: str) -> Response:
         def build(viewer: Viewer) -> dict[str, Any]:
             detail = q.job(job_id)
+            detail = detail.model_copy(update={"volunteers": [v for v in detail.volunteers if viewer.may_see_private_of(v.id)]})
             peers = q.swarm_peers(job_id=job_id, with_observed=True) if viewer.is_admin else None
             return {"job": detail, "charts": progress_charts(q.progress(job_id)), "tab": "overview", "swarm_peers": peers}
 
@@ -180,7 +181,7 @@ def build_pages_router(ctx: PageContext, *, sampler: SwarmSampler) -> APIRouter:
     @router.get("/teams", response_class=HTMLResponse)
     def team(request: Request, name: str = "") -> Response:
         def build(viewer: Viewer) -> dict[str, Any]:
-            members = q.team_members(name) if name else []
+            members = [viewer.shown(v) for v in q.team_members(name)] if name else []
             if not members:
                 raise NotFound(f"no volunteer is in a team named {name!r}; see the teams on the contributions page")
             return {

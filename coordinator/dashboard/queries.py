@@ -77,6 +77,20 @@ def volunteer_out(v: Volunteer) -> VolunteerOut:
     )
 
 
+NO_HARDWARE = HardwareOut(os="", arch="", cpu_cores=0, ram_bytes=0, accelerator="", gpu_name="", gpu_vram_bytes=0,
+                          gpu_count=0, summary="")
+
+
+def withheld(v: VolunteerOut) -> VolunteerOut:
+    """``v`` as anyone may see it: its pseudonym, team, status and accepted contribution. What tells
+    when a person is at their computer and what it is (state, reason, hardware, reported speed,
+    client, current job) is for the volunteer itself and admins."""
+    return v.model_copy(update={
+        "state": "", "reason": v.reason if v.status == "banned" else "", "hardware": NO_HARDWARE,
+        "samples_per_second": 0.0, "client_version": "", "current_job_id": "", "private": True,
+    })
+
+
 def swarm_peer_out(p: SwarmPeer, *, volunteer_name: str, job_name: str, with_observed: bool) -> SwarmPeerOut:
     """A volunteer's part in a job's swarm; ``with_observed`` only for admins (the IP is private)."""
     return SwarmPeerOut(

@@ -45,6 +45,10 @@ class VolunteerOut(_Out):
     current_job_id: str
     samples: int = Field(description="accepted samples in the ledger, all jobs")
     compute_seconds: float = Field(description="accepted compute time in the ledger, all jobs")
+    private: bool = Field(
+        default=False,
+        description="true when state, reason, hardware, reported speed, client and current job are withheld: "
+        "they are for the volunteer itself and admins")
 
 
 class VolunteerList(_Out):

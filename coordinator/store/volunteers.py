@@ -19,11 +19,12 @@ from essaim.coordinator.store.records import HeartbeatRecord
 from essaim.coordinator.store.rows import to_json, volunteer_from_row, volunteer_values
 from essaim.coordinator.store.tables import ledger, volunteers
 from essaim.protocol.errors import AlreadyExists, InvalidArgument, NotFound
-from essaim.protocol.types import Volunteer, VolunteerStatus
+from essaim.protocol.types import Hardware, Volunteer, VolunteerStatus
 
 BANNED = VolunteerStatus.BANNED.value
 ONLINE = VolunteerStatus.ONLINE.value
 OFFLINE = VolunteerStatus.OFFLINE.value
+ERASED = VolunteerStatus.ERASED.value
 
 _CHUNK = 900  # ids per IN (...) list, under SQLite's bound-parameter limit
 _FEW = 2 * _CHUNK  # pages larger than this get their ledger totals from one grouped scan
@@ -48,7 +49,9 @@ def _heartbeat_update(*, with_hardware: bool) -> sa.Update:
     }
     if with_hardware:
         values["hardware"] = sa.bindparam("b_hardware", type_=volunteers.c.hardware.type)
-    return sa.update(volunteers).where(volunteers.c.id == sa.bindparam("b_id")).values(values)
+    # an erased account takes no more heartbeats (one may be in flight while it is erased)
+    return (sa.update(volunteers).where(volunteers.c.id == sa.bindparam("b_id"), volunteers.c.status != ERASED)
+            .values(values))
 
 
 _HEARTBEAT = _heartbeat_update(with_hardware=False)
@@ -200,6 +203,24 @@ class VolunteersMixin(StoreBase):
                 conn.execute(_HEARTBEAT, plain)
             if with_hardware:
                 conn.execute(_HEARTBEAT_WITH_HARDWARE, with_hardware)
+
+    def erase_volunteer(self, volunteer_id: str) -> Volunteer:
+        """Forget what a volunteer told about itself: pseudonym, team, peer id, hardware, state,
+        reason, client and how it took part in each swarm. Its id, public key (a ban on it
+        survives; the same key registering again is a new consent) and ledger rows remain, so the
+        ledger still verifies and its contributions still count, under its id."""
+        with self._write() as conn:
+            current = self._get(conn, volunteer_id)
+            banned = current.status == VolunteerStatus.BANNED
+            conn.execute(
+                sa.update(volunteers).where(volunteers.c.id == volunteer_id).values(
+                    name="", team="", peer_id="", hardware=to_json(Hardware()), state="",
+                    reason=current.reason if banned else "", client_version="", current_job_id="",
+                    samples_per_second=0.0, status=BANNED if banned else ERASED,
+                )
+            )
+            conn.execute(sa.delete(tables.swarm_peers).where(tables.swarm_peers.c.volunteer_id == volunteer_id))
+            return self._get(conn, volunteer_id)
 
     def mark_offline(self, *, last_seen_before: float) -> int:
         """Mark online volunteers not seen since ``last_seen_before`` offline; returns how many."""

@@ -232,6 +232,14 @@ class BanVolunteerRequest(_message.Message):
     reason: str
     def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., volunteer_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
+class EraseVolunteerRequest(_message.Message):
+    __slots__ = ("header", "volunteer_id")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    VOLUNTEER_ID_FIELD_NUMBER: _ClassVar[int]
+    header: RequestHeader
+    volunteer_id: str
+    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., volunteer_id: _Optional[str] = ...) -> None: ...
+
 class JobMetrics(_message.Message):
     __slots__ = ("epoch", "target_epochs", "samples", "samples_per_second", "loss", "eval_metric", "eval_metric_name", "live_peers", "eta_seconds")
     EPOCH_FIELD_NUMBER: _ClassVar[int]

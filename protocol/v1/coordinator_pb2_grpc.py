@@ -90,6 +90,11 @@ class CoordinatorStub:
                 request_serializer=essaim_dot_protocol_dot_v1_dot_coordinator__pb2.BanVolunteerRequest.SerializeToString,
                 response_deserializer=essaim_dot_protocol_dot_v1_dot_coordinator__pb2.Volunteer.FromString,
                 _registered_method=True)
+        self.EraseVolunteer = channel.unary_unary(
+                '/essaim.v1.Coordinator/EraseVolunteer',
+                request_serializer=essaim_dot_protocol_dot_v1_dot_coordinator__pb2.EraseVolunteerRequest.SerializeToString,
+                response_deserializer=essaim_dot_protocol_dot_v1_dot_coordinator__pb2.Volunteer.FromString,
+                _registered_method=True)
         self.UploadFile = channel.stream_unary(
                 '/essaim.v1.Coordinator/UploadFile',
                 request_serializer=essaim_dot_protocol_dot_v1_dot_coordinator__pb2.FileChunk.SerializeToString,
@@ -171,6 +176,12 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseVolunteer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UploadFile(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -239,6 +250,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
             'BanVolunteer': grpc.unary_unary_rpc_method_handler(
                     servicer.BanVolunteer,
                     request_deserializer=essaim_dot_protocol_dot_v1_dot_coordinator__pb2.BanVolunteerRequest.FromString,
+                    response_serializer=essaim_dot_protocol_dot_v1_dot_coordinator__pb2.Volunteer.SerializeToString,
+            ),
+            'EraseVolunteer': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseVolunteer,
+                    request_deserializer=essaim_dot_protocol_dot_v1_dot_coordinator__pb2.EraseVolunteerRequest.FromString,
                     response_serializer=essaim_dot_protocol_dot_v1_dot_coordinator__pb2.Volunteer.SerializeToString,
             ),
             'UploadFile': grpc.stream_unary_rpc_method_handler(
@@ -548,6 +564,33 @@ class Coordinator:
             target,
             '/essaim.v1.Coordinator/BanVolunteer',
             essaim_dot_protocol_dot_v1_dot_coordinator__pb2.BanVolunteerRequest.SerializeToString,
+            essaim_dot_protocol_dot_v1_dot_coordinator__pb2.Volunteer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseVolunteer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/essaim.v1.Coordinator/EraseVolunteer',
+            essaim_dot_protocol_dot_v1_dot_coordinator__pb2.EraseVolunteerRequest.SerializeToString,
             essaim_dot_protocol_dot_v1_dot_coordinator__pb2.Volunteer.FromString,
             options,
             channel_credentials,

@@ -34,7 +34,9 @@ def test_pages_render_the_live_swarm_with_charts(swarm, watch, screenshot):
     assert points >= 2 and dots == points
     assert chart_points(page, "chart-throughput")[0] >= 2
     row = page.locator(f"tr[data-volunteer-id='{swarm.member('ada').volunteer_id}']")
-    assert "NVIDIA RTX 4090" in row.inner_text() and "training" in row.inner_text()
+    # a visitor sees pseudonyms and contributions; hardware and live state are the volunteer's own
+    assert "private" in row.inner_text() and "NVIDIA RTX 4090" not in row.inner_text()
+    assert "training" not in row.inner_text()
     shots = [screenshot(page, "dashboard-swarm")]
 
     page.goto(f"{swarm.url}/jobs/{swarm.running.id}")
@@ -81,6 +83,10 @@ def test_admin_signs_in_approves_a_job_and_bans_a_volunteer(swarm, watch, screen
     assert [(c["name"], c["httpOnly"], c["sameSite"]) for c in cookies] == [("essaim_session", True, "Strict")]
     assert swarm.coord.admin_token not in cookies[0]["value"]
     assert page.evaluate("document.cookie") == ""  # HttpOnly: scripts cannot read the session
+    page.goto(swarm.url + "/")  # an admin sees each volunteer's machine and state
+    row = page.locator(f"tr[data-volunteer-id='{swarm.member('ada').volunteer_id}']")
+    assert "NVIDIA RTX 4090" in row.inner_text() and "training" in row.inner_text()
+    page.goto(swarm.url + "/jobs?show=awaiting")
 
     page.click(f"tr[data-job-id='{swarm.awaiting.id}'] [data-action=approve]")
     page.wait_for_selector("[data-flash=ok]")

@@ -172,7 +172,7 @@ def start_demo_swarm(launcher: Any, data_dir: Path, *args: str) -> DemoSwarm:
         tokens=[coord.admin_token, researcher, *(m.token for m in members)],
     )
     def settled() -> bool:  # heartbeats are written in batches: wait until every one is stored
-        items = get_json(swarm.url + "/api/v1/volunteers")["items"]
+        items = get_json(swarm.url + "/api/v1/volunteers", headers={"Authorization": f"Bearer {coord.admin_token}"})["items"]
         return sum(1 for v in items if v["current_job_id"]) == 3 and all(v["state"] for v in items)
 
     _wait_for(settled)

@@ -215,6 +215,11 @@ def test_private_dashboard_when_public_pages_are_off(demo, launch_coordinator, t
     assert "pages are private" in signin
     bearer = {"Authorization": f"Bearer {coord.admin_token}"}
     assert demo.request("GET", url + "/api/v1/jobs", headers=bearer).status == 200
+    # private to everyone but admins: a researcher's (or a self-registered volunteer's) token reads nothing
+    researcher = {"Authorization": f"Bearer {demo.create_token(coord.data_dir, 'researcher', 'r')}"}
+    for path in ("/api/v1/jobs", "/api/v1/volunteers", "/api/v1/contributions"):
+        assert demo.request("GET", url + path, headers=researcher).status == 401, path
+    assert demo.request("GET", url + "/jobs", headers=researcher).status == 303
     answer = demo.request("POST", url + "/signin", headers=FORM, body=urlencode({"token": coord.admin_token, "next": "/jobs"}))
     cookie = answer.headers["Set-Cookie"].split(";", 1)[0]
     assert answer.headers["Location"] == "/jobs"

@@ -23,11 +23,12 @@ pytestmark = pytest.mark.timeout(240)
 
 
 def test_volunteers_with_hardware_state_and_totals(swarm, demo):
-    data = demo.get_json(f"{swarm.url}/api/v1/volunteers")
+    admin = {"Authorization": f"Bearer {swarm.coord.admin_token}"}
+    data = demo.get_json(f"{swarm.url}/api/v1/volunteers", headers=admin)
     assert data["total"] == len(swarm.members)
     by_id = {v["id"]: v for v in data["items"]}
     ada = by_id[swarm.member("ada").volunteer_id]
-    assert ada["status"] == "online" and ada["state"] == "training"
+    assert ada["status"] == "online" and ada["state"] == "training" and not ada["private"]
     assert ada["current_job_id"] == swarm.running.id and ada["client_version"] == "0.1.0"
     assert ada["hardware"]["gpu_name"] == "NVIDIA RTX 4090"
     assert "CUDA" in ada["hardware"]["summary"] and "24 GB" in ada["hardware"]["summary"]
@@ -45,6 +46,31 @@ def test_volunteers_with_hardware_state_and_totals(swarm, demo):
     assert page["total"] == len(swarm.members) and len(page["items"]) == 2
 
 
+@pytest.mark.parametrize("who", ["anyone", "researcher", "another volunteer"])
+def test_a_volunteers_live_state_reason_and_hardware_are_for_it_and_admins(swarm, demo, who):
+    ada = swarm.member("ada")
+    token = {"anyone": None, "researcher": swarm.researcher_token,
+             "another volunteer": swarm.member("grace").token}[who]
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    seen = demo.get_json(f"{swarm.url}/api/v1/volunteers/{ada.volunteer_id}", headers=headers)
+    listed = {v["id"]: v for v in demo.get_json(f"{swarm.url}/api/v1/volunteers", headers=headers)["items"]}
+    for v in (seen, listed[ada.volunteer_id]):
+        assert v["private"] and v["name"] == "ada" and v["team"] == "lyon" and v["status"] == "online"
+        assert (v["state"], v["reason"], v["client_version"], v["current_job_id"]) == ("", "", "", "")
+        assert v["hardware"]["summary"] == "" and v["hardware"]["gpu_name"] == "" and v["samples_per_second"] == 0
+        assert v["samples"] == sum(40 + e for e in range(6)) and v["measured_samples_per_second"] > 0
+    detail = demo.get_json(f"{swarm.url}/api/v1/jobs/{swarm.running.id}", headers=headers)
+    # who trains a job now is private: a volunteer sees only itself there
+    mine = {swarm.member("grace").volunteer_id} if who == "another volunteer" else set()
+    assert {v["id"] for v in detail["volunteers"]} == mine and detail["volunteers_online"] == 3
+    page = demo.request("GET", f"{swarm.url}/volunteers/{ada.volunteer_id}", headers=headers).text
+    assert "RTX 4090" not in page and "private" in page
+    # the volunteer itself sees all of it
+    own = demo.get_json(f"{swarm.url}/api/v1/volunteers/{ada.volunteer_id}",
+                        headers={"Authorization": f"Bearer {ada.token}"})
+    assert not own["private"] and own["hardware"]["gpu_name"] == "NVIDIA RTX 4090" and own["state"] == "training"
+
+
 def test_jobs_list_detail_and_progress(swarm, demo):
     jobs = {j["id"]: j for j in demo.get_json(f"{swarm.url}/api/v1/jobs")["items"]}
     running = jobs[swarm.running.id]
@@ -56,7 +82,8 @@ def test_jobs_list_detail_and_progress(swarm, demo):
     only = demo.get_json(f"{swarm.url}/api/v1/jobs?status=awaiting_approval")["items"]
     assert {j["id"] for j in only} == {swarm.awaiting.id, swarm.files_job.id}
 
-    detail = demo.get_json(f"{swarm.url}/api/v1/jobs/{swarm.running.id}")
+    detail = demo.get_json(f"{swarm.url}/api/v1/jobs/{swarm.running.id}",
+                           headers={"Authorization": f"Bearer {swarm.coord.admin_token}"})
     assert {v["id"] for v in detail["volunteers"]} == {m.volunteer_id for m in swarm.members[:3]}
     assert detail["recipe"]["training"]["epochs"] == 12 and detail["recipe"]["eval"]["metric"] == "perplexity"
     assert [c["rank"] for c in detail["contributors"]] == [1, 2, 3]

@@ -122,6 +122,26 @@ class TestStore:
         store.set_setting("first_start", "2")
         assert store.get_setting("first_start") == "2"
 
+    def test_an_erased_volunteer_keeps_its_id_and_ledger_rows_only(self, store: Store) -> None:
+        a = store.upsert_volunteer(volunteer(1, hardware=Hardware(cpu_cores=8), team="red", client_version="0.3"))
+        store.record_heartbeats([HeartbeatRecord(volunteer_id=a.id, at=time.time(), state="training",
+                                                 reason="idle", current_job_id="j1", samples_per_second=2.0)])
+        store.append_ledger([LedgerDraft(job_id="j1", volunteer_id=a.id, epoch=0, samples=64, compute_seconds=1.0)])
+        erased = store.erase_volunteer(a.id)
+        assert erased.status == VolunteerStatus.ERASED and erased.id == a.id and erased.samples == 64
+        assert (erased.name, erased.team, erased.peer_id, erased.state, erased.reason) == ("", "", "", "", "")
+        assert (erased.hardware, erased.client_version, erased.current_job_id) == (Hardware(), "", "")
+        # a heartbeat that was in flight writes nothing back
+        store.record_heartbeats([HeartbeatRecord(volunteer_id=a.id, at=time.time(), state="training")])
+        assert store.get_volunteer(a.id).state == "" and store.get_volunteer(a.id).status == VolunteerStatus.ERASED
+        assert store.verify_ledger().ok
+        # the same key registering again is a new consent: the account comes back, with what it says now
+        back = store.upsert_volunteer(volunteer(1, team="blue"))
+        assert back.id == a.id and back.status == VolunteerStatus.ONLINE and back.team == "blue"
+        # a ban outlives an erasure
+        store.set_volunteer_status(a.id, VolunteerStatus.BANNED, "poison")
+        assert store.erase_volunteer(a.id).status == VolunteerStatus.BANNED
+
     def test_a_signature_is_used_once_until_it_expires(self, store: Store) -> None:
         soon = time.time() + 600
         assert store.use_once("a" * 64, soon) and not store.use_once("a" * 64, soon)
