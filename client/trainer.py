@@ -192,7 +192,7 @@ class Trainer:
         from essaim.protocol.recipe import load_recipe
         from essaim.protocol.types import shards_for_slots
         from essaim.swarm.admission import keep_membership
-        from essaim.swarm.auth import SwarmAuthorizer, token_file_refresher, watch_revocations
+        from essaim.swarm.auth import SwarmAuthorizer, token_file_refresher, watch_resets, watch_revocations
         from essaim.swarm.data import build_train_dataset
         from essaim.swarm.dht import shutdown_dht, start_dht, visible_maddrs
         from essaim.swarm.identity import ensure_p2p_identity, load_or_create_private_key
@@ -242,6 +242,8 @@ class Trainer:
                             current_token=token_file_refresher(self.work_dir / TOKEN_FILE))
             optimizer = build_optimizer(loaded, recipe, dht=dht, run_id=a.job_id, private_key=key,
                                         reducers=a.reducers or None, verbose=self.verbose)
+            # the coordinator rolled the job back (a degraded checkpoint): reload its state
+            watch_resets(dht, a.job_id, a.coordinator_key_bytes(), watching, optimizer.request_resync)
             peer = TrainingPeer(job_id=a.job_id, recipe=recipe, loaded=loaded, dataset=dataset,
                                 shard_ids=shard_ids, optimizer=optimizer, dht=dht, volunteer_id=a.volunteer_id,
                                 on_event=self._on_event, state_dir=self.work_dir,

@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -168,6 +169,7 @@ class JobRunner:
             optimizer = build_auxiliary_optimizer(loaded, recipe, dht=dht, run_id=self.job_id, private_key=key)
             keeper.optimizer = optimizer
             keeper.restore()
+            keeper.save_initial()  # what a degraded first checkpoint rolls back to
             optimizer.serve_state(True)
             self._load_ledger_totals(job)
             averaging = AveragingLoop(optimizer)
@@ -273,6 +275,7 @@ class JobRunner:
         last_token = last_peers = time.time()
         saving: Future[Any] | None = None
         scoring: Future[Any] | None = None
+        rolling: Future[Any] | None = None
         self._scoring = ThreadPoolExecutor(max_workers=1, thread_name_prefix="essaim-eval")
         while not self.stop_event.wait(POLL_S):
             job = self.store.get_job(self.job_id)
@@ -297,7 +300,7 @@ class JobRunner:
             self._catch_up(keeper, averaging, recipe, metrics.epoch, epoch)
             keeper.record.followed_epoch = max(keeper.record.followed_epoch, epoch)
             final = epoch >= target
-            if saving is None and scoring is None and (
+            if saving is None and scoring is None and rolling is None and (
                     keeper.due() or (final and keeper.record.checkpoint_epoch < epoch)):
                 saving = averaging.submit(keeper.save)
             if saving is not None and saving.done():
@@ -313,10 +316,21 @@ class JobRunner:
                 except Exception as exc:
                     logger.warning("job %s: the evaluation failed: %s", self.job_id, exc)
                     result = None
-                if result is not None:
+                if result is not None and keeper.rollback_due is None:
                     metrics.eval_metric, metrics.eval_metric_name = result.value, result.metric
                     self.store.update_job_metrics(self.job_id, metrics)
-            if final and saving is None and scoring is None and keeper.record.checkpoint_epoch >= target:
+                if keeper.rollback_due is not None:
+                    rolling = averaging.submit(keeper.roll_back)
+            if rolling is not None and rolling.done():
+                done, rolling = rolling, None
+                try:
+                    done.result()
+                except Exception as exc:  # the next checkpoint is judged again
+                    logger.warning("job %s: the rollback failed: %s", self.job_id, exc)
+                else:
+                    self._rolled_back(dht, keeper, job)
+            if (final and saving is None and scoring is None and rolling is None
+                    and keeper.record.checkpoint_epoch >= target):
                 self._note_rounds(averaging.new_rounds(), job)
                 self._publish_view(force=True)
                 problem = self.rounds.why_not_averaged(target)
@@ -329,6 +343,29 @@ class JobRunner:
         if optimizer.local_epoch > max(keeper.record.checkpoint_epoch, 0):
             keeper.checkpoint()  # told to stop: keep what the swarm reached
         return 0
+
+    def _rolled_back(self, dht: Any, keeper: Any, job: Job) -> None:
+        """After the averaging peer rolled back: tell the volunteers to reload its state (a signed
+        reset in the job's DHT), name the volunteers of the rounds since the adopted checkpoint in
+        the record, and say so in the job's status."""
+        from essaim.coordinator.keeper import KEEPER_STATE
+        from essaim.coordinator.swarm_keys import sign_reset
+        from essaim.swarm.auth import publish_reset
+
+        rollback = keeper.record.rollbacks[-1]
+        epoch, to_epoch = int(rollback["epoch"]), int(rollback["to_epoch"])
+        rollback["volunteers"] = sorted({v for e in self.rounds.entries if to_epoch <= e.epoch < epoch
+                                         for v in (*e.volunteers, *e.suspects)})
+        keeper.record.save(self.dir / KEEPER_STATE)
+        value = sign_reset(self._coordinator_key, self.job_id, len(keeper.record.rollbacks), epoch)
+        try:
+            publish_reset(dht, self.job_id, value, owner_key=self._keeper_key)
+        except Exception as exc:  # volunteers then go on from their state: the next checkpoint is judged again
+            logger.warning("job %s: could not publish the state reset: %s", self.job_id, exc or type(exc).__name__)
+        reason = (f"epoch {epoch}: checkpoint not adopted ({rollback['reason']}); rolled back to the checkpoint "
+                  f"of epoch {to_epoch}")
+        with contextlib.suppress(EssaimError):
+            self.store.update_job_status(self.job_id, JobStatus.RUNNING, reason[:500], expect=[JobStatus.RUNNING])
 
     def _catch_up(self, keeper: Any, averaging: Any, recipe: Recipe, swarm_epoch: int, epoch: int) -> None:
         """Load the swarm's state from the peers when the volunteers have been further on than the
@@ -503,6 +540,7 @@ class JobRunner:
             EvalPoint,
             EvalSummary,
             Provenance,
+            Rollback,
             write_artifact,
         )
 
@@ -527,6 +565,10 @@ class JobRunner:
                                       compute_seconds=round(c.compute_seconds, 3))
                           for c in self.store.contributions(job_id=job.id)],
             aggregation=self._aggregation_summary(recipe),
+            rollbacks=[Rollback(epoch=int(r["epoch"]), to_epoch=int(r["to_epoch"]), reason=str(r["reason"]),
+                                value=r.get("value") if isinstance(r.get("value"), float) and math.isfinite(r["value"])
+                                else None, volunteers=list(r.get("volunteers", [])))
+                       for r in record.rollbacks],
             ledger_final_hash=head.hash if head else "",
             ledger_head=sign_head(signer, head.seq if head else 0, head.hash if head else GENESIS_HASH,
                                   time.time()).to_dict() if signer is not None else None,

@@ -8,6 +8,12 @@ them), evaluates it on the job's eval set, and offers it to newcomers, so a job 
 volunteers leaving: the first one back loads the keeper's state instead of starting over. When the
 swarm reaches the recipe's epochs, it writes the artifact and the provenance.
 
+No worse model is adopted: each checkpoint is first written beside the adopted one and evaluated;
+one whose eval is not a number or clearly degraded (:func:`degraded`) is not adopted, and the
+averaging peer rolls back to the adopted checkpoint, at the swarm's current epoch
+(:meth:`Keeper.roll_back`; the job runner then tells the volunteers to reload its state). Every
+rollback is kept in the record, the job's status and its provenance.
+
 Used by :mod:`essaim.coordinator.jobrunner` (one keeper per running job, in the job's own process).
 """
 
@@ -16,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -32,7 +39,30 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.safetensors"
 OPTIMIZER_STATE = "optimizer.pt"
+CANDIDATE = "checkpoint.next.safetensors"  # a checkpoint saved, not adopted yet
+OPTIMIZER_CANDIDATE = "optimizer.next.pt"
 KEEPER_STATE = "keeper.json"
+# A checkpoint is degraded when its health loss (EvalResult.loss: the eval loss, or the answers' loss
+# for exact_match) rose by more than LOSS_RISE nats over the best adopted one (the base model's at
+# first; x2.7 in perplexity), or its accuracy fell under ACCURACY_FALL of the best once that was at
+# least MIN_ACCURACY (one x1000 update leaves the demo job's exact match at 0.0 for good).
+LOSS_RISE = 1.0
+ACCURACY_FALL = 0.5
+MIN_ACCURACY = 0.2
+
+
+def degraded(result: EvalResult, *, best_value: float | None, best_loss: float | None) -> str:
+    """Why ``result`` is clearly worse than the best adopted checkpoint ("" when it is not)."""
+    if not math.isfinite(result.value):
+        return f"its {result.metric} is not a number"
+    if not math.isfinite(result.loss):
+        return "its eval loss is not a number"
+    if best_loss is not None and result.loss > best_loss + LOSS_RISE:
+        return f"its eval loss rose from {best_loss:.3f} to {result.loss:.3f}"
+    if (result.metric == "exact_match" and best_value is not None and best_value >= MIN_ACCURACY
+            and result.value < ACCURACY_FALL * best_value):
+        return f"its exact match fell from {best_value:.3f} to {result.value:.3f}"
+    return ""
 
 
 @dataclass(slots=True)
@@ -43,8 +73,14 @@ class KeeperRecord:
     eval_metric: str = ""
     eval_before: float | None = None
     curve: list[dict[str, float]] = field(default_factory=list)
-    checkpoint_epoch: int = -1
+    checkpoint_epoch: int = -1  # the adopted checkpoint's epoch
     followed_epoch: int = 0
+    saved_epoch: int = -1  # the last checkpoint saved (adopted or not)
+    best_value: float | None = None  # the best eval of an adopted checkpoint
+    best_loss: float | None = None  # its lowest health loss
+    loss_before: float | None = None  # the base model's health loss
+    # each checkpoint not adopted: {epoch, value, loss, reason, to_epoch, at}
+    rollbacks: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def load(cls, path: Path) -> KeeperRecord:
@@ -105,6 +141,8 @@ class Keeper:
         result = self.evaluate_now()
         if result is not None:
             self.record.eval_before = result.value
+            self.record.best_value, self.record.best_loss = result.value, result.loss
+            self.record.loss_before = result.loss
             self.record.curve.append({"epoch": 0, "value": result.value})
             self.record.save(self.job_dir / KEEPER_STATE)
             logger.info("eval before training: %s = %.4f", result.metric, result.value)
@@ -163,7 +201,7 @@ class Keeper:
     def due(self) -> bool:
         every = self.recipe.training.checkpoint_every_epochs
         epoch = self.optimizer.local_epoch
-        return epoch > 0 and epoch - max(self.record.checkpoint_epoch, 0) >= every
+        return epoch > 0 and epoch - max(self.record.saved_epoch, self.record.checkpoint_epoch, 0) >= every
 
     def checkpoint(self) -> EvalResult | None:
         """Save the current state and evaluate it (:meth:`save`, then :meth:`score`); returns the
@@ -171,33 +209,100 @@ class Keeper:
         return self.score(*self.save())
 
     def save(self) -> tuple[int, Any]:
-        """Save the state (weights as safetensors, optimizer state beside them) and copy the model
-        for its evaluation; returns the epoch and that copy. Run on the averaging peer's thread
-        (:meth:`essaim.coordinator.averaging.AveragingLoop.submit`): a round never lands half-way."""
+        """Save the state beside the adopted checkpoint (weights as safetensors, optimizer state
+        beside them) and copy the model for its evaluation; returns the epoch and that copy. Run on
+        the averaging peer's thread (:meth:`essaim.coordinator.averaging.AveragingLoop.submit`): a
+        round never lands half-way."""
         self.optimizer.settle()  # a round still running in the background lands first
         epoch = self.optimizer.local_epoch
-        save_state(self.job_dir / CHECKPOINT, self.loaded, metadata={"epoch": str(epoch)})
-        tmp = self.job_dir / (OPTIMIZER_STATE + ".tmp")
-        torch.save(self.optimizer.state_dict(), tmp)
-        os.replace(tmp, self.job_dir / OPTIMIZER_STATE)
+        self._write(CANDIDATE, OPTIMIZER_CANDIDATE, epoch)
         replica = self._copy_for_eval()
         with self._record_lock:
-            self.record.checkpoint_epoch = epoch
+            self.record.saved_epoch = epoch
             self.record.save(self.job_dir / KEEPER_STATE)
         logger.info("checkpoint of epoch %d saved", epoch)
+        if replica is None:  # nothing to judge it by
+            self.adopt(epoch, None)
         return epoch, replica
 
+    def _write(self, weights: str, optimizer: str, epoch: int) -> None:
+        save_state(self.job_dir / weights, self.loaded, metadata={"epoch": str(epoch)})
+        tmp = self.job_dir / (optimizer + ".tmp")
+        torch.save(self.optimizer.state_dict(), tmp)
+        os.replace(tmp, self.job_dir / optimizer)
+
     def score(self, epoch: int, replica: Any) -> EvalResult | None:
-        """Evaluate the copy :meth:`save` made and add it to the eval curve (any thread)."""
+        """Evaluate the copy :meth:`save` made (any thread), and adopt the checkpoint unless it is
+        degraded; then :attr:`rollback_due` says why, until :meth:`roll_back` runs."""
         result = self.evaluate_now(replica) if replica is not None else None
         if result is None:
             return None
         with self._record_lock:
-            self.record.curve = [p for p in self.record.curve if p["epoch"] != epoch]
-            self.record.curve.append({"epoch": epoch, "value": result.value})
-            self.record.save(self.job_dir / KEEPER_STATE)
-        logger.info("eval of epoch %d: %s = %.4f", epoch, result.metric, result.value)
+            problem = degraded(result, best_value=self.record.best_value, best_loss=self.record.best_loss)
+        if problem:
+            logger.warning("the checkpoint of epoch %d is not adopted: %s (%s = %.4f)", epoch, problem,
+                           result.metric, result.value)
+            with self._record_lock:
+                self.record.rollbacks.append({
+                    "epoch": epoch, "value": result.value, "loss": result.loss, "reason": problem,
+                    "to_epoch": max(self.record.checkpoint_epoch, 0), "at": time.time()})
+                self.record.save(self.job_dir / KEEPER_STATE)
+                self.rollback_due = self.record.rollbacks[-1]
+            return result
+        self.adopt(epoch, result)
+        logger.info("eval of epoch %d: %s = %.4f (loss %.4f)", epoch, result.metric, result.value, result.loss)
         return result
+
+    rollback_due: dict[str, Any] | None = None
+
+    def adopt(self, epoch: int, result: EvalResult | None) -> None:
+        """Make the checkpoint saved at ``epoch`` the adopted one (and its eval the curve's)."""
+        for candidate, adopted in ((CANDIDATE, CHECKPOINT), (OPTIMIZER_CANDIDATE, OPTIMIZER_STATE)):
+            if (self.job_dir / candidate).exists():
+                os.replace(self.job_dir / candidate, self.job_dir / adopted)
+        with self._record_lock:
+            self.record.checkpoint_epoch = epoch
+            if result is not None:
+                self.record.curve = [p for p in self.record.curve if p["epoch"] != epoch]
+                self.record.curve.append({"epoch": epoch, "value": result.value})
+                if math.isfinite(result.loss):
+                    self.record.best_loss = min(result.loss, self.record.best_loss or math.inf)
+                better = max if result.metric == "exact_match" else min
+                self.record.best_value = (result.value if self.record.best_value is None
+                                          else better(result.value, self.record.best_value))
+            self.record.save(self.job_dir / KEEPER_STATE)
+
+    def save_initial(self) -> None:
+        """Adopt the state the job starts from as the checkpoint of epoch 0 when there is none:
+        what a degraded first checkpoint rolls back to."""
+        if (self.job_dir / CHECKPOINT).exists() or self.optimizer.local_epoch > 0:
+            return
+        self._write(CHECKPOINT, OPTIMIZER_STATE, 0)
+        with self._record_lock:
+            self.record.checkpoint_epoch = max(self.record.checkpoint_epoch, 0)
+            self.record.save(self.job_dir / KEEPER_STATE)
+
+    def roll_back(self) -> int:
+        """Load the adopted checkpoint into the averaging peer at the swarm's current epoch (it stays
+        in the rounds, and a newcomer gets this state); returns the checkpoint's epoch. Run on the
+        averaging peer's thread. The next checkpoint is due at once: the state now held, saved and
+        evaluated at this epoch, is adopted as the current one."""
+        self.optimizer.serve_state(False)
+        try:
+            self.optimizer.settle()
+            epoch = self.optimizer.local_epoch
+            to_epoch = self.restore()
+            self.optimizer.take_up_epoch(epoch)
+        finally:
+            self.optimizer.serve_state(True)
+        (self.job_dir / CANDIDATE).unlink(missing_ok=True)
+        (self.job_dir / OPTIMIZER_CANDIDATE).unlink(missing_ok=True)
+        with self._record_lock:
+            self.rollback_due = None
+            self.record.saved_epoch = self.record.checkpoint_epoch
+            self.record.save(self.job_dir / KEEPER_STATE)
+        logger.warning("the averaging peer rolled back to the checkpoint of epoch %d at epoch %d", to_epoch, epoch)
+        return to_epoch
 
     @torch.no_grad()
     def _copy_for_eval(self) -> Any:

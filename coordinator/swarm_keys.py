@@ -139,3 +139,23 @@ def sign_revocations(key: rsa.RSAPrivateKey, job_id: str, public_keys_der: list[
     issued_at = float(time.time() if now is None else now)
     signature = base64.b64encode(key.sign(revocations_signed_bytes(job_id, issued_at, keys), _PSS, hashes.SHA256()))
     return {"job": job_id, "issued_at": issued_at, "keys": keys, "signature": signature.decode()}
+
+
+RESET_PREFIX = b"essaim-swarm-reset-v1"
+
+
+def reset_signed_bytes(job_id: str, generation: int, epoch: int, issued_at: float) -> bytes:
+    """What the coordinator signs in a state reset (:func:`essaim.swarm.auth.check_reset` checks it)."""
+    return b"|".join([RESET_PREFIX, job_id.encode(), str(int(generation)).encode(), str(int(epoch)).encode(),
+                      repr(float(issued_at)).encode()])
+
+
+def sign_reset(key: rsa.RSAPrivateKey, job_id: str, generation: int, epoch: int, *,
+               now: float | None = None) -> dict[str, object]:
+    """A job's state reset, signed by the coordinator: its averaging peer rolled back (the
+    ``generation``-th time) at ``epoch``, and every volunteer is to reload its state."""
+    issued_at = float(time.time() if now is None else now)
+    signature = base64.b64encode(key.sign(reset_signed_bytes(job_id, generation, epoch, issued_at), _PSS,
+                                          hashes.SHA256()))
+    return {"job": job_id, "generation": int(generation), "epoch": int(epoch), "issued_at": issued_at,
+            "signature": signature.decode()}

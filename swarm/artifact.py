@@ -73,6 +73,16 @@ class Suspect(_Record):
     last_reason: str = ""
 
 
+class Rollback(_Record):
+    """A checkpoint the keeper did not adopt: the swarm went back to the adopted one."""
+
+    epoch: int
+    to_epoch: int
+    reason: str
+    value: float | None = None  # the rejected checkpoint's eval
+    volunteers: list[str] = Field(default_factory=list)  # in the rounds since the adopted checkpoint
+
+
 class AggregationSummary(_Record):
     """How the swarm's rounds were reduced, and who was suspected of what (rounds.jsonl)."""
 
@@ -94,6 +104,7 @@ class Provenance(_Record):
     eval: EvalSummary | None = None
     contributors: list[Contributor] = Field(default_factory=list)
     aggregation: AggregationSummary | None = None
+    rollbacks: list[Rollback] = Field(default_factory=list)
     ledger_final_hash: str = ""
     # the ledger's head when the job completed, signed by the coordinator (essaim.coordinator.store.ledger):
     # `essaim coordinator ledger verify --head provenance.json` checks a later ledger against it

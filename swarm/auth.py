@@ -246,6 +246,86 @@ def watch_revocations(dht: Any, job_id: str, coordinator_public_key: bytes | RSA
     return thread
 
 
+_RESET_PREFIX = b"essaim-swarm-reset-v1"  # the same bytes as essaim.coordinator.swarm_keys signs
+
+
+def resets_key(job_id: str) -> str:
+    return f"{job_id}_reset"
+
+
+def check_reset(value: Any, coordinator_public_key: RSAPublicKey, *, job_id: str) -> tuple[int, int]:
+    """``(generation, epoch)`` of a signed state reset; raises AuthError when refused."""
+    try:
+        generation, epoch = int(value["generation"]), int(value["epoch"])
+        issued_at = float(value["issued_at"])
+        signature = str(value["signature"]).encode()
+        listed_job = str(value["job"])
+    except (TypeError, KeyError, ValueError):
+        raise AuthError("the state reset is malformed") from None
+    if listed_job != job_id:
+        raise AuthError(f"the state reset is for job {listed_job!r}, not {job_id!r}")
+    signed = b"|".join([_RESET_PREFIX, job_id.encode(), str(generation).encode(), str(epoch).encode(),
+                        repr(issued_at).encode()])
+    if not coordinator_public_key.verify(signed, signature):
+        raise AuthError("the state reset is not signed by this job's coordinator")
+    return generation, epoch
+
+
+def publish_reset(dht: Any, job_id: str, value: dict[str, Any], *, owner_key: RSAPrivateKey,
+                  timeout: float = 10.0) -> bool:
+    """Store a signed state reset in the job's DHT, under the publisher's own subkey."""
+    from essaim.swarm.records import owner_subkey
+    from hivemind.utils import get_dht_time
+
+    future = dht.store(resets_key(job_id), subkey=owner_subkey(owner_key), value=value,
+                       expiration_time=get_dht_time() + REVOCATIONS_EXPIRATION_S, return_future=True)
+    return bool(future.result(timeout))
+
+
+def fetch_reset(dht: Any, job_id: str, coordinator_public_key: RSAPublicKey, *,
+                timeout: float = 10.0) -> tuple[int, int] | None:
+    """``(generation, epoch)`` of the newest state reset in the DHT that the coordinator signed."""
+    found = dht.get(resets_key(job_id), latest=True, return_future=True).result(timeout)
+    best: tuple[int, int] | None = None
+    if found is not None and isinstance(found.value, dict):
+        for item in found.value.values():
+            try:
+                reset = check_reset(getattr(item, "value", None), coordinator_public_key, job_id=job_id)
+            except AuthError as exc:
+                logger.debug("ignoring a state reset: %s", exc)
+                continue
+            best = reset if best is None or reset > best else best
+    return best
+
+
+def watch_resets(dht: Any, job_id: str, coordinator_public_key: bytes | RSAPublicKey, stop: threading.Event,
+                 on_reset: Callable[[int], None], *, every: float = 5.0) -> threading.Thread:
+    """A daemon thread calling ``on_reset(epoch)`` for each state reset newer than the one in the
+    DHT when it started (a newcomer already loaded the state the earlier ones asked for)."""
+    public = (coordinator_public_key if isinstance(coordinator_public_key, RSAPublicKey)
+              else load_public_key(coordinator_public_key))
+
+    def loop() -> None:
+        held: int | None = None
+        wait = 0.0  # the first look at once: the baseline
+        while not stop.wait(wait):
+            wait = every
+            try:
+                reset = fetch_reset(dht, job_id, public, timeout=every * 2)
+            except Exception as exc:  # the DHT may be shutting down, or briefly unreachable
+                logger.debug("could not read the state reset: %s", exc)
+                continue
+            generation = reset[0] if reset is not None else 0
+            if held is not None and generation > held and reset is not None:
+                logger.warning("the coordinator rolled the job back at epoch %d: reloading its state", reset[1])
+                on_reset(reset[1])
+            held = generation if held is None else max(held, generation)
+
+    thread = threading.Thread(target=loop, name="essaim-resets", daemon=True)
+    thread.start()
+    return thread
+
+
 class SwarmAuthorizer(TokenAuthorizerBase):
     """hivemind authorizer for one job's DHT: signs with ``local_private_key``, shows ``token``, and
     accepts only peers whose token the coordinator signed for ``job_id`` and that has not expired.

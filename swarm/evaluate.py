@@ -5,7 +5,10 @@
 ``exact_match``: greedy decoding of up to ``max_new_tokens`` after each prompt; the continuation up
 to the first EOS or newline, stripped, must equal the stripped answer. ``value`` is the fraction
 of prompts answered exactly (0..1). ``loss``: mean next-token loss over the packed eval sequences;
-``perplexity``: its exponential.
+``perplexity``: its exponential. Every result also carries ``loss``, a lower-is-better health
+signal the checkpoint keeper compares across checkpoints: the mean loss itself, or for
+``exact_match`` the mean loss of the answers' tokens after their prompts (an accuracy still at 0
+early in a job says nothing of a model wrecked since; this does).
 
 Used by the coordinator's checkpoint keeper (the eval curve of a job, ``before`` and ``after`` in
 its provenance) and by the benchmarks.
@@ -37,6 +40,7 @@ class EvalResult:
     metric: str
     value: float
     samples: int
+    loss: float = math.nan  # the health signal (see the module doc); NaN when not measured
 
 
 @contextlib.contextmanager
@@ -106,6 +110,32 @@ def exact_match(loaded: LoadedModel, prompts: list[str], answers: list[str], *, 
     return hits / len(prompts), outputs
 
 
+def answer_loss(loaded: LoadedModel, prompts: list[str], answers: list[str], *, batch_size: int = LOSS_BATCH) -> float:
+    """Mean loss of the answers' tokens, each after its prompt (teacher-forced; no generation)."""
+    tokenizer = loaded.tokenizer
+    rows: dict[int, list[tuple[list[int], int]]] = defaultdict(list)  # equal lengths batch without padding
+    for prompt, answer in zip(prompts, answers, strict=True):
+        head = tokenizer(prompt, add_special_tokens=True, verbose=False)["input_ids"]
+        whole = tokenizer(prompt + str(answer), add_special_tokens=True, verbose=False)["input_ids"]
+        if len(whole) > len(head) > 0:
+            rows[len(whole)].append((whole, len(head)))
+    total, count = 0.0, 0
+    with _eval_mode(loaded.model):
+        for group in rows.values():
+            for start in range(0, len(group), batch_size):
+                chunk = group[start : start + batch_size]
+                ids = torch.tensor([w for w, _ in chunk], dtype=torch.long, device=loaded.device)
+                logits = loaded.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
+                nll = torch.nn.functional.cross_entropy(
+                    logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")  # [batch, length - 1]
+                for row, (_, head) in enumerate(chunk):
+                    total += float(nll[row, head - 1 :].sum())
+                    count += nll.shape[1] - (head - 1)
+    if count == 0:
+        raise EvalError("no eval answer has tokens of its own; check the eval set's answer field")
+    return total / count
+
+
 def mean_loss(loaded: LoadedModel, input_ids: torch.Tensor, *, batch_size: int = LOSS_BATCH) -> float:
     """Mean next-token loss over packed sequences (every sequence has the same length)."""
     total, count = 0.0, 0
@@ -130,14 +160,15 @@ def evaluate(loaded: LoadedModel, eval_set: EvalSet, spec: EvalSpec) -> EvalResu
         if eval_set.metric != "exact_match":
             raise EvalError("exact_match needs an eval set of prompts and answers; load it with this recipe")
         value, _ = exact_match(loaded, eval_set.prompts, eval_set.answers, max_new_tokens=spec.max_new_tokens)
+        loss = answer_loss(loaded, eval_set.prompts, eval_set.answers)
     elif metric in ("loss", "perplexity"):
         if eval_set.input_ids is None:
             raise EvalError(f"{metric} needs packed eval sequences; load the eval set with this recipe")
-        value = mean_loss(loaded, eval_set.input_ids)
+        value = loss = mean_loss(loaded, eval_set.input_ids)
         if metric == "perplexity":
             value = math.exp(min(value, 700.0))
     else:
         raise EvalError(f"unknown eval metric {metric!r}; use loss, perplexity or exact_match")
-    result = EvalResult(metric=metric, value=float(value), samples=len(eval_set))
+    result = EvalResult(metric=metric, value=float(value), samples=len(eval_set), loss=float(loss))
     logger.info("eval %s = %.4f on %d samples", result.metric, result.value, result.samples)
     return result

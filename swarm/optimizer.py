@@ -1073,6 +1073,14 @@ class SwarmOptimizer:
         else:  # e.g. the averaging peer's own step of this epoch had not landed: again next epoch
             self._synced_epoch = self.local_epoch + 1 - every
 
+    def request_resync(self, epoch: int = 0) -> None:
+        """The coordinator rolled the job back at ``epoch`` (a checkpoint it did not adopt): load
+        the averaging peers' state at the next step, whatever this peer's own rounds did. (Any
+        thread.) Under mean aggregation the reload is from the peers ranked above this one, which
+        may hold the state rolled back: there the rollback protects the published model only."""
+        self.hv.drifted = True
+        self._synced_epoch = -(10**9)
+
     def quiesce(self) -> None:
         """While the peer is paused: stop polling the swarm's progress (and the throughput clock),
         and drop averaging rounds still looking for a group, so the process goes idle."""

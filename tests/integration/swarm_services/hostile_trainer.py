@@ -6,7 +6,8 @@
 Each round it sends the next attack of ``ESSAIM_TEST_ATTACKS`` in turn: ``scale`` multiplies its
 update by 1000, ``nan`` sends NaN, ``sign`` sends its update negated and x10, ``noise`` sends
 random noise of its update's norm, ``zero`` sends nothing of value while claiming 100x its samples
-as its weight (``ESSAIM_TEST_HOLD_NAN_UNTIL=FILE``: ``sign`` instead of ``nan`` until FILE exists). It trains honestly otherwise, so it stays in the swarm. With
+as its weight, ``none`` sends its honest update (``ESSAIM_TEST_ATTACKS_ONCE=1``: the attacks once
+each, then only honest updates) (``ESSAIM_TEST_HOLD_NAN_UNTIL=FILE``: ``sign`` instead of ``nan`` until FILE exists). It trains honestly otherwise, so it stays in the swarm. With
 ``ESSAIM_TEST_FORGE_STATE=1`` it also offers newcomers a forged state: the job's last epoch far
 behind it (epoch 1,000,000, hivemind's download priority the highest of the swarm) and weights
 that are finite garbage. With ``ESSAIM_TEST_JOIN_WHEN=FILE`` it joins the swarm only once FILE exists
@@ -24,7 +25,9 @@ from essaim.swarm import optimizer
 
 
 def main() -> int:
-    attacks = itertools.cycle([a.strip() for a in os.environ["ESSAIM_TEST_ATTACKS"].split(",") if a.strip()])
+    listed = [a.strip() for a in os.environ["ESSAIM_TEST_ATTACKS"].split(",") if a.strip()]
+    once = os.environ.get("ESSAIM_TEST_ATTACKS_ONCE") == "1"
+    attacks = itertools.chain(listed, itertools.repeat("none")) if once else itertools.cycle(listed)
     hold = os.environ.get("ESSAIM_TEST_HOLD_NAN_UNTIL")  # a file: until it exists, "nan" is held back
     held: list[str] = []
     honest_load = optimizer.PseudoGradientAverager.load_accumulators_into_averager_

@@ -107,3 +107,21 @@ def test_revocation_lists_verify_and_make_the_authorizer_refuse_banned_keys(tmp_
     auth.write_revocations(path, swarm_keys.sign_revocations(coordinator, "job1", [], now=6000.0))
     time.sleep(auth.REVOCATIONS_RECHECK_S + 0.1)
     assert authorizer.is_token_valid(tokens["bad"])
+
+
+def test_a_state_reset_counts_only_when_the_coordinator_signed_it_for_this_job(tmp_path: Path) -> None:
+    auth = pytest.importorskip("essaim.swarm.auth")
+    identity = pytest.importorskip("essaim.swarm.identity")
+    coordinator = swarm_keys.load_or_create_swarm_key(tmp_path / "swarm-key.pem")
+    trusted = identity.load_public_key(swarm_keys.public_key_der(coordinator))
+    reset = swarm_keys.sign_reset(coordinator, "job1", 2, 5, now=1000.0)
+    assert auth.check_reset(reset, trusted, job_id="job1") == (2, 5)
+    with pytest.raises(auth.AuthError, match="not signed"):  # a peer inventing a later reset
+        auth.check_reset({**reset, "generation": 3}, trusted, job_id="job1")
+    other = swarm_keys.load_or_create_swarm_key(tmp_path / "other-key.pem")
+    with pytest.raises(auth.AuthError, match="not signed"):
+        auth.check_reset(swarm_keys.sign_reset(other, "job1", 9, 5), trusted, job_id="job1")
+    with pytest.raises(auth.AuthError, match="for job"):
+        auth.check_reset(reset, trusted, job_id="job2")
+    with pytest.raises(auth.AuthError, match="malformed"):
+        auth.check_reset({"generation": "x"}, trusted, job_id="job1")

@@ -69,6 +69,14 @@ def test_an_untrained_model_scores_near_zero(demo_recipe: Recipe, demo_files: di
     result = evaluate(loaded, eval_set, demo_recipe.eval)
     assert result.samples == 200 and result.value <= 0.05
     assert loaded.model.training
+    # its health signal: the answers' loss, about uniform over the vocabulary at a random init
+    assert result.loss == pytest.approx(math.log(len(loaded.tokenizer)), rel=0.2)
+    # a wrecked model (what one x1000 update leaves) is far worse, whatever its accuracy
+    with torch.no_grad():
+        for p in loaded.model.parameters():
+            p.mul_(30.0)
+    wrecked = evaluate(loaded, eval_set, demo_recipe.eval)
+    assert not wrecked.loss < result.loss + 1.0, (wrecked, result)
 
 
 def test_loss_and_perplexity(demo_recipe: Recipe, demo_files: dict[str, Path], recipe_with) -> None:
@@ -81,4 +89,4 @@ def test_loss_and_perplexity(demo_recipe: Recipe, demo_files: dict[str, Path], r
     # a random init predicts about uniformly over the vocabulary
     assert loss.value == pytest.approx(math.log(len(loaded.tokenizer)), rel=0.2)
     assert ppl.value == pytest.approx(math.exp(loss.value), rel=1e-5)
-    assert loss.samples == 4
+    assert loss.samples == 4 and loss.loss == loss.value and ppl.loss == pytest.approx(loss.value)

@@ -1,0 +1,81 @@
+"""No worse model is adopted: a checkpoint the keeper finds degraded is rolled back, and the swarm
+goes on from the last good one.
+
+Mallory starts the demo job alone with the coordinator's averaging peer and sends one update x1000
+in her first round (``hostile_trainer.py``, then honest). Alone with the averaging peer there is no
+group to hold her to and no history of norms yet (essaim.swarm.aggregation.NormHistory), so it gets
+through: the keeper's evaluation of the next checkpoint is the backstop. It does not adopt it, rolls
+the averaging peer back to the job's starting state at the current epoch, and tells the volunteers
+(a signed state reset); mallory reloads. Alice and bob join afterwards; the job completes with a
+model that learned, and its provenance records the rollback and whose rounds it undid.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+EPOCHS = 6
+TARGET_BATCH = 3200
+HOSTILE = Path(__file__).with_name("hostile_trainer.py")
+
+
+@pytest.fixture(scope="module")
+def rolled(harness: ModuleType, module_launcher: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    root = tmp_path_factory.mktemp("services-rollback")
+    recipe = harness.make_job(root / "job", epochs=EPOCHS, target_batch_size=TARGET_BATCH, adapter="full",
+                              averaging="local", checkpoint_every_epochs=1, eval_size=100, matchmaking_time=2.5)
+    swarm = harness.ServiceSwarm.start(module_launcher, root / "coord", recipe)
+    try:
+        mallory = swarm.volunteer("mallory")
+        mallory.start(command=[sys.executable, str(HOSTILE)],
+                      env={"ESSAIM_TEST_ATTACKS": "scale", "ESSAIM_TEST_ATTACKS_ONCE": "1"})
+        # the rollback is done, and its rounds' volunteers named, once the record says whom it undid
+        harness.wait_until(lambda: "volunteers" in (_keeper(swarm).get("rollbacks") or [{}])[0], 300,
+                           "the keeper's rollback", interval=0.5)
+        for name in ("alice", "bob"):
+            swarm.volunteer(name).start()
+        harness.wait_until(lambda: swarm.job().status.value in ("completed", "failed"), 480,
+                           "the job to end", interval=2.0)
+        yield swarm
+    finally:
+        swarm.close()
+
+
+def _keeper(swarm: Any) -> dict[str, Any]:
+    path = swarm.job_dir / "keeper.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _stderr(volunteer: Any) -> str:
+    log = volunteer.work_dir / "trainer-stderr.log"
+    return log.read_text(errors="replace") if log.exists() else ""
+
+
+@pytest.mark.timeout(900)
+def test_a_degraded_checkpoint_is_rolled_back_and_the_job_recovers(rolled: Any) -> None:
+    job = rolled.job()
+    assert job.status.value == "completed", (job.status, job.status_reason)
+    ids = {v.name: v.volunteer_id for v in rolled.volunteers}
+    provenance = json.loads((rolled.data_dir / "artifacts" / rolled.job_id / "provenance.json").read_text())
+    first = provenance["rollbacks"][0]
+    assert first["to_epoch"] == 0 and first["epoch"] >= 1 and "eval loss rose" in first["reason"], first
+    # the rounds it undid were hers alone: no honest volunteer is named
+    assert all(r["volunteers"] == [ids["mallory"]] for r in provenance["rollbacks"]), provenance["rollbacks"]
+    # the published model is an adopted checkpoint's, and it learned: its answers' loss fell well
+    # below the base model's (its exact match may still be 0 after 6 short epochs)
+    keeper = _keeper(rolled)
+    assert keeper["checkpoint_epoch"] == EPOCHS and keeper["best_loss"] < keeper["loss_before"] - 0.5, keeper
+    # mallory was told to reload the averaging peer's state, and did
+    mallory = next(v for v in rolled.volunteers if v.name == "mallory")
+    assert "rolled the job back" in _stderr(mallory), mallory.tail()
