@@ -73,13 +73,16 @@ def volunteers(
 def ban(
     volunteer_id: Annotated[str, typer.Argument(metavar="VOLUNTEER_ID", help="From `essaim coordinator volunteers`.")],
     reason: Annotated[str, typer.Option("--reason", help="Why; kept with the ban.")] = "",
+    undo: Annotated[bool, typer.Option(
+        "--undo", help="Also take each running job back to its last checkpoint from before the volunteer's "
+        "first averaged round, and resume from there.")] = False,
     as_json: JsonOption = False,
     coordinator: CoordinatorOption = None,
     token: TokenOption = None,
 ) -> None:
     """Ban a volunteer: its swarm token stops working and its later contributions are refused."""
     with client_from_options(coordinator, token) as client:
-        banned = client.ban_volunteer(volunteer_id, reason)
+        banned = client.ban_volunteer(volunteer_id, reason, undo=undo)
     if as_json:
         output.print_json(banned)
         return

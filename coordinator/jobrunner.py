@@ -300,6 +300,8 @@ class JobRunner:
             self._catch_up(keeper, averaging, recipe, metrics.epoch, epoch)
             keeper.record.followed_epoch = max(keeper.record.followed_epoch, epoch)
             final = epoch >= target
+            if saving is None and scoring is None and rolling is None and (undo := self._undo_due(keeper)) is not None:
+                rolling = averaging.submit(keeper.roll_back, undo)
             if saving is None and scoring is None and rolling is None and (
                     keeper.due() or (final and keeper.record.checkpoint_epoch < epoch)):
                 saving = averaging.submit(keeper.save)
@@ -343,6 +345,34 @@ class JobRunner:
         if optimizer.local_epoch > max(keeper.record.checkpoint_epoch, 0):
             keeper.checkpoint()  # told to stop: keep what the swarm reached
         return 0
+
+    def _undo_due(self, keeper: Any) -> int | None:
+        """When an admin banned a volunteer with --undo (read every ``REVOCATIONS_EVERY_S``) and it
+        took part in this job's rounds: note the rollback, and return the epoch of the newest kept
+        checkpoint from before its first round (:meth:`Keeper.undo_epoch`) to roll back to."""
+        now = time.time()
+        if now - getattr(self, "_undo_read_at", 0.0) < REVOCATIONS_EVERY_S:
+            return None
+        self._undo_read_at = now
+        try:
+            requests = self.store.undo_requests()
+        except EssaimError as exc:
+            logger.warning("job %s: cannot read the undo requests: %s", self.job_id, exc)
+            return None
+        for volunteer_id in sorted(set(requests) - set(keeper.record.undone)):
+            keeper.record.undone.append(volunteer_id)
+            rounds = [e.epoch for e in self.rounds.entries if volunteer_id in (*e.volunteers, *e.suspects)]
+            if not rounds:
+                continue  # it never took part here
+            to_epoch = keeper.undo_epoch(min(rounds))
+            epoch = keeper.optimizer.local_epoch
+            keeper.record.rollbacks.append({
+                "epoch": epoch, "value": None, "loss": None, "to_epoch": to_epoch, "at": now,
+                "reason": f"undoing banned volunteer {volunteer_id}: its first round was epoch {min(rounds)}"})
+            logger.warning("job %s: undoing banned volunteer %s's rounds: back to the checkpoint of epoch %d",
+                           self.job_id, volunteer_id, to_epoch)
+            return to_epoch
+        return None
 
     def _rolled_back(self, dht: Any, keeper: Any, job: Job) -> None:
         """After the averaging peer rolled back: tell the volunteers to reload its state (a signed

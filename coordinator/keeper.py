@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -42,6 +43,7 @@ OPTIMIZER_STATE = "optimizer.pt"
 CANDIDATE = "checkpoint.next.safetensors"  # a checkpoint saved, not adopted yet
 OPTIMIZER_CANDIDATE = "optimizer.next.pt"
 KEEPER_STATE = "keeper.json"
+HISTORY = "checkpoints"  # every adopted checkpoint, epoch-N.safetensors and epoch-N.pt: what an undo goes back to
 # A checkpoint is degraded when its health loss (EvalResult.loss: the eval loss, or the answers' loss
 # for exact_match) rose by more than LOSS_RISE nats over the best adopted one (the base model's at
 # first; x2.7 in perplexity), or its accuracy fell under ACCURACY_FALL of the best once that was at
@@ -79,8 +81,12 @@ class KeeperRecord:
     best_value: float | None = None  # the best eval of an adopted checkpoint
     best_loss: float | None = None  # its lowest health loss
     loss_before: float | None = None  # the base model's health loss
-    # each checkpoint not adopted: {epoch, value, loss, reason, to_epoch, at}
+    # each rollback (a checkpoint not adopted, or a banned volunteer's rounds undone):
+    # {epoch, value, loss, reason, to_epoch, at, volunteers}
     rollbacks: list[dict[str, Any]] = field(default_factory=list)
+    # the adopted checkpoints kept in HISTORY: epoch (as text, JSON keys) -> {value, loss}
+    history: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    undone: list[str] = field(default_factory=list)  # banned volunteers whose rounds were undone
 
     @classmethod
     def load(cls, path: Path) -> KeeperRecord:
@@ -113,19 +119,43 @@ class Keeper:
         self._replica: Any = None
 
     # ---- start ----
-    def restore(self) -> int:
-        """Load the last checkpoint, if any, before the keeper offers its state; returns its epoch."""
-        path = self.job_dir / CHECKPOINT
+    def restore(self, epoch: int | None = None) -> int:
+        """Load the adopted checkpoint (or the one of ``epoch`` kept in HISTORY), if any, before the
+        keeper offers its state; returns its epoch."""
+        if epoch is None:
+            path, opt_path = self.job_dir / CHECKPOINT, self.job_dir / OPTIMIZER_STATE
+        else:
+            path, opt_path = self._history(epoch)
         if not path.exists():
             return 0
         meta = load_state(path, self.loaded)
-        opt_path = self.job_dir / OPTIMIZER_STATE
         if opt_path.exists():
             state = torch.load(opt_path, map_location="cpu", weights_only=False)
             self.optimizer.load_state_dict(state)
         epoch = int(meta.get("epoch", self.optimizer.local_epoch))
         logger.info("restored the checkpoint of epoch %d", epoch)
         return epoch
+
+    def _history(self, epoch: int) -> tuple[Path, Path]:
+        return self.job_dir / HISTORY / f"epoch-{epoch}.safetensors", self.job_dir / HISTORY / f"epoch-{epoch}.pt"
+
+    def _keep(self, epoch: int, result: EvalResult | None) -> None:
+        """Keep the adopted checkpoint as the one of ``epoch`` in HISTORY (a hard link where it can)."""
+        (self.job_dir / HISTORY).mkdir(exist_ok=True)
+        for source, target in zip((CHECKPOINT, OPTIMIZER_STATE), self._history(epoch), strict=True):
+            target.unlink(missing_ok=True)
+            try:
+                os.link(self.job_dir / source, target)
+            except OSError:
+                shutil.copyfile(self.job_dir / source, target)
+        self.record.history[str(epoch)] = {"value": None if result is None else result.value,
+                                           "loss": None if result is None else result.loss}
+
+    def undo_epoch(self, first_epoch: int) -> int:
+        """The newest kept checkpoint from before the round of ``first_epoch`` (the state no update
+        of that round or later is in)."""
+        kept = [int(e) for e in self.record.history if int(e) <= first_epoch]
+        return max(kept, default=0)
 
     def evaluate_now(self, loaded: Any = None) -> EvalResult | None:
         if self.eval_set is None or self.recipe.eval is None:
@@ -262,11 +292,13 @@ class Keeper:
                 os.replace(self.job_dir / candidate, self.job_dir / adopted)
         with self._record_lock:
             self.record.checkpoint_epoch = epoch
+            self._keep(epoch, result)
             if result is not None:
                 self.record.curve = [p for p in self.record.curve if p["epoch"] != epoch]
                 self.record.curve.append({"epoch": epoch, "value": result.value})
                 if math.isfinite(result.loss):
-                    self.record.best_loss = min(result.loss, self.record.best_loss or math.inf)
+                    best = self.record.best_loss
+                    self.record.best_loss = result.loss if best is None else min(result.loss, best)
                 better = max if result.metric == "exact_match" else min
                 self.record.best_value = (result.value if self.record.best_value is None
                                           else better(result.value, self.record.best_value))
@@ -280,18 +312,21 @@ class Keeper:
         self._write(CHECKPOINT, OPTIMIZER_STATE, 0)
         with self._record_lock:
             self.record.checkpoint_epoch = max(self.record.checkpoint_epoch, 0)
+            self._keep(0, None)
+            self.record.history["0"] = {"value": self.record.eval_before, "loss": self.record.loss_before}
             self.record.save(self.job_dir / KEEPER_STATE)
 
-    def roll_back(self) -> int:
-        """Load the adopted checkpoint into the averaging peer at the swarm's current epoch (it stays
-        in the rounds, and a newcomer gets this state); returns the checkpoint's epoch. Run on the
-        averaging peer's thread. The next checkpoint is due at once: the state now held, saved and
-        evaluated at this epoch, is adopted as the current one."""
+    def roll_back(self, to_epoch: int | None = None) -> int:
+        """Load the adopted checkpoint (or the one of ``to_epoch`` kept in HISTORY: an undo) into
+        the averaging peer at the swarm's current epoch (it stays in the rounds, and a newcomer
+        gets this state); returns the checkpoint's epoch. Run on the averaging peer's thread. The
+        next checkpoint is due at once: the state now held, saved and evaluated at this epoch, is
+        adopted as the current one, judged against the checkpoint gone back to."""
         self.optimizer.serve_state(False)
         try:
             self.optimizer.settle()
             epoch = self.optimizer.local_epoch
-            to_epoch = self.restore()
+            to_epoch = self.restore(to_epoch)
             self.optimizer.take_up_epoch(epoch)
         finally:
             self.optimizer.serve_state(True)
@@ -299,6 +334,13 @@ class Keeper:
         (self.job_dir / OPTIMIZER_CANDIDATE).unlink(missing_ok=True)
         with self._record_lock:
             self.rollback_due = None
+            kept = self.record.history.get(str(to_epoch))
+            if kept is not None and to_epoch < self.record.checkpoint_epoch:  # an undo: the bar is that state's
+                self.record.best_value, self.record.best_loss = kept.get("value"), kept.get("loss")
+                self.record.checkpoint_epoch = to_epoch
+                for source, adopted in zip(self._history(to_epoch), (CHECKPOINT, OPTIMIZER_STATE), strict=True):
+                    shutil.copyfile(source, self.job_dir / (adopted + ".tmp"))  # a restart restores it
+                    os.replace(self.job_dir / (adopted + ".tmp"), self.job_dir / adopted)
             self.record.saved_epoch = self.record.checkpoint_epoch
             self.record.save(self.job_dir / KEEPER_STATE)
         logger.warning("the averaging peer rolled back to the checkpoint of epoch %d at epoch %d", to_epoch, epoch)

@@ -298,8 +298,12 @@ class CoordinatorService:
         limit = _limit(limit, DEFAULT_VOLUNTEER_LIMIT, MAX_VOLUNTEER_LIMIT)
         return self.store.list_volunteers(status=status, limit=limit)
 
-    def ban_volunteer(self, volunteer_id: str, reason: str = "") -> Volunteer:
+    def ban_volunteer(self, volunteer_id: str, reason: str = "", *, undo: bool = False) -> Volunteer:
+        """Ban a volunteer; with ``undo`` each running job's runner also takes the job back to its
+        last checkpoint from before the volunteer's first averaged round (:data:`UNDO_REQUESTS`)."""
         self.store.get_volunteer(volunteer_id)  # NotFound first
+        if undo:
+            self.store.add_undo_request(volunteer_id)
         self.store.set_volunteer_status(volunteer_id, VolunteerStatus.BANNED, reason or "banned by an admin")
         self.store.revoke_tokens(volunteer_id)
         self.auth.mark_banned(volunteer_id, reason)

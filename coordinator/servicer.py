@@ -208,7 +208,7 @@ class CoordinatorServicer:
     async def BanVolunteer(self, request: Any, context: grpc.aio.ServicerContext) -> pb.Volunteer:
         async def handle(req: pb.BanVolunteerRequest, _: Principal | None, __: str) -> pb.Volunteer:
             return serde.volunteer_to_proto(
-                await self._run(self.service.ban_volunteer, req.volunteer_id, req.reason)
+                await self._run(self.service.ban_volunteer, req.volunteer_id, req.reason, undo=req.undo)
             )
 
         return await self._unary("BanVolunteer", request, context, handle)

@@ -272,9 +272,10 @@ class CoordinatorClient(VolunteerCalls):
         )
         return serde.volunteers_from_proto(self._unary("ListVolunteers", request))
 
-    def ban_volunteer(self, volunteer_id: str, reason: str = "") -> Volunteer:
+    def ban_volunteer(self, volunteer_id: str, reason: str = "", *, undo: bool = False) -> Volunteer:
+        """Ban a volunteer; with ``undo``, also take each running job back to before its first round."""
         request = pb.BanVolunteerRequest(
-            header=serde.request_header(), volunteer_id=volunteer_id, reason=reason
+            header=serde.request_header(), volunteer_id=volunteer_id, reason=reason, undo=undo
         )
         return serde.volunteer_from_proto(self._unary("BanVolunteer", request))
 

@@ -184,33 +184,47 @@ def check_revocations(value: Any, coordinator_public_key: RSAPublicKey, *, job_i
     return issued_at, frozenset(k.encode() for k in keys)
 
 
-def publish_revocations(dht: Any, job_id: str, value: dict[str, Any], *, owner_key: RSAPrivateKey,
-                        timeout: float = 10.0) -> bool:
-    """Store a signed revocation list in the job's DHT, under the publisher's own subkey."""
+def _publish_signed(dht: Any, key: str, value: dict[str, Any], owner_key: RSAPrivateKey, timeout: float) -> bool:
+    """Store a coordinator-signed record in the job's DHT, under the publisher's own subkey."""
     from essaim.swarm.records import owner_subkey
     from hivemind.utils import get_dht_time
 
-    future = dht.store(revocations_key(job_id), subkey=owner_subkey(owner_key), value=value,
+    future = dht.store(key, subkey=owner_subkey(owner_key), value=value,
                        expiration_time=get_dht_time() + REVOCATIONS_EXPIRATION_S, return_future=True)
     return bool(future.result(timeout))
+
+
+def _newest_signed(dht: Any, key: str, check: Callable[[Any], Any], what: str, timeout: float) -> tuple[Any, Any]:
+    """``(check(value), value)`` of the record under ``key`` whose ``check`` is the greatest (it
+    raises AuthError for one the coordinator did not sign), or ``(None, None)``."""
+    found = dht.get(key, latest=True, return_future=True).result(timeout)
+    best: tuple[Any, Any] = (None, None)
+    if found is not None and isinstance(found.value, dict):
+        for item in found.value.values():
+            value = getattr(item, "value", None)
+            try:
+                checked = check(value)
+            except AuthError as exc:
+                logger.debug("ignoring a %s: %s", what, exc)
+                continue
+            if best[0] is None or checked > best[0]:
+                best = (checked, value)
+    return best
+
+
+def publish_revocations(dht: Any, job_id: str, value: dict[str, Any], *, owner_key: RSAPrivateKey,
+                        timeout: float = 10.0) -> bool:
+    """Store a signed revocation list in the job's DHT, under the publisher's own subkey."""
+    return _publish_signed(dht, revocations_key(job_id), value, owner_key, timeout)
 
 
 def fetch_revocations(dht: Any, job_id: str, coordinator_public_key: RSAPublicKey, *,
                       timeout: float = 10.0) -> dict[str, Any] | None:
     """The newest revocation list in the DHT that the coordinator signed, or None."""
-    found = dht.get(revocations_key(job_id), latest=True, return_future=True).result(timeout)
-    best: tuple[float, dict[str, Any]] | None = None
-    if found is not None and isinstance(found.value, dict):
-        for item in found.value.values():
-            value = getattr(item, "value", None)
-            try:
-                issued_at, _ = check_revocations(value, coordinator_public_key, job_id=job_id)
-            except AuthError as exc:
-                logger.debug("ignoring a revocation list: %s", exc)
-                continue
-            if best is None or issued_at > best[0]:
-                best = (issued_at, value)
-    return best[1] if best else None
+    _, value = _newest_signed(dht, revocations_key(job_id),
+                              lambda v: check_revocations(v, coordinator_public_key, job_id=job_id)[0],
+                              "revocation list", timeout)
+    return value
 
 
 def write_revocations(path: str | Path, value: dict[str, Any]) -> None:
@@ -274,28 +288,15 @@ def check_reset(value: Any, coordinator_public_key: RSAPublicKey, *, job_id: str
 def publish_reset(dht: Any, job_id: str, value: dict[str, Any], *, owner_key: RSAPrivateKey,
                   timeout: float = 10.0) -> bool:
     """Store a signed state reset in the job's DHT, under the publisher's own subkey."""
-    from essaim.swarm.records import owner_subkey
-    from hivemind.utils import get_dht_time
-
-    future = dht.store(resets_key(job_id), subkey=owner_subkey(owner_key), value=value,
-                       expiration_time=get_dht_time() + REVOCATIONS_EXPIRATION_S, return_future=True)
-    return bool(future.result(timeout))
+    return _publish_signed(dht, resets_key(job_id), value, owner_key, timeout)
 
 
 def fetch_reset(dht: Any, job_id: str, coordinator_public_key: RSAPublicKey, *,
                 timeout: float = 10.0) -> tuple[int, int] | None:
     """``(generation, epoch)`` of the newest state reset in the DHT that the coordinator signed."""
-    found = dht.get(resets_key(job_id), latest=True, return_future=True).result(timeout)
-    best: tuple[int, int] | None = None
-    if found is not None and isinstance(found.value, dict):
-        for item in found.value.values():
-            try:
-                reset = check_reset(getattr(item, "value", None), coordinator_public_key, job_id=job_id)
-            except AuthError as exc:
-                logger.debug("ignoring a state reset: %s", exc)
-                continue
-            best = reset if best is None or reset > best else best
-    return best
+    reset, _ = _newest_signed(dht, resets_key(job_id),
+                              lambda v: check_reset(v, coordinator_public_key, job_id=job_id), "state reset", timeout)
+    return reset
 
 
 def watch_resets(dht: Any, job_id: str, coordinator_public_key: bytes | RSAPublicKey, stop: threading.Event,

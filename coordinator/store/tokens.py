@@ -7,6 +7,7 @@ things such as the first-start marker.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,6 +18,7 @@ from essaim.protocol.errors import AlreadyExists, InvalidArgument, NotFound
 from essaim.protocol.types import Role
 
 REVOKED_AT = "tokens_revoked_at"  # the settings key revocations bump
+UNDO_REQUESTS = "undo_requests"  # the settings key of the banned volunteers whose rounds to undo
 
 
 def _record(row: Any) -> TokenRecord:
@@ -145,3 +147,21 @@ class TokensMixin(StoreBase):
                 .on_conflict_do_nothing(index_elements=["digest"])
             )
             return bool(result.rowcount == 1)
+
+    def add_undo_request(self, volunteer_id: str) -> None:
+        """Ask every job runner to undo a banned volunteer's rounds (they read :meth:`undo_requests`)."""
+        with self._write() as conn:
+            raw = conn.execute(sa.select(settings.c.value).where(settings.c.key == UNDO_REQUESTS)).scalar()
+            requests = json.loads(raw) if raw else {}
+            requests.setdefault(volunteer_id, now())
+            insert = self._insert(settings).values(key=UNDO_REQUESTS, value=json.dumps(requests))
+            conn.execute(insert.on_conflict_do_update(index_elements=["key"], set_={"value": insert.excluded.value}))
+
+    def undo_requests(self) -> dict[str, float]:
+        """Volunteer id -> when an admin asked to undo its rounds (see :meth:`add_undo_request`)."""
+        raw = self.get_setting(UNDO_REQUESTS)
+        try:
+            found = json.loads(raw) if raw else {}
+        except ValueError:
+            return {}
+        return {str(k): float(v) for k, v in found.items()} if isinstance(found, dict) else {}

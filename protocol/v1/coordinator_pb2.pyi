@@ -223,14 +223,16 @@ class ListVolunteersResponse(_message.Message):
     def __init__(self, volunteers: _Optional[_Iterable[_Union[Volunteer, _Mapping]]] = ...) -> None: ...
 
 class BanVolunteerRequest(_message.Message):
-    __slots__ = ("header", "volunteer_id", "reason")
+    __slots__ = ("header", "volunteer_id", "reason", "undo")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     VOLUNTEER_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    UNDO_FIELD_NUMBER: _ClassVar[int]
     header: RequestHeader
     volunteer_id: str
     reason: str
-    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., volunteer_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    undo: bool
+    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., volunteer_id: _Optional[str] = ..., reason: _Optional[str] = ..., undo: _Optional[bool] = ...) -> None: ...
 
 class EraseVolunteerRequest(_message.Message):
     __slots__ = ("header", "volunteer_id")

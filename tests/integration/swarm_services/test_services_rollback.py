@@ -23,6 +23,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 EPOCHS = 6
+UNDO_EPOCHS = 12  # long enough that the volunteers are still training when the undo comes
 TARGET_BATCH = 3200
 HOSTILE = Path(__file__).with_name("hostile_trainer.py")
 
@@ -79,3 +80,53 @@ def test_a_degraded_checkpoint_is_rolled_back_and_the_job_recovers(rolled: Any) 
     # mallory was told to reload the averaging peer's state, and did
     mallory = next(v for v in rolled.volunteers if v.name == "mallory")
     assert "rolled the job back" in _stderr(mallory), mallory.tail()
+
+
+@pytest.fixture(scope="module")
+def undone(harness: ModuleType, module_launcher: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Alice and bob train; mallory (honest-looking) joins once two checkpoints are kept; an admin
+    bans her with --undo once she has taken part in a round."""
+    root = tmp_path_factory.mktemp("services-undo")
+    recipe = harness.make_job(root / "job", epochs=UNDO_EPOCHS, target_batch_size=TARGET_BATCH, adapter="full",
+                              averaging="local", checkpoint_every_epochs=1, eval_size=100, matchmaking_time=2.5)
+    swarm = harness.ServiceSwarm.start(module_launcher, root / "coord", recipe)
+    try:
+        for name in ("alice", "bob"):
+            swarm.volunteer(name).start()
+        harness.wait_until(lambda: _keeper(swarm).get("checkpoint_epoch", 0) >= 2, 300, "two checkpoints", interval=1.0)
+        mallory = swarm.volunteer("mallory")
+        mallory.start()
+        harness.wait_until(lambda: any(mallory.volunteer_id in r["volunteers"] for r in _rounds(swarm)), 240,
+                           "a round of mallory's", interval=0.5)
+        swarm.first_round = min(r["epoch"] for r in _rounds(swarm) if mallory.volunteer_id in r["volunteers"])
+        with swarm.admin() as admin:
+            admin.ban_volunteer(mallory.volunteer_id, "poisoned rounds", undo=True)
+        harness.wait_until(lambda: swarm.job().status.value in ("completed", "failed"), 480,
+                           "the job to end", interval=2.0)
+        yield swarm
+    finally:
+        swarm.close()
+
+
+def _rounds(swarm: Any) -> list[dict[str, Any]]:
+    path = swarm.job_dir / "rounds.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.mark.timeout(900)
+def test_an_admin_undoes_a_banned_volunteers_rounds(undone: Any) -> None:
+    job = undone.job()
+    assert job.status.value == "completed", (job.status, job.status_reason)
+    ids = {v.name: v.volunteer_id for v in undone.volunteers}
+    provenance = json.loads((undone.data_dir / "artifacts" / undone.job_id / "provenance.json").read_text())
+    (undo,) = [r for r in provenance["rollbacks"] if "undoing banned volunteer" in r["reason"]]
+    # back to the newest checkpoint no update of hers is in, and the rounds undone named
+    assert 1 <= undo["to_epoch"] <= undone.first_round < undo["epoch"], (undo, undone.first_round)
+    assert ids["mallory"] in undo["volunteers"], undo
+    # the honest volunteers reloaded the state gone back to, and finished the job
+    for name in ("alice", "bob"):
+        v = next(v for v in undone.volunteers if v.name == name)
+        assert "rolled the job back" in _stderr(v), v.tail()
+        stopped = v.wait_for(lambda e: e["event"] == "stopped", 60, "stopped")
+        assert stopped["reason"] == "completed", (name, stopped, v.tail())
+    assert _keeper(undone)["checkpoint_epoch"] == UNDO_EPOCHS

@@ -153,8 +153,8 @@ class FakeClient:
         self._record("list_volunteers", online_only=online_only, limit=limit)
         return self.volunteers
 
-    def ban_volunteer(self, volunteer_id: str, reason: str = "") -> Volunteer:
-        self._record("ban_volunteer", volunteer_id, reason)
+    def ban_volunteer(self, volunteer_id: str, reason: str = "", *, undo: bool = False) -> Volunteer:
+        self._record("ban_volunteer", volunteer_id, reason, **({"undo": True} if undo else {}))
         return dataclasses.replace(self.volunteers[0], status=VolunteerStatus.BANNED)
 
     def download(self, job_id: str, kind: FileKind, dest: Path, *, path: str = "", progress: Any = None) -> list[Path]:

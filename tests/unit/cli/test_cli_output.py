@@ -103,5 +103,7 @@ def test_ban(runner: CliRunner, fake_client) -> None:
     assert result.stdout.strip() == "vol-1"
     assert "banned volunteer busy-bee" in result.stderr
     assert fake_client.instances[-1].calls[-1] == ("ban_volunteer", ("vol-1", "spam"), {})
+    undone = runner.invoke(app, ["coordinator", "ban", "vol-1", "--undo", *AUTH])
+    assert undone.exit_code == 0 and fake_client.instances[-1].calls[-1] == ("ban_volunteer", ("vol-1", ""), {"undo": True})
     shown = runner.invoke(app, ["coordinator", "ban", "vol-1", "--json", *AUTH])
     assert json.loads(shown.stdout)["status"] == "banned"

@@ -142,6 +142,14 @@ class TestStore:
         store.set_volunteer_status(a.id, VolunteerStatus.BANNED, "poison")
         assert store.erase_volunteer(a.id).status == VolunteerStatus.BANNED
 
+    def test_undo_requests_accumulate(self, store: Store) -> None:
+        assert store.undo_requests() == {}
+        store.add_undo_request("v1")
+        first = store.undo_requests()["v1"]
+        store.add_undo_request("v2")
+        store.add_undo_request("v1")  # asked again: the first request stands
+        assert set(store.undo_requests()) == {"v1", "v2"} and store.undo_requests()["v1"] == first
+
     def test_a_signature_is_used_once_until_it_expires(self, store: Store) -> None:
         soon = time.time() + 600
         assert store.use_once("a" * 64, soon) and not store.use_once("a" * 64, soon)
