@@ -84,7 +84,7 @@ class AdminActions:
         log.info("%s on the dashboard: job %s priority %d", admin, job_id, priority)
         return job
 
-    def ban(self, volunteer_id: str, *, reason: str = "", admin: str) -> Volunteer:
-        volunteer = self.service.ban_volunteer(volunteer_id, _reason(reason, f"banned by {admin or 'admin'}"))
-        log.info("%s on the dashboard: banned volunteer %s", admin, volunteer_id)
+    def ban(self, volunteer_id: str, *, reason: str = "", undo: bool = False, admin: str) -> Volunteer:
+        volunteer = self.service.ban_volunteer(volunteer_id, _reason(reason, f"banned by {admin or 'admin'}"), undo=undo)
+        log.info("%s on the dashboard: banned volunteer %s%s", admin, volunteer_id, " (its rounds undone)" if undo else "")
         return volunteer

@@ -167,7 +167,8 @@ def build_admin_pages_router(ctx: PageContext, *, actions: AdminActions, secure_
     async def ban(request: Request, volunteer_id: str) -> Response:
         viewer, form = await admin_form(request)
         try:
-            v = await run_in_threadpool(actions.ban, volunteer_id, reason=form.get("reason", ""), admin=viewer.subject)
+            v = await run_in_threadpool(actions.ban, volunteer_id, reason=form.get("reason", ""),
+                                        undo=form.get("undo") == "on", admin=viewer.subject)
         except EssaimError as exc:
             return done(viewer, form, f"/volunteers/{volunteer_id}", None, exc.message)
         name = v.name or volunteer_id

@@ -29,6 +29,7 @@ from essaim.coordinator.dashboard.actions import AdminActions
 from essaim.coordinator.dashboard.queries import DashboardQueries, volunteer_out
 from essaim.coordinator.dashboard.sampler import SwarmSampler
 from essaim.coordinator.dashboard.schemas import (
+    BanIn,
     JobDetail,
     JobList,
     JobOut,
@@ -230,7 +231,8 @@ def build_api_router(
     @router.post(
         "/volunteers/{volunteer_id}/ban", response_model=VolunteerOut, responses=ADMIN_ERRORS, summary="Ban a volunteer (admin)"
     )
-    def ban(volunteer_id: str, admin: Viewer = Depends(access.admin), body: Annotated[ReasonIn | None, Body()] = None) -> VolunteerOut:
-        return volunteer_out(call(actions.ban, volunteer_id, reason=body.reason if body else "", admin=admin.subject))
+    def ban(volunteer_id: str, admin: Viewer = Depends(access.admin), body: Annotated[BanIn | None, Body()] = None) -> VolunteerOut:
+        return volunteer_out(call(actions.ban, volunteer_id, reason=body.reason if body else "",
+                                  undo=bool(body and body.undo), admin=admin.subject))
 
     return router

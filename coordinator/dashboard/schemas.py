@@ -229,5 +229,10 @@ class ReasonIn(BaseModel):
     reason: str = Field(default="", max_length=500)
 
 
+class BanIn(ReasonIn):
+    undo: bool = Field(default=False, description="also take each running job back to its last checkpoint "
+                       "from before the volunteer's first averaged round")
+
+
 class PriorityIn(BaseModel):
     priority: int = Field(ge=-1000, le=1000)

@@ -242,7 +242,8 @@ def test_ban_through_the_api_stops_the_volunteer(swarm, demo):
     member = swarm.member("linus")
     admin = {"Authorization": f"Bearer {swarm.coord.admin_token}"}
     answer = demo.request(
-        "POST", f"{swarm.url}/api/v1/volunteers/{member.volunteer_id}/ban", headers=admin, json_body={"reason": "bad gradients"}
+        "POST", f"{swarm.url}/api/v1/volunteers/{member.volunteer_id}/ban", headers=admin,
+        json_body={"reason": "bad gradients", "undo": True},
     )
     assert answer.status == 200 and answer.json()["status"] == "banned" and answer.json()["reason"] == "bad gradients"
     with swarm.coord.client(swarm.coord.admin_token) as client:
@@ -250,6 +251,10 @@ def test_ban_through_the_api_stops_the_volunteer(swarm, demo):
     assert status[member.volunteer_id] == VolunteerStatus.BANNED
     with swarm.coord.client(member.token) as client, pytest.raises(EssaimError):
         client.heartbeat(volunteer_id=member.volunteer_id, state="idle")
+    # and every running job's runner is asked to undo its rounds (read from the store)
+    with sqlite3.connect(swarm.coord.data_dir / "coordinator.db") as conn:
+        (requests,) = conn.execute("SELECT value FROM settings WHERE key = 'undo_requests'").fetchone()
+    assert member.volunteer_id in json.loads(requests)
 
 
 def test_tampered_ledger_row_is_detected(swarm, demo):
