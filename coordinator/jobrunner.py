@@ -392,8 +392,8 @@ class JobRunner:
             publish_reset(dht, self.job_id, value, owner_key=self._keeper_key)
         except Exception as exc:  # volunteers then go on from their state: the next checkpoint is judged again
             logger.warning("job %s: could not publish the state reset: %s", self.job_id, exc or type(exc).__name__)
-        reason = (f"epoch {epoch}: checkpoint not adopted ({rollback['reason']}); rolled back to the checkpoint "
-                  f"of epoch {to_epoch}")
+        # a checkpoint not adopted ("its eval loss rose ...") or an undo ("undoing banned volunteer ...")
+        reason = f"epoch {epoch}: rolled back to the checkpoint of epoch {to_epoch}: {rollback['reason']}"
         with contextlib.suppress(EssaimError):
             self.store.update_job_status(self.job_id, JobStatus.RUNNING, reason[:500], expect=[JobStatus.RUNNING])
 
