@@ -437,13 +437,18 @@ class JobRunner:
 
         for outcome in outcomes:
             volunteers = sorted({owner[0] for owner in map(self._owner, outcome.peers) if owner is not None})
-            flagged = {}
-            for peer, why in suspects(getattr(outcome, "verdicts", {}) or {}).items():
+            verdicts = getattr(outcome, "verdicts", {}) or {}
+            flagged, kept = {}, {}
+            for peer, why in suspects(verdicts).items():
                 if peer == self._own_peer:
                     continue
                 owner = self._owner(peer)
                 flagged[owner[0] if owner is not None else f"peer {peer}"] = why
-            self.rounds.add(outcome, volunteers, flagged)
+            for peer, verdict in verdicts.items():
+                owner = self._owner(peer)
+                if peer != self._own_peer and owner is not None and not verdict.get("refused"):
+                    kept[owner[0]] = round(float(verdict.get("kept", 1.0)), 4)
+            self.rounds.add(outcome, volunteers, flagged, kept)
         reason = self.rounds.describe_last()
         if reason and reason != job.status_reason and job.status == JobStatus.RUNNING:
             with contextlib.suppress(EssaimError):

@@ -40,6 +40,9 @@ class RoundEntry:
     # volunteer id -> why its update was refused or clipped hard (robust aggregation); refused
     # volunteers are not among ``volunteers``
     suspects: dict[str, str] = field(default_factory=dict)
+    # volunteer id -> the smallest share of its pull the averaging peer kept (robust aggregation;
+    # 1.0: not clipped), for every volunteer whose parts it reduced
+    kept: dict[str, float] = field(default_factory=dict)
 
     @property
     def averaged(self) -> bool:
@@ -64,16 +67,18 @@ class RoundBook:
                     epoch=int(data["epoch"]), volunteers=tuple(str(v) for v in data.get("volunteers", ())),
                     peers=int(data.get("peers", 0)), error=str(data.get("error", "")), at=float(data.get("at", 0)),
                     suspects={str(k): str(v) for k, v in dict(data.get("suspects") or {}).items()},
+                    kept={str(k): float(v) for k, v in dict(data.get("kept") or {}).items()},
                 ))
             except (ValueError, KeyError, TypeError):
                 logger.warning("ignoring an unreadable line of %s", path)
 
-    def add(self, outcome: Any, volunteers: Sequence[str], suspects: dict[str, str] | None = None) -> RoundEntry:
+    def add(self, outcome: Any, volunteers: Sequence[str], suspects: dict[str, str] | None = None,
+            kept: dict[str, float] | None = None) -> RoundEntry:
         suspects = dict(suspects or {})
         refused = {v for v, why in suspects.items() if why.startswith("refused")}
         entry = RoundEntry(epoch=int(outcome.epoch), volunteers=tuple(v for v in volunteers if v not in refused),
                            peers=len(outcome.peers), error=str(outcome.error), at=float(outcome.at),
-                           suspects=suspects)
+                           suspects=suspects, kept=dict(kept or {}))
         for volunteer, why in suspects.items():
             logger.warning("epoch %d: volunteer %s is suspect: %s", entry.epoch, volunteer, why)
         self.entries.append(entry)

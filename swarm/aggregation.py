@@ -7,8 +7,8 @@ claims (its samples) is taken on trust. A :class:`RobustPartReducer` instead, fo
 
 1. **refuses** a part that is not finite, has the wrong shape, or comes with a weight that is not a
    finite non-negative number, and every later part of that sender in the round; and every part of
-   a sender it named a suspect in an earlier round (:func:`suspects`: a gross attack at once, a
-   subtler one on its second far update): an attack gets through, bounded, and its sender is shut
+   a sender it named a suspect in an earlier round (:func:`suspects`: an update far out, or far
+   and against the group's direction): an attack gets through, bounded, and its sender is shut
    out of the rounds this reducer runs for the rest of the job;
 2. **caps claimed weights** at ``WEIGHT_CAP`` times the lower median of the group's claims (weights
    below 1, the coordinator's averaging peer's token weight, are not claims and are not counted):
@@ -55,32 +55,37 @@ ITERATIONS = 3
 # step of lr 1, left the model at exact match 0.0 for good)
 HISTORY_MULTIPLE = 1.5
 HISTORY_ROUNDS = 16
-# A member clipped to under SUSPECT_KEPT of its pull on any part (over eight median norms from the
-# centre) takes a strike; it is a suspect at once when clipped under NAMED_AT_ONCE_KEPT (over
-# twenty), else on its second strike within STRIKE_ROUNDS rounds of this reducer. Measured: an
-# honest volunteer an outer step behind at 0.47, and 0.24 once in twelve rounds on a loaded 2-core
-# machine, where volunteers' shares of an epoch's samples (and so their update norms) vary tenfold;
-# an update negated and x10 at 0.18 (named on its second round), x1000 at 0.002 (named at once).
+# A member clipped to under SUSPECT_KEPT of its pull on a part (over eight median norms from the
+# centre) is a suspect when it also pulls against the group there: its cosine with the part's
+# coordinate-wise weighted median is below AGAINST_COSINE (known only in groups of MIN_DIRECTION
+# members or more that claim samples). One clipped under NAMED_AT_ONCE_KEPT (over forty median
+# norms) is a suspect whatever its direction. A far update along the group's direction is bounded by
+# the clipping, never named: honest volunteers are far at times. Measured on the demo job: an honest
+# newcomer (a fresh Adam state against the others' long one) at 0.39-0.60 in every round, an
+# honest volunteer at 0.24 once on a loaded 2-core machine, where shares of an epoch's samples
+# (and so update norms) vary tenfold; an update negated and x10 at 0.18 (against), x1000 at
+# 0.0005-0.002.
 SUSPECT_KEPT = 0.25
-NAMED_AT_ONCE_KEPT = 0.1
-STRIKES_TO_NAME = 2
-STRIKE_ROUNDS = 8
+NAMED_AT_ONCE_KEPT = 0.05
+AGAINST_COSINE = 0.0
+MIN_DIRECTION = 3
 
 
 @dataclass(slots=True)
 class Verdict:
     """What a reducer made of one sender's parts in a round: refused (with the reason), or the
-    smallest share of its pull it kept on any part (1.0: never clipped); ``strikes``: the rounds,
-    this one included, in which this reducer clipped the sender under ``SUSPECT_KEPT`` lately
-    (:class:`Strikes`)."""
+    smallest share of its pull it kept on any part (1.0: never clipped); ``cosine``: the lowest
+    cosine with the group's median on a part where it was clipped under ``SUSPECT_KEPT`` (1.0
+    when never so clipped, or the group was too small to tell a direction)."""
 
     refused: str = ""
     kept: float = 1.0
     parts: int = 0
-    strikes: int = 0
+    cosine: float = 1.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"refused": self.refused, "kept": round(self.kept, 4), "parts": self.parts, "strikes": self.strikes}
+        return {"refused": self.refused, "kept": round(self.kept, 4), "parts": self.parts,
+                "cosine": round(self.cosine, 4)}
 
 
 def part_problem(part: torch.Tensor, shape: torch.Size, weight: float) -> str:
@@ -155,6 +160,24 @@ def robust_mean(parts: Sequence[torch.Tensor], weights: Sequence[float], *, clip
         kept = torch.where(distances > tau, tau / distances.clamp(min=1e-30), torch.ones_like(distances))
         center = center + (w * kept) @ offsets / w.sum()
     return center.reshape(shape), [float(k) for k in kept * shares]
+
+
+def cosines_with_median(parts: Sequence[torch.Tensor], weights: Sequence[float], members: Sequence[int]) -> dict[int, float]:
+    """The cosine of each of ``members`` (indices into ``parts``) with the coordinate-wise weighted
+    median of the parts of the members that claim samples, when at least ``MIN_DIRECTION`` do (a
+    group of two has no majority direction: their median is their midpoint); else {}."""
+    w = capped_weights(weights)
+    claiming = [i for i in range(len(parts)) if float(w[i]) >= MIN_CLAIM]
+    if len(claiming) < MIN_DIRECTION:
+        return {}
+    x = torch.stack([parts[i].detach().reshape(-1).to(torch.float32) for i in claiming])
+    median = weighted_median(x, w[claiming].to(torch.float32))
+    out = {}
+    for i in members:
+        own = parts[i].detach().reshape(-1).to(torch.float32)
+        denominator = float(torch.linalg.vector_norm(own) * torch.linalg.vector_norm(median))
+        out[i] = float(own @ median) / denominator if denominator > 0 else 1.0
+    return out
 
 
 def group_norm(parts: Sequence[torch.Tensor], weights: Sequence[float]) -> float | None:
@@ -257,6 +280,11 @@ class RobustPartReducer(TensorPartReducer):
             self.history.add(key, reference)
             for i, share in zip(senders, kept, strict=True):
                 self.verdicts[i].kept = min(self.verdicts[i].kept, share)
+            far = [n for n, share in enumerate(kept) if share < SUSPECT_KEPT]
+            if far:  # which way do they pull? (a sort of the group's parts: only when someone is far)
+                for n, cosine in cosines_with_median(parts, weights, far).items():
+                    verdict = self.verdicts[senders[n]]
+                    verdict.cosine = min(verdict.cosine, cosine)
 
         else:  # everyone's part was refused: nothing moves
             aggregate = torch.zeros(self.part_shapes[self.current_part_index])
@@ -365,41 +393,19 @@ class Gathered(dict):  # type: ignore[type-arg]
         self.verdicts = dict(verdicts or {})
 
 
-class Strikes:
-    """The rounds in which a reducer clipped each sender under ``SUSPECT_KEPT``, over its last
-    ``STRIKE_ROUNDS`` rounds: one far update is bounded by the clipping and may be an honest
-    volunteer's (one that computed most of an epoch's samples while the others were starved); the
-    same sender far out again is not a coincidence."""
-
-    def __init__(self) -> None:
-        self.round = 0
-        self.seen: dict[str, deque[int]] = {}
-
-    def record(self, verdicts: dict[str, Verdict]) -> None:
-        """Count this round's far senders, and set every verdict's ``strikes``."""
-        self.round += 1
-        for peer, verdict in verdicts.items():
-            rounds = self.seen.setdefault(peer, deque())
-            if not verdict.refused and verdict.kept < SUSPECT_KEPT:
-                rounds.append(self.round)
-            while rounds and rounds[0] <= self.round - STRIKE_ROUNDS:
-                rounds.popleft()
-            verdict.strikes = len(rounds)
-
-
 def suspects(verdicts: dict[str, Verdict] | dict[str, dict[str, Any]]) -> dict[str, str]:
     """Peer id -> why it is suspect: refused parts, an update clipped to under
-    ``NAMED_AT_ONCE_KEPT`` of its pull, or one clipped under ``SUSPECT_KEPT`` on its
-    ``STRIKES_TO_NAME``-th strike."""
+    ``NAMED_AT_ONCE_KEPT`` of its pull, or one clipped under ``SUSPECT_KEPT`` that pulls against
+    the group (cosine with its median under ``AGAINST_COSINE``)."""
     out: dict[str, str] = {}
     for peer, verdict in verdicts.items():
         v = verdict.as_dict() if isinstance(verdict, Verdict) else verdict
         kept = float(v.get("kept", 1.0))
-        strikes = int(v.get("strikes", 1))
+        cosine = float(v.get("cosine", 1.0))
         if v.get("refused"):
             out[peer] = f"refused: {v['refused']}"
         elif kept < NAMED_AT_ONCE_KEPT:
-            out[peer] = f"clipped to {kept:.0%} of its pull"
-        elif kept < SUSPECT_KEPT and strikes >= STRIKES_TO_NAME:
-            out[peer] = f"clipped to {kept:.0%} of its pull ({strikes} times in {STRIKE_ROUNDS} rounds)"
+            out[peer] = f"clipped to {kept * 100:.2g}% of its pull"
+        elif kept < SUSPECT_KEPT and cosine < AGAINST_COSINE:
+            out[peer] = f"clipped to {kept:.0%} of its pull, against the group (cosine {cosine:.2f})"
     return out

@@ -70,7 +70,7 @@ import hivemind
 import torch
 from essaim.protocol.recipe import OptimizerSpec, Recipe
 from essaim.swarm.admission import Admission, AdmittedServicer
-from essaim.swarm.aggregation import Gathered, NormHistory, RobustAllReduceRunner, Strikes, suspects
+from essaim.swarm.aggregation import Gathered, NormHistory, RobustAllReduceRunner, suspects
 from essaim.swarm.auth import SwarmAuthorizer
 from essaim.swarm.errors import TrainingError
 from essaim.swarm.identity import RSAPrivateKey
@@ -336,7 +336,6 @@ class _GradAverager(AdmittedServicer, GradientAverager):
         group_id = group_info.group_id if group_id is None else group_id
         self._norm_history: NormHistory = getattr(self, "_norm_history", None) or NormHistory()
         self._excluded: dict[str, str] = getattr(self, "_excluded", {})  # peer id -> why, for good
-        self._strikes: Strikes = getattr(self, "_strikes", None) or Strikes()
         runner = RobustAllReduceRunner(
             p2p=self._p2p, servicer_type=type(self), prefix=self.prefix, tensors=tensors, group_id=group_id,
             ordered_peer_ids=group_info.peer_ids, history=self._norm_history, excluded=self._excluded, **kwargs,
@@ -357,7 +356,6 @@ class _GradAverager(AdmittedServicer, GradientAverager):
                     f"the reducer returned {1 - container.failed_size / container.total_size:.0%} of the average")
         finally:
             verdicts = runner.verdicts()
-            self._strikes.record(verdicts)
             self._verdicts[group_info.group_id] = {peer: v.as_dict() for peer, v in verdicts.items()}
             for peer, why in suspects(verdicts).items():
                 logger.warning("averaging: peer %s is suspect: %s", peer, why)

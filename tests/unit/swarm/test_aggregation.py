@@ -10,13 +10,13 @@ import torch
 from essaim.swarm.aggregation import (
     CLIP_MULTIPLE,
     HISTORY_MULTIPLE,
-    STRIKE_ROUNDS,
+    NAMED_AT_ONCE_KEPT,
+    SUSPECT_KEPT,
     Gathered,
     NormHistory,
     RobustPartReducer,
-    Strikes,
-    Verdict,
     capped_weights,
+    cosines_with_median,
     group_norm,
     part_problem,
     robust_mean,
@@ -139,26 +139,35 @@ def test_the_reducer_refuses_a_part_of_the_wrong_shape() -> None:
 def test_gathered_data_carries_the_verdicts() -> None:
     import pickle
 
-    g = pickle.loads(pickle.dumps(Gathered({"peer": b"x"}, verdicts={"peer": {"refused": "", "kept": 0.05}})))
-    assert dict(g) == {"peer": b"x"} and suspects(g.verdicts) == {"peer": "clipped to 5% of its pull"}
+    g = pickle.loads(pickle.dumps(Gathered({"peer": b"x"}, verdicts={"peer": {"refused": "", "kept": 0.002}})))
+    assert dict(g) == {"peer": b"x"} and suspects(g.verdicts) == {"peer": "clipped to 0.2% of its pull"}
 
 
-def test_a_far_update_is_named_on_its_second_strike_a_gross_one_at_once() -> None:
-    strikes = Strikes()
-    far, gross, honest = Verdict(kept=0.2, parts=1), Verdict(kept=0.002, parts=1), Verdict(kept=0.6, parts=1)
-    strikes.record({"far": far, "gross": gross, "honest": honest})
-    # one far update may be an honest volunteer's that did most of the epoch: bounded, not named
-    assert set(suspects({"far": far, "gross": gross, "honest": honest})) == {"gross"}
-    assert (far.strikes, honest.strikes) == (1, 0)
-    again = Verdict(kept=0.2, parts=1)
-    strikes.record({"far": again})
-    assert suspects({"far": again}) == {"far": f"clipped to 20% of its pull (2 times in {STRIKE_ROUNDS} rounds)"}
-    # strikes wear off: far again only after STRIKE_ROUNDS quiet rounds is a first strike
-    for _ in range(STRIKE_ROUNDS):
-        strikes.record({"far": Verdict(kept=0.9, parts=1)})
-    late = Verdict(kept=0.2, parts=1)
-    strikes.record({"far": late})
-    assert late.strikes == 1 and suspects({"far": late}) == {}
+def test_a_far_update_is_named_when_it_pulls_against_the_group_or_is_gross() -> None:
+    _, parts = _honest(3, seed=4)
+    # honest but far: twelve times the others' norm, along their direction (a newcomer's fresh Adam
+    # state, or most of an epoch's samples); negated x10; x1000
+    for bad, named in ((parts[0] * 12, False), (-parts[0] * 10, True), (parts[0] * 1000, True)):
+        _, reducer = _reduce([[p] for p in (*parts, bad)], [100.0] * 4)
+        verdicts = {str(i): v for i, v in reducer.verdicts.items()}
+        assert reducer.verdicts[3].kept < SUSPECT_KEPT, reducer.verdicts[3]
+        assert set(suspects(verdicts)) == ({"3"} if named else set()), verdicts
+    # the sign attack is named by its direction, the scale attack by its distance
+    _, reducer = _reduce([[p] for p in (*parts, -parts[0] * 10)], [100.0] * 4)
+    assert reducer.verdicts[3].cosine < -0.9 and reducer.verdicts[3].kept > NAMED_AT_ONCE_KEPT
+    assert "against the group" in suspects({"m": reducer.verdicts[3]})["m"]
+    assert all(reducer.verdicts[i].cosine == 1.0 for i in range(3))  # honest members were not far
+
+
+def test_two_members_have_no_majority_direction() -> None:
+    _, parts = _honest(1, seed=5)
+    flipped = -parts[0] * 10
+    assert cosines_with_median([parts[0], flipped], [100.0, 100.0], [1]) == {}
+    # the averaging peer's token weight is no claim: it does not make a third
+    zero = torch.zeros(D)
+    assert cosines_with_median([parts[0], flipped, zero], [100.0, 100.0, 1e-3], [1]) == {}
+    _, reducer = _reduce([[parts[0]], [flipped]], [100.0, 100.0])
+    assert suspects({str(i): v for i, v in reducer.verdicts.items()}) == {}
 
 
 def test_a_lone_member_is_held_to_the_norms_of_recent_rounds() -> None:
