@@ -15,6 +15,8 @@ Reported per configuration:
 - the rounds mallory took part in, how many of them named her a suspect (``rounds.jsonl``), and the
   round of her first naming counted from her first round (rounds to detection);
 - honest volunteers ever named (target: none, in every run);
+- the validation checks of her updates (failed / checked) and of the honest volunteers' (failed:
+  target none), and the round in which she was dropped for failing them;
 - the samples the ledger credits her against the samples her trainer reports it processed;
 - the job's wall time and its mean time per epoch (the cost of robust aggregation, next to the
   plain mean's, in the clean runs).
@@ -42,7 +44,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 HOSTILE = ROOT / "tests" / "integration" / "swarm_services" / "hostile_trainer.py"
-ATTACKS = ("clean", "scale", "nan", "sign", "noise", "zero")
+ATTACKS = ("clean", "scale", "nan", "sign", "noise", "zero", "replay")
 
 
 def _load(name: str, path: Path) -> ModuleType:
@@ -96,6 +98,16 @@ def run_config(harness: ModuleType, conftest: ModuleType, root: Path, attack: st
         row["rounds_to_detection"] = (
             next(i for i, r in enumerate(in_rounds, 1) if her in r["suspects"]) if named else None)
         row["honest_named"] = sum(len(honest & set(r["suspects"])) for r in rounds)
+        checks = [(v, c) for r in rounds for v, c in r.get("checks", {}).items()]
+        row["mallory_checks"] = sum(1 for v, _ in checks if v == her)
+        row["mallory_checks_failed"] = sum(1 for v, c in checks if v == her and not c["passed"]
+                                           and not c.get("inconclusive"))
+        row["honest_checks"] = sum(1 for v, _ in checks if v in honest)
+        row["honest_checks_failed"] = sum(1 for v, c in checks if v in honest and not c["passed"]
+                                          and not c.get("inconclusive"))
+        row["honest_checks_inconclusive"] = sum(1 for v, c in checks if v in honest and c.get("inconclusive"))
+        row["dropped_in_round"] = next((i for i, r in enumerate(in_rounds, 1)
+                                        if "failing validation" in r["suspects"].get(her, "")), None)
         times = [r["at"] for r in rounds]
         row["seconds_per_epoch"] = round((times[-1] - times[0]) / (len(times) - 1), 2) if len(times) > 1 else None
         provenance_path = swarm.data_dir / "artifacts" / swarm.job_id / "provenance.json"
@@ -120,8 +132,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['target']} samples; mallory joins once the two honest volunteers have averaged.",
         "",
         "| attack | aggregation | status | exact match after | vs clean | mallory's rounds | named in | "
-        "rounds to detection | honest named | mallory credited / processed | s per epoch |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "rounds to detection | honest named | her checks failed / done | dropped in round | "
+        "honest checks failed / inconclusive / done | mallory credited / processed | s per epoch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         ratio = r.get("vs_clean")
@@ -131,7 +144,10 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {r['attack']} | {r['aggregation']} | {r.get('status', '')} | {r.get('eval_after', '')} | "
             f"{'' if ratio is None else f'{ratio:.2f}'} | {r.get('mallory_rounds', '')} | {r.get('mallory_named', '')} | "
             f"{'' if r.get('rounds_to_detection') is None else r['rounds_to_detection']} | "
-            f"{r.get('honest_named', '')} | {credit} | {r.get('seconds_per_epoch', '')} |")
+            f"{r.get('honest_named', '')} | {r.get('mallory_checks_failed', '')} / {r.get('mallory_checks', '')} | "
+            f"{'' if r.get('dropped_in_round') is None else r['dropped_in_round']} | "
+            f"{r.get('honest_checks_failed', '')} / {r.get('honest_checks_inconclusive', '')} / "
+            f"{r.get('honest_checks', '')} | {credit} | {r.get('seconds_per_epoch', '')} |")
     lines += ["", "Command: `" + report["command"] + "`", ""]
     return "\n".join(lines)
 

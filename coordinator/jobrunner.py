@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ TOKEN_TTL_S = 3600.0
 POLL_S = 2.0
 REVOKED_FILE = "revoked.json"
 REACHABILITY_FILE = "reachability.json"  # how the job's peer saw each volunteer (essaim.swarm.reachability)
+SLOTS_EVERY_S = 10.0  # how often the volunteers' assignments are read again for validation
 REVOCATIONS_EVERY_S = 4.0  # how often bans are read from the store (peers fetch the list every 5 s)
 REVOCATIONS_REPUBLISH_S = 120.0
 COORDINATOR_ID = "coordinator"
@@ -168,6 +170,7 @@ class JobRunner:
             keeper.evaluate_before()  # the base model, before the averaging peer is in the swarm
             optimizer = build_auxiliary_optimizer(loaded, recipe, dht=dht, run_id=self.job_id, private_key=key)
             keeper.optimizer = optimizer
+            self._start_validation(optimizer, loaded, recipe, files)
             keeper.restore()
             keeper.save_initial()  # what a degraded first checkpoint rolls back to
             optimizer.serve_state(True)
@@ -188,6 +191,39 @@ class JobRunner:
                 optimizer.shutdown()
             shutdown_dht(dht)
             (self.dir / RUNNER_FILE).unlink(missing_ok=True)
+
+    def _start_validation(self, optimizer: Any, loaded: Any, recipe: Recipe, files: Any) -> None:
+        """Give the averaging peer a validator of volunteers' updates (essaim.swarm.validation),
+        when it keeps updates to check (robust aggregation, local averaging)."""
+        from essaim.swarm.data import build_train_dataset
+        from essaim.swarm.validation import Validator
+
+        if not getattr(optimizer.hv.grad_averager, "validating", False):
+            return
+        try:
+            dataset = build_train_dataset(recipe, loaded.tokenizer, files=files, local_dirs=self.model_dirs)
+            optimizer.hv.validator = Validator.for_job(loaded, dataset, partial(self._shards_of, dataset.num_shards))
+        except EssaimError as exc:
+            logger.warning("job %s: volunteers' updates will not be validated: %s", self.job_id, exc)
+
+    _slots: dict[str, list[int]] = {}
+    _slots_at = 0.0
+
+    def _shards_of(self, num_shards: int, peer_id: str) -> list[int] | None:
+        """The shards assigned to the volunteer behind ``peer_id`` (None: not known), from the
+        assignments in the store (read again at most every ``SLOTS_EVERY_S``)."""
+        from essaim.protocol.types import shards_for_slots
+
+        owner = self._owner(peer_id)
+        if owner is None:
+            return None
+        if owner[0] not in self._slots or time.time() - self._slots_at > SLOTS_EVERY_S:
+            try:
+                self._slots, self._slots_at = self.store.assigned_slots(self.job_id), time.time()
+            except EssaimError as exc:
+                logger.warning("job %s: cannot read the volunteers' assignments: %s", self.job_id, exc)
+        slots = self._slots.get(owner[0])
+        return shards_for_slots(slots, num_shards) if slots else None
 
     def _start_dht(self, start_dht: Any, *, identity: Path, authorizer: Any, validators: Any, key: Any) -> Any:
         """The job's bootstrap peer, as it was before a restart where possible: the same peer id
@@ -261,11 +297,24 @@ class JobRunner:
         if job.created_at:
             self.monitor.started_at = min(self.monitor.started_at, job.created_at)
         last_row: dict[str, float] = {}
+        claimed: dict[str, list[float]] = {}  # samples, compute claimed; samples, compute refused
         for entry in self.store.list_ledger(job_id=self.job_id):
             last_row[entry.volunteer_id] = entry.created_at
-        for c in self.store.contributions(job_id=self.job_id):
-            at = last_row.get(c.volunteer_id, self.monitor.started_at)
-            self.monitor.accepted[c.volunteer_id] = Accepted(c.samples, c.compute_seconds, at)
+            sums = claimed.setdefault(entry.volunteer_id, [0, 0.0, 0, 0.0])
+            samples = entry.samples if entry.claimed_samples is None else entry.claimed_samples
+            compute = entry.compute_seconds if entry.claimed_compute_seconds is None else entry.claimed_compute_seconds
+            sums[0] += samples
+            sums[1] += compute
+            if entry.note.startswith("refused"):
+                sums[2] += samples - entry.samples
+                sums[3] += compute - entry.compute_seconds
+        granted = {c.volunteer_id: c for c in self.store.contributions(job_id=self.job_id)}
+        for volunteer in set(granted) | set(claimed):  # a volunteer whose every row was refused has no contribution
+            at = last_row.get(volunteer, self.monitor.started_at)
+            cs, cc, rs, rc = claimed.get(volunteer, [0, 0.0, 0, 0.0])
+            c = granted.get(volunteer)
+            self.monitor.accepted[volunteer] = Accepted(c.samples if c else 0, c.compute_seconds if c else 0.0, at,
+                                                        int(rs), rc, int(cs), cc)
 
     # ---- the loop ----
     def _loop(self, dht: Any, recipe: Recipe, keeper: Any, optimizer: Any, averaging: Any) -> int:
@@ -438,7 +487,7 @@ class JobRunner:
         for outcome in outcomes:
             volunteers = sorted({owner[0] for owner in map(self._owner, outcome.peers) if owner is not None})
             verdicts = getattr(outcome, "verdicts", {}) or {}
-            flagged, kept = {}, {}
+            flagged, kept, checks = {}, {}, {}
             for peer, why in suspects(verdicts).items():
                 if peer == self._own_peer:
                     continue
@@ -448,7 +497,9 @@ class JobRunner:
                 owner = self._owner(peer)
                 if peer != self._own_peer and owner is not None and not verdict.get("refused"):
                     kept[owner[0]] = round(float(verdict.get("kept", 1.0)), 4)
-            self.rounds.add(outcome, volunteers, flagged, kept)
+                if owner is not None and verdict.get("check"):
+                    checks[owner[0]] = dict(verdict["check"])
+            self.rounds.add(outcome, volunteers, flagged, kept, checks)
         reason = self.rounds.describe_last()
         if reason and reason != job.status_reason and job.status == JobStatus.RUNNING:
             with contextlib.suppress(EssaimError):
@@ -550,16 +601,19 @@ class JobRunner:
             reports, target_epochs=recipe.training.epochs, target_batch_size=recipe.training.target_batch_size,
             swarm_epoch=swarm_epoch, previous=job.metrics, averaged=self.rounds.averaged_volunteers() or set(),
         )
-        metrics.samples = max(metrics.samples, job.metrics.samples)
+        held, dropped = self.rounds.standing()
         new = claims(reports, self.monitor, target_batch_size=recipe.training.target_batch_size,
                      round_seconds=2 * recipe.training.matchmaking_time,
-                     swarm_epoch=metrics.epoch)
+                     swarm_epoch=metrics.epoch, held=held, refused=dropped)
         if new:
             self.store.append_ledger([
                 LedgerDraft(job_id=self.job_id, volunteer_id=c.volunteer_id, epoch=c.epoch,
-                            samples=c.samples, compute_seconds=c.compute_seconds, note=c.note)
+                            samples=c.samples, compute_seconds=c.compute_seconds, note=c.note,
+                            claimed_samples=c.claimed_samples, claimed_compute_seconds=c.claimed_compute_seconds)
                 for c in new
             ])
+        # the job's public figure is what the ledger granted, never what the records claim
+        metrics.samples = sum(a.samples for a in self.monitor.accepted.values())
         changed = (metrics.epoch, metrics.live_peers, round(metrics.loss, 4), int(metrics.samples_per_second)) != (
             job.metrics.epoch, job.metrics.live_peers, round(job.metrics.loss, 4), int(job.metrics.samples_per_second))
         if changed or new:

@@ -64,15 +64,24 @@ class Accepted:
     at: float = 0.0
     refused_samples: int = 0
     refused_compute: float = 0.0
+    # the volunteer's claimed totals that rows already account for (a row's claim is the growth
+    # since: what a cap held back is granted by a later row, whose claim it is not)
+    claimed_samples: int = 0
+    claimed_compute: float = 0.0
 
 
 @dataclass(slots=True)
 class Claim:
+    """A ledger row to write: ``samples`` and ``compute_seconds`` granted, out of ``claimed_*``
+    (what the volunteer's records claimed since its last row; ``note`` says why they differ)."""
+
     volunteer_id: str
     epoch: int
     samples: int
     compute_seconds: float
     note: str = ""
+    claimed_samples: int = 0
+    claimed_compute_seconds: float = 0.0
 
 
 @dataclass(slots=True)
@@ -91,7 +100,9 @@ def swarm_metrics(
     averaged: Collection[str] | None = None,
     now: float | None = None,
 ) -> JobMetrics:
-    """The job's metrics from its peers' latest records (live = updated in the last 45 s).
+    """The job's metrics from its peers' latest records (live = updated in the last 45 s): the
+    samples are what the records claim (the job runner replaces them with the ledger's granted
+    total), the throughput the live volunteers' reported rates, each capped at :func:`rate_cap`.
 
     ``live_peers`` counts the live volunteers whose updates the last averaging round averaged
     (``averaged``, volunteer ids, from the coordinator's averaging peer), not those that merely
@@ -101,7 +112,8 @@ def swarm_metrics(
     live = [r for r in trusted if now - r.updated_at <= LIVE_RECORD_S]
     peers = len(live) if averaged is None else len({r.volunteer_id for r in live} & set(averaged))
     epoch = max([r.epoch for r in trusted] + [swarm_epoch or 0, previous.epoch if previous else 0])
-    rate = sum(r.samples_per_second for r in live)
+    cap = rate_cap(reports)
+    rate = sum(min(r.samples_per_second, cap) for r in live)
     losses = [r.loss for r in live if r.loss is not None and math.isfinite(r.loss)]
     loss = sum(losses) / len(losses) if losses else (previous.loss if previous else 0.0)
     remaining = max(0, target_epochs - epoch) * target_batch_size
@@ -121,6 +133,14 @@ def swarm_metrics(
     return metrics
 
 
+def rate_cap(reports: Mapping[str, PeerReport]) -> float:
+    """The most samples/s one volunteer is taken at its word for: the median of the rates the
+    unbanned volunteers report, times ``RATE_MARGIN`` (at least ``MIN_RATE_ALLOWANCE``)."""
+    live_rates = sorted(r.samples_per_second for r in reports.values() if not r.banned and r.samples_per_second > 0)
+    typical = live_rates[len(live_rates) // 2] if live_rates else 0.0
+    return max(MIN_RATE_ALLOWANCE, typical * RATE_MARGIN)
+
+
 def claims(
     reports: Mapping[str, PeerReport],
     state: MonitorState,
@@ -129,12 +149,17 @@ def claims(
     swarm_epoch: int,
     round_seconds: float = 0.0,
     now: float | None = None,
+    held: Collection[str] = (),
+    refused: Mapping[str, str] | None = None,
 ) -> list[Claim]:
-    """The ledger rows to append: each volunteer's growth since its last accepted row, checked."""
+    """The ledger rows to append: each volunteer's growth since its last accepted row, checked.
+
+    Validation (essaim.swarm.validation) decides too: a volunteer in ``held`` (its last checked
+    update failed) gets no row until a check passes; one in ``refused`` (dropped from the job's
+    rounds after failing, with why) has everything it claims since its last row refused."""
+    refused = refused or {}
     now = time.time() if now is None else now
-    live_rates = [r.samples_per_second for r in reports.values() if not r.banned and r.samples_per_second > 0]
-    typical = sorted(live_rates)[len(live_rates) // 2] if live_rates else 0.0
-    max_rate = max(MIN_RATE_ALLOWANCE, typical * RATE_MARGIN)
+    max_rate = rate_cap(reports)
     # peers go on computing while an epoch's round gathers (overlapped rounds: the whole round), at
     # most at the rate each may claim: an epoch holds up to that much more than its target batch
     swarm_rate = sum(min(r.samples_per_second, max_rate) for r in reports.values()
@@ -148,13 +173,21 @@ def claims(
         new_compute = max(0.0, report.compute_seconds - before.compute_seconds - before.refused_compute)
         if new_samples <= 0:
             continue
-        if report.banned:
-            out.append(Claim(report.volunteer_id, report.epoch, 0, 0.0, f"refused {new_samples} samples: banned"))
+        claimed_samples = max(0, report.samples - before.claimed_samples)
+        claimed_compute = max(0.0, report.compute_seconds - before.claimed_compute)
+        seen_samples = max(before.claimed_samples, report.samples)
+        seen_compute = max(before.claimed_compute, report.compute_seconds)
+        if report.banned or report.volunteer_id in refused:
+            why = "banned" if report.banned else f"failed validation: {refused[report.volunteer_id]}"
+            out.append(Claim(report.volunteer_id, report.epoch, 0, 0.0, f"refused {new_samples} samples: {why}",
+                             claimed_samples, claimed_compute))
             state.accepted[report.volunteer_id] = Accepted(
                 before.samples, before.compute_seconds, before.at,
-                before.refused_samples + new_samples, before.refused_compute + new_compute,
+                before.refused_samples + new_samples, before.refused_compute + new_compute, seen_samples, seen_compute,
             )
             continue
+        if report.volunteer_id in held:
+            continue  # its last checked update removed no loss: no credit until one does
         notes = []
         elapsed = max(1.0, now - before.at)
         allowed = int(max_rate * elapsed)
@@ -173,7 +206,8 @@ def claims(
             continue  # nothing acceptable yet: no row, and the time since the last row keeps counting
         state.accepted[report.volunteer_id] = Accepted(
             before.samples + new_samples, before.compute_seconds + new_compute, now,
-            before.refused_samples, before.refused_compute,
+            before.refused_samples, before.refused_compute, seen_samples, seen_compute,
         )
-        out.append(Claim(report.volunteer_id, report.epoch, new_samples, new_compute, "; ".join(notes)))
+        out.append(Claim(report.volunteer_id, report.epoch, new_samples, new_compute, "; ".join(notes),
+                         claimed_samples, claimed_compute))
     return out

@@ -43,6 +43,9 @@ class RoundEntry:
     # volunteer id -> the smallest share of its pull the averaging peer kept (robust aggregation;
     # 1.0: not clipped), for every volunteer whose parts it reduced
     kept: dict[str, float] = field(default_factory=dict)
+    # volunteer id -> the validation of its update (essaim.swarm.validation.Check.as_dict), for the
+    # volunteers whose update the averaging peer checked this round
+    checks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def averaged(self) -> bool:
@@ -68,17 +71,18 @@ class RoundBook:
                     peers=int(data.get("peers", 0)), error=str(data.get("error", "")), at=float(data.get("at", 0)),
                     suspects={str(k): str(v) for k, v in dict(data.get("suspects") or {}).items()},
                     kept={str(k): float(v) for k, v in dict(data.get("kept") or {}).items()},
+                    checks={str(k): dict(v) for k, v in dict(data.get("checks") or {}).items()},
                 ))
             except (ValueError, KeyError, TypeError):
                 logger.warning("ignoring an unreadable line of %s", path)
 
     def add(self, outcome: Any, volunteers: Sequence[str], suspects: dict[str, str] | None = None,
-            kept: dict[str, float] | None = None) -> RoundEntry:
+            kept: dict[str, float] | None = None, checks: dict[str, dict[str, Any]] | None = None) -> RoundEntry:
         suspects = dict(suspects or {})
         refused = {v for v, why in suspects.items() if why.startswith("refused")}
         entry = RoundEntry(epoch=int(outcome.epoch), volunteers=tuple(v for v in volunteers if v not in refused),
                            peers=len(outcome.peers), error=str(outcome.error), at=float(outcome.at),
-                           suspects=suspects, kept=dict(kept or {}))
+                           suspects=suspects, kept=dict(kept or {}), checks=dict(checks or {}))
         for volunteer, why in suspects.items():
             logger.warning("epoch %d: volunteer %s is suspect: %s", entry.epoch, volunteer, why)
         self.entries.append(entry)
@@ -93,6 +97,28 @@ class RoundBook:
         else:
             logger.info("epoch %d: averaged %d volunteer(s)", entry.epoch, len(entry.volunteers))
         return entry
+
+    def standing(self) -> tuple[set[str], dict[str, str]]:
+        """From the validation checks so far: the volunteers whose last check failed (their credit
+        is held until one passes) and those that failed ``FAILS_TO_DROP`` with no pass between
+        (inconclusive checks do not count), with why (they are dropped from the job's rounds, and
+        their credit refused)."""
+        from essaim.swarm.optimizer import FAILS_TO_DROP
+
+        failed_in_a_row: dict[str, int] = {}
+        why: dict[str, str] = {}
+        for entry in self.entries:
+            for volunteer, check in entry.checks.items():
+                if check.get("inconclusive"):
+                    continue  # neither passed nor failed
+                if check.get("passed"):
+                    failed_in_a_row[volunteer] = 0
+                else:
+                    failed_in_a_row[volunteer] = failed_in_a_row.get(volunteer, 0) + 1
+                    why[volunteer] = str(check.get("why", ""))
+        dropped = {v: why[v] for v, n in failed_in_a_row.items() if n >= FAILS_TO_DROP}
+        held = {v for v, n in failed_in_a_row.items() if 0 < n < FAILS_TO_DROP}
+        return held, dropped
 
     @property
     def last(self) -> RoundEntry | None:

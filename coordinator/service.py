@@ -257,8 +257,16 @@ class CoordinatorService:
             for vid, seen in list(members.items()):
                 if now - seen > self.settings.heartbeat_timeout_s:
                     del members[vid]
+            staying = volunteer_id in members
             members[volunteer_id] = now
             slots = scheduler.assign_slots(volunteer_id, members)
+        # a volunteer still on the job (asking again for a fresh swarm token) keeps the slots its
+        # trainer trains on; the store holds them: its updates are checked on that data
+        kept = self.store.assigned_slots(job.id, volunteer_id=volunteer_id).get(volunteer_id) if staying else None
+        if kept:
+            slots = kept
+        else:
+            self.store.record_assignment(job.id, volunteer_id, slots)
         token, expires_at, peers, public_key = "", 0.0, [], b""
         if self.gateway is not None:
             volunteer = self.store.get_volunteer(volunteer_id)

@@ -195,6 +195,10 @@ class LedgerEntry:
     prev_hash: str
     hash: str
     note: str = ""
+    # what the volunteer's records claimed for this row before caps and refusals (None on rows
+    # written before claims were kept); ``samples`` and ``compute_seconds`` are what was granted
+    claimed_samples: int | None = None
+    claimed_compute_seconds: float | None = None
 
 
 SHARD_SLOTS = 64

@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +57,7 @@ HISTORY_MULTIPLE = 1.5
 HISTORY_ROUNDS = 16
 # A member clipped to under SUSPECT_KEPT of its pull on a part (over eight median norms from the
 # centre) is a suspect when it also pulls against the group there: its cosine with the part's
-# coordinate-wise weighted median is below AGAINST_COSINE (known only in groups of MIN_DIRECTION
+# coordinate-wise median is below AGAINST_COSINE (known only in groups of MIN_DIRECTION
 # members or more that claim samples). One clipped under NAMED_AT_ONCE_KEPT (over forty median
 # norms) is a suspect whatever its direction. A far update along the group's direction is bounded by
 # the clipping, never named: honest volunteers are far at times. Measured on the demo job: an honest
@@ -82,10 +82,13 @@ class Verdict:
     kept: float = 1.0
     parts: int = 0
     cosine: float = 1.0
+    # clipped under SUSPECT_KEPT on a part that fewer than MIN_DIRECTION members claiming samples
+    # sent: a pair, in which the far one may be either (bounded, never named)
+    in_pair: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {"refused": self.refused, "kept": round(self.kept, 4), "parts": self.parts,
-                "cosine": round(self.cosine, 4)}
+                "cosine": round(self.cosine, 4), "in_pair": self.in_pair}
 
 
 def part_problem(part: torch.Tensor, shape: torch.Size, weight: float) -> str:
@@ -122,10 +125,25 @@ def weighted_median(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (values.gather(0, lower).squeeze(0) + values.gather(0, upper).squeeze(0)) / 2
 
 
+def median_norm(norms: torch.Tensor, weights: torch.Tensor) -> float:
+    """The median update norm of the members that claim samples (all members when none does),
+    each counted once: a scale no member can buy with the samples it claims (a member claiming
+    twice the others, with a zero update, would otherwise be the weighted median, and clip every
+    honest member of its group to nothing)."""
+    claiming = norms[weights >= MIN_CLAIM]
+    if claiming.numel() == 0:
+        claiming = norms
+    return float(weighted_median(claiming[:, None].to(torch.float32), torch.ones(claiming.numel()))[0])
+
+
 def robust_mean(parts: Sequence[torch.Tensor], weights: Sequence[float], *, clip_multiple: float = CLIP_MULTIPLE,
-                iterations: int = ITERATIONS, max_norm: float | None = None) -> tuple[torch.Tensor, list[float]]:
+                iterations: int = ITERATIONS, max_norm: float | None = None,
+                reference: float | None = None) -> tuple[torch.Tensor, list[float]]:
     """CenteredClip of ``parts`` (all finite, of one shape) under capped ``weights``, each part's
-    norm first clipped to ``max_norm`` when given (the bound of :class:`NormHistory`).
+    norm first clipped to ``max_norm`` when given (the bound of :class:`NormHistory`). The radius
+    is ``clip_multiple`` times the group's :func:`median_norm`, at most ``HISTORY_MULTIPLE`` times
+    ``reference`` (the median of recent rounds, :meth:`NormHistory.median`) when given and fewer
+    than ``MIN_DIRECTION`` members claim samples (a pair: one far update would set its median).
 
     Returns the aggregate (float32, the parts' shape) and, per part, the share of its pull that
     was kept (1.0: not clipped).
@@ -148,7 +166,12 @@ def robust_mean(parts: Sequence[torch.Tensor], weights: Sequence[float], *, clip
     # coordinate-wise median would do in a large group, but in a small one that median is often a
     # member itself, whose distance 0 would clip everyone else away; and it costs a sort of n x d.)
     norms = torch.linalg.vector_norm(x, dim=1)
-    tau = float(clip_multiple * weighted_median(norms[:, None], w)[0])
+    capped = capped_weights(weights).to(torch.float32)
+    scale = median_norm(norms, capped)
+    if reference is not None and reference > 0 and int((capped >= MIN_CLAIM).sum()) < MIN_DIRECTION:
+        # two members: their median is the midpoint of their norms, which one far update sets
+        scale = min(scale, reference * HISTORY_MULTIPLE)
+    tau = float(clip_multiple * scale)
     # start from the mean of the parts clipped to norm tau: no member pulls it further than its
     # weight share times tau; then CenteredClip re-centres around it
     clip = torch.where(norms > tau, tau / norms.clamp(min=1e-30), torch.ones_like(norms))
@@ -163,15 +186,15 @@ def robust_mean(parts: Sequence[torch.Tensor], weights: Sequence[float], *, clip
 
 
 def cosines_with_median(parts: Sequence[torch.Tensor], weights: Sequence[float], members: Sequence[int]) -> dict[int, float]:
-    """The cosine of each of ``members`` (indices into ``parts``) with the coordinate-wise weighted
-    median of the parts of the members that claim samples, when at least ``MIN_DIRECTION`` do (a
+    """The cosine of each of ``members`` (indices into ``parts``) with the coordinate-wise median
+    of the parts of the members that claim samples, when at least ``MIN_DIRECTION`` do (a
     group of two has no majority direction: their median is their midpoint); else {}."""
     w = capped_weights(weights)
     claiming = [i for i in range(len(parts)) if float(w[i]) >= MIN_CLAIM]
     if len(claiming) < MIN_DIRECTION:
         return {}
     x = torch.stack([parts[i].detach().reshape(-1).to(torch.float32) for i in claiming])
-    median = weighted_median(x, w[claiming].to(torch.float32))
+    median = weighted_median(x, torch.ones(len(claiming)))  # each member once: no claim buys the direction
     out = {}
     for i in members:
         own = parts[i].detach().reshape(-1).to(torch.float32)
@@ -181,13 +204,13 @@ def cosines_with_median(parts: Sequence[torch.Tensor], weights: Sequence[float],
 
 
 def group_norm(parts: Sequence[torch.Tensor], weights: Sequence[float]) -> float | None:
-    """The weighted median norm of a group's parts, when two or more members claim samples
-    (what :class:`NormHistory` records; a lone member is nobody's reference)."""
+    """The :func:`median_norm` of a group's parts, when two or more members claim samples (what
+    :class:`NormHistory` records; a lone member is nobody's reference)."""
     w = capped_weights(weights)
     if int((w >= MIN_CLAIM).sum()) < 2:
         return None
     norms = torch.stack([torch.linalg.vector_norm(p.detach().reshape(-1).to(torch.float32)) for p in parts])
-    return float(weighted_median(norms[:, None], w.to(torch.float32))[0])
+    return median_norm(norms, w.to(torch.float32))
 
 
 class NormHistory:
@@ -201,11 +224,16 @@ class NormHistory:
     def __init__(self) -> None:
         self.norms: dict[tuple[int, int], deque[float]] = {}
 
-    def bound(self, key: tuple[int, int]) -> float | None:
+    def median(self, key: tuple[int, int]) -> float | None:
+        """The median of the slice's recent group norms (None before any)."""
         seen = self.norms.get(key)
         if not seen:
             return None
-        return HISTORY_MULTIPLE * float(torch.tensor(list(seen)).median())
+        return float(torch.tensor(list(seen)).median())
+
+    def bound(self, key: tuple[int, int]) -> float | None:
+        median = self.median(key)
+        return None if median is None else HISTORY_MULTIPLE * median
 
     def add(self, key: tuple[int, int], norm: float | None) -> None:
         if norm is not None and math.isfinite(norm) and norm > 0:  # a slice nobody moved bounds nothing
@@ -218,8 +246,11 @@ class RobustPartReducer(TensorPartReducer):
     index) says what it made of each sender."""
 
     def __init__(self, part_shapes: Sequence[torch.Size], num_senders: int, *, history: NormHistory | None = None,
-                 part_keys: Sequence[tuple[int, int]] = (), excluded: dict[int, str] | None = None) -> None:
+                 part_keys: Sequence[tuple[int, int]] = (), excluded: dict[int, str] | None = None,
+                 keep_whole: Sequence[int] = ()) -> None:
         self.received: dict[int, tuple[torch.Tensor, float]] = {}
+        # senders whose every part is kept as received, for essaim.swarm.validation
+        self.whole: dict[int, list[torch.Tensor]] = {i: [] for i in keep_whole}
         self.verdicts: dict[int, Verdict] = {i: Verdict() for i in range(num_senders)}
         for index, why in (excluded or {}).items():  # senders named suspects in earlier rounds
             self.verdicts[index].refused = why
@@ -254,6 +285,8 @@ class RobustPartReducer(TensorPartReducer):
                 verdict.refused = part_problem(tensor_part, self.part_shapes[part_index], weight)
             if not verdict.refused:
                 self.received[sender_index] = (tensor_part, float(weight))
+                if sender_index in self.whole:
+                    self.whole[sender_index].append(tensor_part.detach().reshape(-1).to(torch.float32).clone())
             self.current_part_accumulated_from += 1
             self.check_current_part_finished()
         return await current_part_future
@@ -276,12 +309,15 @@ class RobustPartReducer(TensorPartReducer):
             reference = group_norm(parts, weights)
             # a group is its own reference; a lone member is held to the recent rounds'
             bound = self.history.bound(key) if reference is None else None
-            aggregate, kept = robust_mean(parts, weights, max_norm=bound)
+            aggregate, kept = robust_mean(parts, weights, max_norm=bound, reference=self.history.median(key))
             self.history.add(key, reference)
             for i, share in zip(senders, kept, strict=True):
                 self.verdicts[i].kept = min(self.verdicts[i].kept, share)
             far = [n for n, share in enumerate(kept) if share < SUSPECT_KEPT]
-            if far:  # which way do they pull? (a sort of the group's parts: only when someone is far)
+            if far and int((capped_weights(weights) >= MIN_CLAIM).sum()) < MIN_DIRECTION:
+                for n in far:
+                    self.verdicts[senders[n]].in_pair = True
+            elif far:  # which way do they pull? (a sort of the group's parts: only when someone is far)
                 for n, cosine in cosines_with_median(parts, weights, far).items():
                     verdict = self.verdicts[senders[n]]
                     verdict.cosine = min(verdict.cosine, cosine)
@@ -296,7 +332,7 @@ class RobustAllReduceRunner(AllReduceRunner):
     """hivemind's AllReduceRunner whose reducer is a :class:`RobustPartReducer`."""
 
     def __init__(self, *, history: NormHistory | None = None, excluded: dict[str, str] | None = None,
-                 **kwargs: Any) -> None:
+                 keep_whole: Collection[str] = (), **kwargs: Any) -> None:
         super().__init__(**kwargs)
         placeholder: TensorPartReducer = self.tensor_part_reducer
         placeholder.finished.set()  # never used: finalizing it must not warn of missing parts
@@ -307,8 +343,12 @@ class RobustAllReduceRunner(AllReduceRunner):
             keys.append((offset, size))
             offset += size
         shut_out = {i: why for i, peer in enumerate(self.sender_peer_ids) if (why := (excluded or {}).get(str(peer)))}
+        whole = [i for i, peer in enumerate(self.sender_peer_ids) if str(peer) in keep_whole]
         self.tensor_part_reducer: TensorPartReducer = RobustPartReducer(
-            placeholder.part_shapes, placeholder.num_senders, history=history, part_keys=keys, excluded=shut_out)
+            placeholder.part_shapes, placeholder.num_senders, history=history, part_keys=keys, excluded=shut_out,
+            keep_whole=whole)
+        # the whole vector is this reducer's: its senders' parts are their whole updates
+        self.reduces_all = sum(int(math.prod(s)) for s in placeholder.part_shapes) == self.tensor_part_container.total_size
 
     # Every member ends the round with the same tensors: the reducer sends each member the
     # averaged part itself (in the round's codec) rather than hivemind's "average minus what you
@@ -384,24 +424,39 @@ class RobustAllReduceRunner(AllReduceRunner):
         return {str(self.sender_peer_ids[i]): v for i, v in reducer.verdicts.items() if v.parts}
 
 
+    def whole_updates(self) -> dict[str, torch.Tensor]:
+        """By sender peer id: the whole update of each sender kept for validation (``keep_whole``),
+        when this peer reduced the whole vector and every part of that sender came in, unrefused."""
+        reducer = self.tensor_part_reducer
+        if not isinstance(reducer, RobustPartReducer) or not self.reduces_all:
+            return {}
+        return {str(self.sender_peer_ids[i]): torch.cat(parts) for i, parts in reducer.whole.items()
+                if len(parts) == reducer.num_parts and not reducer.verdicts[i].refused}
+
+
 class Gathered(dict):  # type: ignore[type-arg]
     """hivemind's gathered data of a round (peer id -> what it sent along), with the reducer's
-    verdicts on its senders (peer id -> :meth:`Verdict.as_dict`); pickles across processes."""
+    verdicts on its senders (peer id -> :meth:`Verdict.as_dict`) and the whole updates it kept for
+    validation (peer id -> flat tensor); pickles across processes."""
 
-    def __init__(self, gathered: Any = (), *, verdicts: dict[str, dict[str, Any]] | None = None) -> None:
+    def __init__(self, gathered: Any = (), *, verdicts: dict[str, dict[str, Any]] | None = None,
+                 updates: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__(gathered)
         self.verdicts = dict(verdicts or {})
+        self.updates = dict(updates or {})
 
 
 def suspects(verdicts: dict[str, Verdict] | dict[str, dict[str, Any]]) -> dict[str, str]:
     """Peer id -> why it is suspect: refused parts, an update clipped to under
     ``NAMED_AT_ONCE_KEPT`` of its pull, or one clipped under ``SUSPECT_KEPT`` that pulls against
-    the group (cosine with its median under ``AGAINST_COSINE``)."""
+    the group (cosine with its median under ``AGAINST_COSINE``); never one clipped in a pair."""
     out: dict[str, str] = {}
     for peer, verdict in verdicts.items():
         v = verdict.as_dict() if isinstance(verdict, Verdict) else verdict
         kept = float(v.get("kept", 1.0))
         cosine = float(v.get("cosine", 1.0))
+        if v.get("in_pair") and not v.get("refused"):
+            continue  # two members: which of them is far is not known
         if v.get("refused"):
             out[peer] = f"refused: {v['refused']}"
         elif kept < NAMED_AT_ONCE_KEPT:

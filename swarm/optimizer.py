@@ -76,6 +76,7 @@ from essaim.swarm.errors import TrainingError
 from essaim.swarm.identity import RSAPrivateKey
 from essaim.swarm.records import owner_peer_id
 from essaim.swarm.rounds import ALONE, RoundOutcome, describe_failure
+from essaim.swarm.validation import Check, Sampler, Validator
 from hivemind.averaging.allreduce import AveragingMode
 from hivemind.averaging.control import AveragingStage
 from hivemind.averaging.load_balancing import load_balance_peers
@@ -101,6 +102,16 @@ from hivemind.utils.streaming import combine_from_streaming
 logger = logging.getLogger(__name__)
 REPORT_EVERY_S = 0.5  # a peer's progress record in the DHT is at most this stale
 ROUNDS_KEPT = 64
+INNER_WARMUP_STEPS = 100  # a newcomer's inner learning rate ramps up over its first steps (see SwarmOptimizer.step)
+# a state asked of the averaging peer while its epoch's step is pending: how long it waits for the
+# step to land; a peer that loaded a state a step behind the swarm loads again, this often
+PENDING_STEP_WAIT_S = 5.0
+STALE_STATE_RETRIES = 5
+STALE_STATE_WAIT_S = 1.0
+# validation checks failed with no pass between before a sender is refused for the job (honest
+# updates never failed one in the measured runs once newcomers ramp their learning rate up; a
+# newcomer's first update, taken whole with a fresh Adam state before that, failed once)
+FAILS_TO_DROP = 3
 AVERAGING_PEER_WEIGHT = 1e-3  # never 0: a group of weights 0 averages to NaN
 QUIET_SWARM_S = 10.0  # the averaging peer takes no step while no volunteer reported for this long
 ASSIST_EVERY_S = 0.1  # how often the coordinator's averaging peer looks whether a round is due
@@ -201,11 +212,13 @@ class _GradAverager(AdmittedServicer, GradientAverager):
     "state" (newcomers need parameters and optimizer statistics, not last epoch's gradients)."""
 
     def __init__(self, parameters: Sequence[torch.nn.Parameter], *, aggregation: str = "mean",
-                 reducers: Sequence[str] | None = None, admission: Admission | None = None, **kwargs: Any) -> None:
+                 reducers: Sequence[str] | None = None, admission: Admission | None = None,
+                 validating: bool = False, **kwargs: Any) -> None:
         parameters = tuple(parameters)
         # set before hivemind starts the averager's process, which reads them
         self.admission = admission
         self.aggregation = aggregation
+        self.validating = validating
         self.reducers = frozenset(reducers) if reducers is not None else None
         # hivemind warns (and may deadlock) when a matchmaking request can outlast matchmaking itself
         kwargs.setdefault("request_timeout", min(3.0, kwargs.get("min_matchmaking_time", 5.0) / 2))
@@ -287,6 +300,9 @@ class _GradAverager(AdmittedServicer, GradientAverager):
     aggregation: str = "mean"
     # robust: the peer ids allowed to reduce (the coordinator's averaging peers); None: any full peer
     reducers: frozenset[str] | None = None
+    # robust, on the coordinator's averaging peer: keep the whole updates of a sample of each
+    # round's senders for essaim.swarm.validation (the trainer's process checks them)
+    validating: bool = False
 
     async def _aggregate_with_group(self, group_info: Any, min_vector_size: int, **kwargs: Any) -> Any:
         """hivemind's, but under robust aggregation only ``reducers`` get a share of the vector to
@@ -297,14 +313,38 @@ class _GradAverager(AdmittedServicer, GradientAverager):
         if self.aggregation != "robust":
             return await super()._aggregate_with_group(group_info, min_vector_size, **kwargs)
         self._verdicts: dict[bytes, dict[str, Any]] = getattr(self, "_verdicts", {})
+        self._updates: dict[bytes, dict[str, torch.Tensor]] = getattr(self, "_updates", {})
         try:
             if self.reducers is None:
                 gathered = await super()._aggregate_with_group(group_info, min_vector_size, **kwargs)
             else:
                 gathered = await self._aggregate_reduced_by_us(group_info, min_vector_size, **kwargs)
-            return Gathered(gathered, verdicts=self._verdicts.pop(group_info.group_id, {}))
+            return Gathered(gathered, verdicts=self._verdicts.pop(group_info.group_id, {}),
+                            updates=self._updates.pop(group_info.group_id, {}))
         finally:
             self._verdicts.pop(group_info.group_id, None)
+            self._updates.pop(group_info.group_id, None)
+
+    def _exclusions(self) -> dict[str, str]:
+        """Peer id -> why it is refused for the rest of the job (kept in the averager's process)."""
+        if not hasattr(self, "_excluded"):
+            self._excluded: dict[str, str] = {}
+        return self._excluded
+
+    async def _note_checks(self, results: dict[str, tuple[bool, str]]) -> None:
+        """What validation made of the updates this peer kept (sent over hivemind's pipe from the
+        trainer's process; inconclusive checks are not sent): a sender that failed is checked in
+        every round after, and one that failed ``FAILS_TO_DROP`` checks with no pass between is
+        refused for the rest of the job."""
+        self._sampler: Sampler = getattr(self, "_sampler", None) or Sampler()
+        self._failed_checks: dict[str, int] = getattr(self, "_failed_checks", {})
+        excluded = self._exclusions()
+        for peer, (passed, why) in results.items():
+            self._sampler.note(peer, passed)
+            self._failed_checks[peer] = 0 if passed else self._failed_checks.get(peer, 0) + 1
+            if self._failed_checks[peer] >= FAILS_TO_DROP and peer not in excluded:
+                excluded[peer] = f"excluded for the rest of the job after failing validation: {why}"
+                logger.warning("averaging: peer %s is dropped from the rounds: %s", peer, why)
 
     async def _aggregate_reduced_by_us(self, group_info: Any, min_vector_size: int, **kwargs: Any) -> Any:
         try:
@@ -335,10 +375,17 @@ class _GradAverager(AdmittedServicer, GradientAverager):
             return await super()._run_allreduce_inplace_(tensors, group_info, group_id, **kwargs)
         group_id = group_info.group_id if group_id is None else group_id
         self._norm_history: NormHistory = getattr(self, "_norm_history", None) or NormHistory()
-        self._excluded: dict[str, str] = getattr(self, "_excluded", {})  # peer id -> why, for good
+        self._exclusions()
+        keep_whole: set[str] = set()
+        if self.validating:
+            self._sampler = getattr(self, "_sampler", None) or Sampler()
+            own = str(self.peer_id)
+            keep_whole = self._sampler.choose(
+                str(p) for p in group_info.peer_ids if str(p) != own and str(p) not in self._excluded)
         runner = RobustAllReduceRunner(
             p2p=self._p2p, servicer_type=type(self), prefix=self.prefix, tensors=tensors, group_id=group_id,
-            ordered_peer_ids=group_info.peer_ids, history=self._norm_history, excluded=self._excluded, **kwargs,
+            ordered_peer_ids=group_info.peer_ids, history=self._norm_history, excluded=self._excluded,
+            keep_whole=keep_whole, **kwargs,
         )
         assert group_id in self._running_groups, f"group {group_id!r} was not registered"
         self._running_groups[group_id].set_result(runner)
@@ -357,6 +404,8 @@ class _GradAverager(AdmittedServicer, GradientAverager):
         finally:
             verdicts = runner.verdicts()
             self._verdicts[group_info.group_id] = {peer: v.as_dict() for peer, v in verdicts.items()}
+            if keep_whole:
+                self._updates[group_info.group_id] = runner.whole_updates()
             for peer, why in suspects(verdicts).items():
                 logger.warning("averaging: peer %s is suspect: %s", peer, why)
                 if not why.startswith("refused: excluded"):
@@ -628,12 +677,16 @@ class _StateAverager(AdmittedServicer, TrainingStateAverager):
     _loading = False
     loaded = False  # whether the last load_state_from_peers replaced the state
 
+    loaded_epoch: int | None = None  # the epoch of the state the last load replaced this one with
+
     def load_state_from_peers(self, **kwargs: Any) -> Any:
-        self._loading, self.loaded = True, False
+        self._loading, self.loaded, self.loaded_epoch = True, False, None
         try:
             return super().load_state_from_peers(**kwargs)
         finally:
             self._loading = False
+            if self.loaded:
+                self.loaded_epoch = self.local_epoch
 
     async def _load_state_from_peers(self, future: Any, timeout: float | None = None) -> None:
         if timeout is not None:  # as hivemind: the timeout applies to each chunk
@@ -723,6 +776,11 @@ class _StateAverager(AdmittedServicer, TrainingStateAverager):
         self.step_pending = False  # whatever ran (or failed), the parameters are now the ones offered
 
     def get_current_state(self) -> Any:
+        # a state asked for while an epoch's step is pending would be the previous epoch's: give
+        # the step a moment to land (this runs on hivemind's state-serving thread)
+        deadline = time.monotonic() + PENDING_STEP_WAIT_S
+        while self.step_pending and time.monotonic() < deadline:
+            time.sleep(0.05)
         with self.lock_optimizer:  # not halfway through a background optimizer step
             metadata, tensors, infos = super().get_current_state()
             if self.step_pending:
@@ -785,7 +843,29 @@ class _HivemindOptimizer(hivemind.Optimizer):
             verdicts = getattr(gathered, "verdicts", {})
             if verdicts:  # this peer reduced the round: its peers are those whose parts it received
                 peers = tuple(p for p in peers if p in verdicts or p == str(self.dht.peer_id))
+            for peer, check in self._check_updates(getattr(gathered, "updates", {})).items():
+                verdicts.setdefault(peer, {})["check"] = check.as_dict()
         self._note_round(RoundOutcome(epoch=epoch, peers=peers, error=error, verdicts=verdicts))
+
+    validator: Validator | None = None  # the coordinator's averaging peer, under robust aggregation
+
+    def _check_updates(self, updates: dict[str, torch.Tensor]) -> dict[str, Check]:
+        """Validate the updates the reducer kept (before the outer step: the state is still the
+        round's anchor), and tell the averager what came of it."""
+        if not updates or self.validator is None:
+            return {}
+        try:
+            checks = self.validator.check(updates)
+        except Exception as exc:  # a check that cannot run judges nobody
+            logger.warning("validation of %d update(s) failed to run: %r", len(updates), exc)
+            return {}
+        for peer, check in checks.items():
+            if not check.passed and not check.inconclusive:
+                logger.warning("validation: peer %s failed: %s", peer, check.why)
+        decided = {p: (c.passed, c.why) for p, c in checks.items() if not c.inconclusive}
+        if decided:
+            self.grad_averager._outer_pipe.send(("_note_checks", [], {"results": decided}))
+        return checks
 
     def _give_up_if_left_behind(self, control: Any, epoch: int) -> bool:
         """Wait while ``control`` (the round closing ``epoch``) looks for its group (at most
@@ -892,7 +972,25 @@ class _HivemindOptimizer(hivemind.Optimizer):
         return began
 
     def load_state_from_peers(self, **kwargs: Any) -> None:
-        super().load_state_from_peers(**kwargs)
+        """hivemind's, but a state a step behind the swarm is loaded again rather than "caught up
+        with" (hivemind then only moves the epoch on: the anchors lack that step's update for
+        good, since peers of a public swarm average no state that would mend it; a newcomer that
+        joined so sent every round an update off by that step). The averaging peers offer a state
+        under the epoch they hold (a pending step's state as the epoch before), and apply the step
+        within a moment."""
+        for attempt in range(STALE_STATE_RETRIES + 1):
+            super().load_state_from_peers(**kwargs)
+            loaded = getattr(self.state_averager, "loaded_epoch", None)
+            if self.state_sources is None or loaded is None or loaded >= self.local_epoch:
+                break
+            if attempt == STALE_STATE_RETRIES:
+                logger.warning("the state loaded (epoch %d) is still behind the swarm's epoch %d: this peer's "
+                               "updates may be off until it loads again", loaded, self.local_epoch)
+                break
+            logger.info("the state loaded (epoch %d) is a step behind the swarm (epoch %d): loading it again",
+                        loaded, self.local_epoch)
+            self.state_averager.local_epoch = loaded  # as loaded: a peer never refuses a state of its own epoch
+            time.sleep(STALE_STATE_WAIT_S)
         if self.on_state_loaded is not None:
             self.on_state_loaded()
 
@@ -1032,7 +1130,19 @@ class SwarmOptimizer:
             self.hv.step(batch_size=batch_size)
             self.hv.zero_grad()
         else:
+            if self._inner_steps == 0:
+                # a peer that joins a job under way starts its inner optimizer afresh: Adam's first
+                # steps are the learning rate on every coordinate whatever the gradient, which on a
+                # model already trained overshoots (measured: a newcomer's first update raised the
+                # loss of its own data); it ramps its learning rate up over INNER_WARMUP_STEPS
+                self._ramping = self.local_epoch > 0
+            if self._ramping:
+                self._set_inner_lr()
             self.inner.step()
+            self._inner_steps += 1
+            if self._ramping and self._inner_steps >= INNER_WARMUP_STEPS:
+                self._ramping = False
+                self._set_inner_lr()
             self.inner.zero_grad(set_to_none=True)
             self.hv.step(batch_size=batch_size)
             if self.local_epoch != self._epoch_seen and not self.overlap:
@@ -1151,6 +1261,7 @@ class SwarmOptimizer:
         self.hv.load_state_dict({**saved, "state": dict(saved["state"])})  # hivemind pops from "state"
         if self.inner is not None:
             self.inner.load_state_dict(state["inner"])
+            self._inner_steps = max(self._inner_steps, INNER_WARMUP_STEPS)  # not a fresh state: no ramp
             for anchor, saved in zip(self.anchors, state["anchors"], strict=True):
                 anchor.copy_(saved)
             if self.overlap:
@@ -1210,10 +1321,15 @@ class SwarmOptimizer:
         self._epoch_seen = self.local_epoch
         self._set_inner_lr()
 
+    _inner_steps = 0
+    _ramping = False
+
     def _set_inner_lr(self) -> None:
         if self.inner is None:
             return
         factor = self._lr_at(self.local_epoch)
+        if self._ramping:
+            factor *= min(1.0, (self._inner_steps + 1) / INNER_WARMUP_STEPS)
         for group, base in zip(self.inner.param_groups, self._base_lrs, strict=True):
             group["lr"] = base * factor
 
@@ -1257,7 +1373,11 @@ def build_optimizer(
     authorizer = getattr(dht, "essaim_authorizer", None)
     admission = (Admission(authorizer, run_id, trusted=[own, *(reducers or ())])
                  if isinstance(authorizer, SwarmAuthorizer) else None)
-    averaging = dict(aggregation=recipe.training.aggregation, reducers=reducers, admission=admission)
+    # the coordinator's averaging peer keeps a sample of each round's updates for validation
+    # (essaim.swarm.validation; local mode: an update is where a volunteer's training took the state)
+    validating = auxiliary and recipe.training.aggregation == "robust" and settings.mode == "local"
+    averaging = dict(aggregation=recipe.training.aggregation, reducers=reducers, admission=admission,
+                     validating=validating)
     # robust aggregation with the coordinator's averaging peers as reducers (a public swarm): only
     # they lead this peer's rounds and only their state is loaded; peers average no state
     trusted = recipe.training.aggregation == "robust" and reducers is not None

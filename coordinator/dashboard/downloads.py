@@ -92,7 +92,7 @@ def build_downloads_router(*, queries: DashboardQueries, access: Access) -> APIR
             {
                 "job_id": job_id,
                 "verification": verification,
-                "hash_definition": "essaim.coordinator.store.ledger (version 1)",
+                "hash_definition": "essaim.coordinator.store.ledger (version 1; version 2 for rows with claimed_samples)",
                 "rows": rows,
             }
         )

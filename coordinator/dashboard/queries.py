@@ -120,6 +120,8 @@ def ledger_entry_out(e: LedgerEntry) -> LedgerEntryOut:
         note=e.note,
         prev_hash=e.prev_hash,
         hash=e.hash,
+        claimed_samples=e.claimed_samples,
+        claimed_compute_seconds=e.claimed_compute_seconds,
     )
 
 

@@ -188,12 +188,15 @@ class LedgerEntryOut(_Out):
     job_id: str
     volunteer_id: str
     epoch: int
-    samples: int
-    compute_seconds: float
+    samples: int = Field(description="samples granted")
+    compute_seconds: float = Field(description="compute time granted")
     created_at: float
-    note: str
+    note: str = Field(description="why granted differs from claimed: caps, refusals (bans, failed validation)")
     prev_hash: str
     hash: str
+    claimed_samples: int | None = Field(None, description="samples the volunteer's records claimed for this row "
+                                                           "(null on rows written before claims were kept)")
+    claimed_compute_seconds: float | None = None
 
 
 class LedgerPage(_Out):

@@ -19,6 +19,12 @@ whole microseconds (``round(seconds * 1_000_000)``). Integers keep the hash exac
 databases and languages; the store keeps these two fields as integers and hands them out as
 float seconds, which round back to the same integers.
 
+Definition version 2 (rows that carry what was claimed): ``samples`` and ``compute_us`` are what
+was granted, and the object has two more keys, ``"claimed_compute_us": <int>`` and
+``"claimed_samples": <int>``, what the volunteer's records claimed for the row before caps and
+refusals (the row's ``note`` says why they differ). A row whose ``claimed_samples`` is null is
+hashed by version 1 (rows written before claims were kept).
+
 What the chain proves: an edited field, a deleted or inserted row, or rows reordered show up as
 a wrong ``hash``, a wrong ``prev_hash`` or a ``seq`` gap at the first row affected. Removing rows
 from the end leaves a valid shorter chain, and whoever holds the database can rewrite every row
@@ -72,9 +78,12 @@ def canonical_json(
     note: str,
     created_at: float,
     prev_hash: str,
+    *,
+    claimed_samples: int | None = None,
+    claimed_compute_seconds: float | None = None,
 ) -> bytes:
     """The exact bytes a row's hash is taken over (see the module docstring)."""
-    doc = {
+    doc: dict[str, Any] = {
         "compute_us": micros(compute_seconds),
         "created_at_us": micros(created_at),
         "epoch": int(epoch),
@@ -85,6 +94,9 @@ def canonical_json(
         "seq": int(seq),
         "volunteer_id": volunteer_id,
     }
+    if claimed_samples is not None:  # definition version 2
+        doc["claimed_samples"] = int(claimed_samples)
+        doc["claimed_compute_us"] = micros(claimed_compute_seconds or 0.0)
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
@@ -98,10 +110,14 @@ def entry_hash(
     note: str,
     created_at: float,
     prev_hash: str,
+    *,
+    claimed_samples: int | None = None,
+    claimed_compute_seconds: float | None = None,
 ) -> str:
     """The hex SHA-256 of a row's canonical JSON: the value of its ``hash`` field."""
     data = canonical_json(
-        seq, job_id, volunteer_id, epoch, samples, compute_seconds, note, created_at, prev_hash
+        seq, job_id, volunteer_id, epoch, samples, compute_seconds, note, created_at, prev_hash,
+        claimed_samples=claimed_samples, claimed_compute_seconds=claimed_compute_seconds,
     )
     return hashlib.sha256(data).hexdigest()
 
@@ -118,6 +134,8 @@ def hash_of(entry: LedgerEntry) -> str:
         entry.note,
         entry.created_at,
         entry.prev_hash,
+        claimed_samples=entry.claimed_samples,
+        claimed_compute_seconds=entry.claimed_compute_seconds,
     )
 
 

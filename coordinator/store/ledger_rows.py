@@ -47,6 +47,11 @@ def _check(draft: LedgerDraft) -> None:
         problems.append(f"compute_seconds {draft.compute_seconds} is not a finite number >= 0")
     if draft.created_at is not None and not math.isfinite(draft.created_at):
         problems.append(f"created_at {draft.created_at} is not a finite time")
+    if draft.claimed_samples is not None and draft.claimed_samples < 0:
+        problems.append(f"claimed_samples {draft.claimed_samples} is negative")
+    claimed_compute = draft.claimed_compute_seconds
+    if claimed_compute is not None and (not math.isfinite(claimed_compute) or claimed_compute < 0):
+        problems.append(f"claimed_compute_seconds {claimed_compute} is not a finite number >= 0")
     if problems:
         raise InvalidArgument(
             f"ledger row for {draft.volunteer_id or '?'} is not valid: " + "; ".join(problems)
@@ -74,6 +79,9 @@ class LedgerMixin(StoreBase):
                 # hash what will be read back: whole microseconds, as the table keeps them
                 created_at = micros(t if draft.created_at is None else draft.created_at) / 1_000_000
                 compute_seconds = micros(draft.compute_seconds) / 1_000_000
+                claimed_compute = (None if draft.claimed_samples is None
+                                   else micros(draft.claimed_compute_seconds or 0.0) / 1_000_000)
+                claimed = None if draft.claimed_samples is None else int(draft.claimed_samples)
                 digest = entry_hash(
                     seq,
                     draft.job_id,
@@ -84,6 +92,8 @@ class LedgerMixin(StoreBase):
                     draft.note,
                     created_at,
                     prev_hash,
+                    claimed_samples=claimed,
+                    claimed_compute_seconds=claimed_compute,
                 )
                 entries.append(
                     LedgerEntry(
@@ -97,6 +107,8 @@ class LedgerMixin(StoreBase):
                         prev_hash=prev_hash,
                         hash=digest,
                         note=draft.note,
+                        claimed_samples=claimed,
+                        claimed_compute_seconds=claimed_compute,
                     )
                 )
                 prev_hash = digest
@@ -114,6 +126,9 @@ class LedgerMixin(StoreBase):
                         "created_at_us": micros(e.created_at),
                         "prev_hash": e.prev_hash,
                         "hash": e.hash,
+                        "claimed_samples": e.claimed_samples,
+                        "claimed_compute_us": (None if e.claimed_compute_seconds is None
+                                               else micros(e.claimed_compute_seconds)),
                     }
                     for e in entries
                 ],

@@ -58,6 +58,8 @@ class LedgerDraft:
     compute_seconds: float
     note: str = ""
     created_at: float | None = None
+    claimed_samples: int | None = None  # before caps and refusals; samples/compute are granted
+    claimed_compute_seconds: float | None = None
 
 
 @dataclass(slots=True, frozen=True)

@@ -137,4 +137,6 @@ def ledger_from_row(row: Any) -> LedgerEntry:
         prev_hash=m["prev_hash"],
         hash=m["hash"],
         note=m["note"],
+        claimed_samples=m["claimed_samples"],
+        claimed_compute_seconds=None if m["claimed_compute_us"] is None else m["claimed_compute_us"] / 1_000_000,
     )

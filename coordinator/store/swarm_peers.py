@@ -9,13 +9,14 @@ page); only admins may see ``observed``, and the dashboard enforces that, not th
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
 from essaim.coordinator.store.base import StoreBase, now
 from essaim.coordinator.store.records import SwarmPeer
-from essaim.coordinator.store.tables import swarm_peers
+from essaim.coordinator.store.tables import assignments, swarm_peers
 from essaim.protocol.errors import InvalidArgument
 
 _UPDATED = ("reachability", "observed", "last_round_epoch", "averaged_in_last_round", "updated_at")
@@ -49,6 +50,27 @@ def _from_row(row: Any) -> SwarmPeer:
 
 
 class SwarmPeersMixin(StoreBase):
+    def record_assignment(self, job_id: str, volunteer_id: str, slots: Iterable[int]) -> None:
+        """Remember the shard slots last handed to ``volunteer_id`` for ``job_id``."""
+        insert = self._insert(assignments).values(
+            job_id=job_id, volunteer_id=volunteer_id, slots=json.dumps(sorted(int(s) for s in slots)),
+            assigned_at=now())
+        upsert = insert.on_conflict_do_update(index_elements=["job_id", "volunteer_id"],
+                                              set_={"slots": insert.excluded.slots,
+                                                    "assigned_at": insert.excluded.assigned_at})
+        with self._write() as conn:
+            conn.execute(upsert)
+
+    def assigned_slots(self, job_id: str, *, volunteer_id: str | None = None) -> dict[str, list[int]]:
+        """Volunteer id -> the shard slots last handed to it for ``job_id`` (one volunteer's only,
+        given ``volunteer_id``)."""
+        query = sa.select(assignments.c.volunteer_id, assignments.c.slots).where(assignments.c.job_id == job_id)
+        if volunteer_id is not None:
+            query = query.where(assignments.c.volunteer_id == volunteer_id)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return {vid: [int(s) for s in json.loads(slots)] for vid, slots in rows}
+
     def upsert_swarm_peers(self, peers: Iterable[SwarmPeer]) -> int:
         """Insert or replace the rows of these (job, volunteer) pairs, all in one transaction;
         ``updated_at`` 0 means now. Returns how many rows were given."""

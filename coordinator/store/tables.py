@@ -111,6 +111,9 @@ ledger = sa.Table(
     sa.Column("created_at_us", sa.BigInteger(), nullable=False),
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+    # what was claimed, before caps and refusals (NULL on rows written before 0006)
+    sa.Column("claimed_samples", sa.BigInteger(), nullable=True),
+    sa.Column("claimed_compute_us", sa.BigInteger(), nullable=True),
     sa.Index(None, "job_id", "seq"),
     sa.Index(None, "volunteer_id"),
 )
@@ -156,4 +159,15 @@ used_signatures = sa.Table(
     sa.Column("expires_at", sa.Float(), nullable=False, index=True),
 )
 
-ALL_TABLES = (volunteers, tokens, jobs, progress, ledger, blobs, settings, swarm_peers, used_signatures)
+# The shard slots handed to each volunteer for each job (the last assignment): the data the job's
+# averaging peer checks a volunteer's updates on (:mod:`essaim.swarm.validation`).
+assignments = sa.Table(
+    "assignments",
+    metadata,
+    sa.Column("job_id", sa.String(ID), primary_key=True),
+    sa.Column("volunteer_id", sa.String(ID), primary_key=True),
+    sa.Column("slots", sa.Text(), nullable=False),  # a JSON list of ints
+    sa.Column("assigned_at", sa.Float(), nullable=False),
+)
+
+ALL_TABLES = (volunteers, tokens, jobs, progress, ledger, blobs, settings, swarm_peers, used_signatures, assignments)

@@ -54,6 +54,11 @@ def test_volunteers_of_a_job_split_its_shard_slots(service, kit) -> None:
     assert service.get_job(job.id).status == JobStatus.RUNNING
     # the last one to join sees all three; its share is a third of the slots
     assert len(slots[-1]) in (SHARD_SLOTS // 3, SHARD_SLOTS // 3 + 1)
+    # asking again (a fresh swarm token) while still on the job keeps the slots its trainer trains
+    # on, and the store holds them: its updates are validated on that data
+    again = [service.get_assignment(v.subject, kit.HARDWARE, v).shard_ids for v in vols]
+    assert again == slots
+    assert service.store.assigned_slots(job.id) == {v.subject: sorted(s) for v, s in zip(vols, slots, strict=True)}
     report = HeartbeatReport(volunteer_id=vols[0].subject, progress=[JobProgress(job_id=job.id)])
     assert service.heartbeat(report, vols[0]).stop_job_ids == []
     unknown = HeartbeatReport(volunteer_id=vols[0].subject, progress=[JobProgress(job_id="gone")])

@@ -6,7 +6,8 @@
 Each round it sends the next attack of ``ESSAIM_TEST_ATTACKS`` in turn: ``scale`` multiplies its
 update by 1000, ``nan`` sends NaN, ``sign`` sends its update negated and x10, ``noise`` sends
 random noise of its update's norm, ``zero`` sends nothing of value while claiming 100x its samples
-as its weight, ``none`` sends its honest update (``ESSAIM_TEST_ATTACKS_ONCE=1``: the attacks once
+as its weight, ``replay`` sends its honest update of an earlier round again (the first round: its
+own), ``none`` sends its honest update (``ESSAIM_TEST_ATTACKS_ONCE=1``: the attacks once
 each, then only honest updates) (``ESSAIM_TEST_HOLD_NAN_UNTIL=FILE``: ``sign`` instead of ``nan`` until FILE exists). It trains honestly otherwise, so it stays in the swarm. With
 ``ESSAIM_TEST_FORGE_STATE=1`` it also offers newcomers a forged state: the job's last epoch far
 behind it (epoch 1,000,000, hivemind's download priority the highest of the swarm) and weights
@@ -32,7 +33,7 @@ def main() -> int:
     held: list[str] = []
     honest_load = optimizer.PseudoGradientAverager.load_accumulators_into_averager_
     honest_step = optimizer._GradAverager.step
-    state = {"attack": ""}
+    state: dict[str, object] = {"attack": ""}
 
     @torch.no_grad()
     def load(self: optimizer.PseudoGradientAverager) -> None:
@@ -43,6 +44,11 @@ def main() -> int:
             attack = "sign"
         state["attack"] = attack
         with self.get_tensors() as sent:
+            honest = [t.clone() for t in sent]
+            if attack == "replay" and "earlier" in state:
+                for t, old in zip(sent, state["earlier"], strict=True):
+                    t.copy_(old)
+            state["earlier"] = state.get("earlier") or honest
             for t in sent:
                 if attack == "scale":
                     t.mul_(1000)

@@ -55,6 +55,20 @@ def test_hash_definition_is_stable() -> None:
     assert entry_hash(*args) == "02a97933e0d49d3212a50a77a0e55797c24f1ede528c2d54b774838618a39ab7"
 
 
+def test_hash_definition_version_2_covers_what_was_claimed() -> None:
+    args = (1, "job", "vol", 2, 30, 1.5, "capped 300 to 30 samples by throughput", 1_700_000_000.25, GENESIS_HASH)
+    data = canonical_json(*args, claimed_samples=300, claimed_compute_seconds=2.0)
+    assert b'"claimed_compute_us":2000000,"claimed_samples":300,"compute_us":1500000' in data
+    v2 = entry_hash(*args, claimed_samples=300, claimed_compute_seconds=2.0)
+    assert v2 != entry_hash(*args)  # a row without claims is hashed as version 1
+    # a claim edited after the fact breaks the chain
+    row = LedgerEntry(seq=1, job_id="job", volunteer_id="vol", epoch=2, samples=30, compute_seconds=1.5,
+                      created_at=1_700_000_000.25, prev_hash=GENESIS_HASH, hash=v2, note=args[6],
+                      claimed_samples=300, claimed_compute_seconds=2.0)
+    assert verify_chain([row]).ok
+    assert not verify_chain([dataclasses.replace(row, claimed_samples=30)]).ok
+
+
 @given(st.integers(min_value=0, max_value=4_102_444_800_000_000))  # up to year 2100, in microseconds
 def test_microsecond_times_round_trip_exactly(us: int) -> None:
     assert micros(us / 1_000_000) == us

@@ -99,7 +99,8 @@ def test_claims_are_deltas_of_the_published_totals() -> None:
     second = claims(reports(report("a", samples=450, compute=45.0, epoch=2), report("b", samples=200, compute=20.0)),
                     state, target_batch_size=TARGET, swarm_epoch=2, now=NOW + 15)
     assert [(c.volunteer_id, c.epoch, c.samples, c.compute_seconds) for c in second] == [("a", 2, 150, 15.0)]
-    assert state.accepted["a"] == Accepted(450, 45.0, NOW + 15)
+    assert state.accepted["a"] == Accepted(450, 45.0, NOW + 15, claimed_samples=450, claimed_compute=45.0)
+    assert [(c.claimed_samples, c.claimed_compute_seconds) for c in second] == [(150, 15.0)]
     # the same totals read again: nothing new, no row
     assert claims(reports(report("a", samples=450, compute=45.0)), state, target_batch_size=TARGET,
                   swarm_epoch=2, now=NOW + 17) == []
@@ -113,6 +114,19 @@ def test_totals_that_go_back_claim_nothing_until_they_pass_the_ledger() -> None:
     [c] = claims(reports(report("a", samples=560, compute=56.0)), state, target_batch_size=TARGET,
                  swarm_epoch=3, now=NOW)
     assert (c.samples, c.compute_seconds) == (60, 6.0)
+
+
+def test_a_row_holds_what_was_claimed_and_what_was_granted() -> None:
+    state = state_started(10)
+    allowance = int(MIN_RATE_ALLOWANCE * 10)
+    # an inflated claim: capped by throughput; the row says what was claimed and what was granted
+    [first] = claims(reports(report("liar", samples=100_000, rate=0.0)), state, target_batch_size=10**9,
+                     swarm_epoch=1, now=NOW)
+    assert (first.claimed_samples, first.samples) == (100_000, allowance) and "capped" in first.note
+    # the rest is granted later, as time passes; those rows claim nothing new
+    [later] = claims(reports(report("liar", samples=100_000, rate=0.0)), state, target_batch_size=10**9,
+                     swarm_epoch=1, now=NOW + 10)
+    assert (later.claimed_samples, later.samples) == (0, allowance)
 
 
 def test_claims_are_capped_by_throughput_and_the_rest_comes_later() -> None:
@@ -220,3 +234,30 @@ def test_the_swarm_cap_counts_what_peers_compute_while_a_round_gathers() -> None
                    report("c", samples=1000, rate=350.0))
     got = claims(liar, state_started(1000), target_batch_size=256, swarm_epoch=2, round_seconds=3.0, now=NOW)
     assert sum(c.samples for c in got) <= 3 * (256 * 1.5 + 3 * 350.0 * 3 * 3.0)
+
+
+def test_validation_holds_a_suspects_claims_and_refuses_a_dropped_volunteers() -> None:
+    state = state_started(100)
+    both = reports(report("a", samples=100), report("m", samples=200))
+    # m's last checked update failed: no row for it until one passes; its claim stays claimable
+    got = claims(both, state, target_batch_size=TARGET, swarm_epoch=0, now=NOW, held={"m"})
+    assert [(c.volunteer_id, c.samples) for c in got] == [("a", 100)]
+    [later] = claims(both, state, target_batch_size=TARGET, swarm_epoch=0, now=NOW + 10)
+    assert (later.volunteer_id, later.samples) == ("m", 200)
+    # dropped after failing again: what it claims from then on is refused, once
+    more = reports(report("m", samples=500))
+    [refused] = claims(more, state, target_batch_size=TARGET, swarm_epoch=0, now=NOW + 20,
+                       refused={"m": "it repeats its own earlier update"})
+    assert (refused.samples, refused.note) == (0, "refused 300 samples: failed validation: "
+                                                   "it repeats its own earlier update")
+    assert claims(more, state, target_batch_size=TARGET, swarm_epoch=0, now=NOW + 30, refused={"m": "x"}) == []
+
+
+def test_an_inflated_rate_counts_at_most_the_cap_in_the_jobs_throughput() -> None:
+    m = swarm_metrics(
+        reports(report("a", samples=300, rate=10.0), report("b", samples=300, rate=10.0),
+                report("liar", samples=30_000, rate=16_000.0)),
+        target_epochs=5, target_batch_size=TARGET, swarm_epoch=1, now=NOW,
+    )
+    # the median reported rate is 10 samples/s: nobody counts for more than RATE_MARGIN times it
+    assert m.samples_per_second == pytest.approx(20.0 + max(MIN_RATE_ALLOWANCE, 10.0 * RATE_MARGIN))

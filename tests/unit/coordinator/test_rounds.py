@@ -67,3 +67,22 @@ def test_a_jobs_peers_are_the_live_volunteers_of_its_last_round() -> None:
     m = swarm_metrics(reports, target_epochs=5, target_batch_size=100, averaged={"a", "c"}, now=now)
     assert m.live_peers == 1  # c was averaged but is gone; b reports but was not averaged
     assert swarm_metrics(reports, target_epochs=5, target_batch_size=100, averaged=set(), now=now).live_peers == 0
+
+
+def test_validation_standing_holds_after_a_failed_check_and_drops_after_three(tmp_path: Path) -> None:
+    book = RoundBook(tmp_path / ROUNDS_FILE)
+    fail = {"passed": False, "drop": 0.0, "t": 0.0, "why": "it removed no loss on its own data"}
+    ok = {"passed": True, "drop": 0.01, "t": 5.0, "why": ""}
+    for epoch, checks in enumerate([{"a": ok, "m": fail, "n": fail}, {"a": fail, "m": fail}, {"a": ok, "m": fail},
+                                    {"n": ok}]):
+        book.add(RoundOutcome(epoch=epoch, peers=("coord", "a", "m")), ["a", "m"], checks=checks)
+    held, dropped = book.standing()
+    assert held == set() and dropped == {"m": "it removed no loss on its own data"}
+    # a restarted runner reads the same standing back
+    assert RoundBook(tmp_path / ROUNDS_FILE).standing() == (held, dropped)
+    book.add(RoundOutcome(epoch=4, peers=("coord", "a")), ["a"], checks={"a": fail})
+    assert book.standing()[0] == {"a"}
+    # an inconclusive check neither clears nor counts
+    maybe = {"passed": False, "inconclusive": True, "drop": 0.001, "t": 1.2, "why": "without significance"}
+    book.add(RoundOutcome(epoch=5, peers=("coord", "a")), ["a"], checks={"a": maybe})
+    assert book.standing()[0] == {"a"}

@@ -339,6 +339,8 @@ class TestStore:
                     compute_seconds=0.1234567,
                     note="réglé",
                     created_at=1_700_000_000.123456,
+                    claimed_samples=500,
+                    claimed_compute_seconds=0.5,
                 ),
                 *drafts([a.id], epoch=1, samples=30),
             ]
@@ -349,7 +351,9 @@ class TestStore:
         assert entries[0].prev_hash == "0" * 64
         assert all(e.prev_hash == p.hash for p, e in itertools.pairwise(entries))
         assert store.list_ledger() == entries  # what append returned is exactly what is stored
-        e = entries[2]
+        assert (entries[2].claimed_samples, entries[2].claimed_compute_seconds) == (500, 0.5)
+        assert entries[3].claimed_samples is None  # a row without claims (hashed by definition 1)
+        e = entries[3]
         assert e.hash == entry_hash(
             e.seq,
             e.job_id,
@@ -375,6 +379,9 @@ class TestStore:
             store.append_ledger(
                 [LedgerDraft(job_id="j", volunteer_id="v", epoch=0, samples=-1, compute_seconds=0)]
             )
+        with pytest.raises(InvalidArgument, match="claimed_compute_seconds inf"):
+            store.append_ledger([LedgerDraft(job_id="j", volunteer_id="v", epoch=0, samples=1, compute_seconds=0,
+                                             claimed_samples=1, claimed_compute_seconds=float("inf"))])
 
     def test_ledger_detects_an_edited_row(self, store: Store) -> None:
         store.append_ledger(drafts([f"v{n}" for n in range(5)]))
@@ -478,7 +485,7 @@ class TestStore:
             with engine.connect() as conn:
                 context = MigrationContext.configure(conn, opts={"compare_type": True})
                 head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-                assert head == "0004" and context.get_current_revision() == head
+                assert head == "0006" and context.get_current_revision() == head
                 assert compare_metadata(context, metadata) == []
         finally:
             engine.dispose()

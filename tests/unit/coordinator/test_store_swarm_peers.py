@@ -52,6 +52,15 @@ class TestSwarmPeers:
         ]
         assert store.upsert_swarm_peers([]) == 0
 
+    def test_assignments_are_remembered_per_job_and_volunteer(self, store: Store) -> None:
+        store.record_assignment("job-1", "v-bob", [3, 1])
+        store.record_assignment("job-1", "v-alice", [0, 2])
+        store.record_assignment("job-2", "v-bob", [5])
+        assert store.assigned_slots("job-1") == {"v-alice": [0, 2], "v-bob": [1, 3]}
+        store.record_assignment("job-1", "v-bob", [7])  # the last one counts
+        assert store.assigned_slots("job-1", volunteer_id="v-bob") == {"v-bob": [7]}
+        assert store.assigned_slots("job-3") == {}
+
     def test_a_row_needs_its_keys(self, store: Store) -> None:
         with pytest.raises(InvalidArgument, match="needs a job id and a volunteer id"):
             store.upsert_swarm_peers([peer("", "v-bob")])

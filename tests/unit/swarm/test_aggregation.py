@@ -199,7 +199,7 @@ def test_the_reducer_remembers_the_norms_of_its_slices_across_rounds() -> None:
     assert float(alone.norm()) == pytest.approx(HISTORY_MULTIPLE * float(torch.full((8,), 1.1).norm()), rel=1e-3)
 
 
-def test_a_group_is_never_held_to_history_and_a_still_slice_bounds_nothing() -> None:
+def test_a_group_of_three_is_its_own_reference_and_a_still_slice_bounds_nothing() -> None:
     history = NormHistory()
     shapes = [torch.Size([8])]
 
@@ -210,10 +210,25 @@ def test_a_group_is_never_held_to_history_and_a_still_slice_bounds_nothing() -> 
 
     asyncio.run(round_([torch.zeros(8), torch.zeros(8)]))  # a LoRA slice before it moves: norm 0
     assert history.bound((0, 8)) is None
-    asyncio.run(round_([torch.full((8,), 1e-3), torch.full((8,), 1.1e-3)]))
-    # the updates grow 100x in a round (a learning-rate warm-up): a group is its own reference
-    out, reducer = asyncio.run(round_([torch.full((8,), 0.1), torch.full((8,), 0.12)]))
+    asyncio.run(round_([torch.full((8,), 1e-3), torch.full((8,), 1.1e-3), torch.full((8,), 1.2e-3)]))
+    # the updates grow 100x in a round (a learning-rate warm-up): a group of three is its own reference
+    out, reducer = asyncio.run(round_([torch.full((8,), 0.1), torch.full((8,), 0.12), torch.full((8,), 0.11)]))
     assert out.tolist() == pytest.approx([0.11] * 8) and all(v.kept == 1.0 for v in reducer.verdicts.values())
+    # a pair's median is the midpoint of its norms, which one far update would set: the recent
+    # rounds bound it; who of the two is far is not known, so nobody is named
+    out, reducer = asyncio.run(round_([torch.full((8,), 0.11), torch.full((8,), 110.0)]))
+    assert float(out.norm()) < 2 * CLIP_MULTIPLE * HISTORY_MULTIPLE * float(torch.full((8,), 0.11).norm())
+    assert suspects({str(i): v for i, v in reducer.verdicts.items()}) == {} and reducer.verdicts[1].in_pair
+
+
+def test_a_zero_update_claiming_twice_the_samples_does_not_clip_its_partner() -> None:
+    _, parts = _honest(1, seed=6)
+    _, reducer = _reduce([[parts[0]], [torch.zeros(D)]], [100.0, 10_000.0])
+    assert reducer.verdicts[0].kept == 1.0 and suspects({str(i): v for i, v in reducer.verdicts.items()}) == {}
+    # nor in a group: the scale is the members' median norm, each counted once
+    _, more = _honest(3, seed=7)
+    _, reducer = _reduce([[p] for p in more] + [[torch.zeros(D)], [torch.zeros(D)]], [100.0] * 3 + [10_000.0] * 2)
+    assert all(reducer.verdicts[i].kept > SUSPECT_KEPT for i in range(3)), reducer.verdicts
 
 
 def test_a_sender_named_in_an_earlier_round_is_shut_out() -> None:

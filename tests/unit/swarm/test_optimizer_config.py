@@ -226,6 +226,41 @@ def test_a_state_is_offered_under_the_epoch_its_parameters_belong_to(dht: Any) -
         round_done.set()
         averager.step(wait_for_delayed_updates=True)
         assert averager.get_current_state()[0]["epoch"] == 1
+        # asked while a step is pending, it waits a moment for the step to land rather than hand
+        # out the epoch before (a newcomer would then miss that step's update for good)
+        round_done.clear()
+        averager.step(increment_epoch=True, optimizer_step=True, delay_optimizer_step=True, delay_averaging=True,
+                      wait_for_trigger=round_done.wait)
+        offered: list[int] = []
+        asking = threading.Thread(target=lambda: offered.append(averager.get_current_state()[0]["epoch"]))
+        asking.start()
+        time.sleep(0.5)
+        round_done.set()
+        averager.step(wait_for_delayed_updates=True)
+        asking.join(10)
+        assert offered == [2]
+    finally:
+        _release(opt)
+
+
+@pytest.mark.timeout(120)
+def test_a_newcomers_fresh_inner_optimizer_ramps_its_learning_rate_up(dht: Any) -> None:
+    from essaim.swarm.optimizer import INNER_WARMUP_STEPS, build_optimizer
+
+    tiny = _Tiny()
+    recipe = _recipe(averaging="local", compression="none", target_batch_size=10_000, batch_size=8,
+                     matchmaking_time=1.0)
+    opt = build_optimizer(tiny, recipe, dht=dht, run_id="unit-ramp")
+    try:
+        opt.hv.state_averager.local_epoch = 3  # as after loading the state of a job under way
+        opt._set_inner_lr()
+        full = opt.inner.param_groups[0]["lr"]
+        _steps(opt, tiny, 1)
+        assert opt.inner.param_groups[0]["lr"] == pytest.approx(full / INNER_WARMUP_STEPS)
+        _steps(opt, tiny, INNER_WARMUP_STEPS // 2 - 1)
+        assert opt.inner.param_groups[0]["lr"] == pytest.approx(full / 2, rel=0.05)
+        _steps(opt, tiny, INNER_WARMUP_STEPS // 2 + 1)
+        assert opt.inner.param_groups[0]["lr"] == pytest.approx(full)
     finally:
         _release(opt)
 
