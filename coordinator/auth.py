@@ -101,14 +101,19 @@ def create_token(
     return token
 
 
-def ensure_admin_token(store: Any, path: Path) -> str | None:
-    """At first start (no admin token stored) create one and write it 0600 to ``path``.
+FIRST_ADMIN_TOKEN_DAYS = 90.0  # as tokens made by ``token create``
 
-    Returns the new token (to print once) or None when an admin token exists already.
+
+def ensure_admin_token(store: Any, path: Path) -> str | None:
+    """At a start with no usable admin token (the first start, or every admin token expired or
+    revoked) create one, valid ``FIRST_ADMIN_TOKEN_DAYS``, and write it 0600 to ``path``.
+
+    Returns the new token (to print once) or None when a usable admin token exists already.
     """
     if store.count_tokens(role=Role.ADMIN) > 0:
         return None
-    token = create_token(store, role=Role.ADMIN, label="first admin")
+    token = create_token(store, role=Role.ADMIN, label="first admin",
+                         expires_at=time.time() + FIRST_ADMIN_TOKEN_DAYS * 86_400)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

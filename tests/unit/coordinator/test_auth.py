@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from essaim.coordinator.auth import (
+    FIRST_ADMIN_TOKEN_DAYS,
     Authenticator,
     Principal,
     check_access,
@@ -73,6 +74,12 @@ def test_first_admin_token_is_written_0600_once(store, tmp_path: Path) -> None:
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert Authenticator(store).authenticate(token).is_admin
     assert ensure_admin_token(store, path) is None
+    # it expires as other tokens do; a start with no usable admin token makes a new one
+    (row,) = [t for t in store.list_tokens() if t.label == "first admin"]
+    assert row.expires_at == pytest.approx(time.time() + FIRST_ADMIN_TOKEN_DAYS * 86_400, abs=60)
+    store.revoke_token(row.id)
+    again = ensure_admin_token(store, path)
+    assert again and again != token and path.read_text().strip() == again
 
 
 def test_role_table() -> None:
