@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -119,17 +120,13 @@ class Volunteer:
 
     def register(self) -> None:
         from essaim.client import keys
-        from essaim.protocol.auth_metadata import registration_message
         from essaim.protocol.client import CoordinatorClient
 
         key = keys.load_or_create_private_key(self.directory / "identity.pem")
         peer_id = keys.peer_id_for(key)
-        now = time.time()
         with CoordinatorClient(self.coordinator) as client:
-            reg = client.register(
-                public_key=keys.public_key_der(key), peer_id=peer_id, name=self.name, hardware=_hardware(),
-                team="demo", timestamp=now, signature=keys.sign(key, registration_message(peer_id, self.name, now)),
-            )
+            reg = client.register_with_key(sign=partial(keys.sign, key), public_key=keys.public_key_der(key),
+                                           peer_id=peer_id, name=self.name, hardware=_hardware(), team="demo")
         self.volunteer_id, self.token = reg.volunteer_id, reg.token
 
     def start(self, deadline: float) -> None:

@@ -25,12 +25,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from essaim.client import keys
 from essaim.client.errors import ClientError
-from essaim.protocol.auth_metadata import registration_message
 from essaim.protocol.errors import EssaimError, PermissionDenied, Unauthenticated, Unavailable
 from essaim.protocol.retry import RetryPolicy
 from essaim.protocol.types import Assignment, Hardware, JobProgress
@@ -249,16 +249,14 @@ class CoordinatorLink:
         key = keys.load_or_create_private_key(self.identity_file)
         peer_id = keys.peer_id_for(key)
         name = self.name or f"volunteer-{peer_id[-6:]}"
-        timestamp = time.time()
         client = self._client_for(None)
-        reg = client.register(
+        reg = client.register_with_key(
+            sign=partial(keys.sign, key),
             public_key=keys.public_key_der(key),
             peer_id=peer_id,
             name=name,
             hardware=self._hardware or Hardware(),
             team=self.team,
-            timestamp=timestamp,
-            signature=keys.sign(key, registration_message(peer_id, name, timestamp)),
         )
         self._token = reg.token
         self._interval = float(reg.heartbeat_interval_seconds or 30)

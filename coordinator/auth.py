@@ -41,6 +41,7 @@ ROLE_RANK = {Role.VOLUNTEER: 0, Role.RESEARCHER: 1, Role.ADMIN: 2}
 # RPC -> roles allowed. Register is special (anonymous while registration is open).
 RESEARCHER_UP = frozenset({Role.RESEARCHER, Role.ADMIN})
 RPC_ROLES: dict[str, frozenset[Role]] = {
+    "RegistrationChallenge": frozenset({Role.VOLUNTEER, Role.ADMIN}),
     "Register": frozenset({Role.VOLUNTEER, Role.ADMIN}),
     "Heartbeat": frozenset({Role.VOLUNTEER}),
     "GetAssignment": frozenset({Role.VOLUNTEER}),
@@ -127,7 +128,7 @@ def ensure_admin_token(store: Any, path: Path) -> str | None:
 
 def check_access(rpc: str, principal: Principal | None, *, open_registration: bool) -> None:
     """Raise Unauthenticated / PermissionDenied unless ``principal`` may call ``rpc``."""
-    if rpc == "Register" and open_registration:
+    if rpc in ("Register", "RegistrationChallenge") and open_registration:
         return
     allowed = RPC_ROLES.get(rpc)
     if allowed is None:

@@ -1,6 +1,6 @@
 """Checks that a registering volunteer holds the private key of the public key it presents.
 
-The volunteer signs ``registration_message(peer_id, name, timestamp)`` (essaim.protocol.auth_metadata)
+The volunteer signs ``registration_message(peer_id, name, timestamp, nonce)`` (essaim.protocol.auth_metadata)
 with its identity key: Ed25519, or RSA with PSS or PKCS#1 v1.5 padding over SHA-256 (hivemind's
 identities are RSA). The public key is DER SubjectPublicKeyInfo. Used by the service's Register.
 """
@@ -57,7 +57,7 @@ def verify_signature(der: bytes, data: bytes, signature: bytes) -> None:
     except InvalidSignature:
         raise Unauthenticated(
             "the registration signature does not verify with the given public key; "
-            "sign 'essaim-register|<peer_id>|<name>|<timestamp>' with the identity key"
+            "sign 'essaim-register|<peer_id>|<name>|<timestamp>|<nonce hex>' with the identity key"
         ) from None
 
 
@@ -68,6 +68,7 @@ def verify_registration(
     name: str,
     timestamp: float,
     signature: bytes,
+    nonce: bytes = b"",
     now: float | None = None,
 ) -> None:
     """Check a Register request's proof of key possession and the freshness of its timestamp."""
@@ -77,4 +78,4 @@ def verify_registration(
             f"the registration timestamp is more than {REGISTRATION_MAX_SKEW_SECONDS:.0f} s away from the "
             "coordinator's clock; fix this machine's clock and retry"
         )
-    verify_signature(public_key, registration_message(peer_id, name, timestamp), signature)
+    verify_signature(public_key, registration_message(peer_id, name, timestamp, nonce), signature)

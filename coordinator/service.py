@@ -12,6 +12,7 @@ process never imports torch or hivemind; without one, assignments carry no peers
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -40,9 +41,9 @@ from essaim.coordinator.errors import (
 from essaim.coordinator.heartbeats import HeartbeatBuffer
 from essaim.coordinator.keys import verify_registration
 from essaim.coordinator.settings import MAX_PRIORITY, CoordinatorSettings
-from essaim.coordinator.signup import bounded_hardware, finite_rate, registration_digest
+from essaim.coordinator.signup import Challenges, bounded_hardware, finite_rate, registration_digest
 from essaim.coordinator.store import HeartbeatRecord
-from essaim.protocol.auth_metadata import REGISTRATION_MAX_SKEW_SECONDS, registration_message
+from essaim.protocol.auth_metadata import REGISTRATION_MAX_SKEW_SECONDS
 from essaim.protocol.client import safe_relative_path
 from essaim.protocol.recipe import load_recipe, paths_named, under_allowed_dir
 from essaim.protocol.types import (
@@ -164,6 +165,14 @@ class CoordinatorService:
 
     # ---- volunteers ----
 
+    @functools.cached_property
+    def challenges(self) -> Challenges:
+        return Challenges.from_store(self.store)
+
+    def registration_challenge(self) -> tuple[bytes, float]:
+        """A fresh registration nonce and when it expires (essaim.coordinator.signup)."""
+        return self.challenges.issue()
+
     def register(
         self, req: RegistrationRequest, principal: Principal | None, *, client_version: str = ""
     ) -> Registration:
@@ -172,17 +181,19 @@ class CoordinatorService:
             raise InvalidArgument(f"name: expected 1-{MAX_NAME_CHARS} printable characters; got {req.name!r}")
         if not req.peer_id or len(req.peer_id) > 128:
             raise InvalidArgument("peer_id: expected the volunteer's libp2p peer id (1-128 characters)")
+        expires_at = self.challenges.check(req.nonce)
         verify_registration(
             public_key=req.public_key,
             peer_id=req.peer_id,
             name=req.name,
             timestamp=req.timestamp,
             signature=req.signature,
+            nonce=req.nonce,
         )
-        digest = registration_digest(req.public_key, registration_message(req.peer_id, req.name, req.timestamp))
-        if not self.store.use_once(digest, req.timestamp + REGISTRATION_MAX_SKEW_SECONDS):
+        digest = registration_digest(b"challenge", req.nonce)
+        if not self.store.use_once(digest, max(expires_at, req.timestamp + REGISTRATION_MAX_SKEW_SECONDS)):
             raise Unauthenticated(
-                "this signed registration was used already (a replayed request?): sign a new timestamp to register"
+                "this registration's challenge was used already (a replayed request?): ask for a new one"
             )
         existing = self.store.find_volunteer_by_public_key(req.public_key)
         if existing is not None and (

@@ -156,6 +156,13 @@ class CoordinatorServicer:
 
     # ---- volunteers ----
 
+    async def RegistrationChallenge(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def handle(_: Any, __: Principal | None, ___: str) -> Any:
+            nonce, expires_at = self.service.registration_challenge()
+            return pb.RegistrationChallengeResponse(nonce=nonce, expires_at=expires_at)
+
+        return await self._unary("RegistrationChallenge", request, context, handle)
+
     async def Register(self, request: Any, context: grpc.aio.ServicerContext) -> pb.RegisterResponse:
         async def handle(req: pb.RegisterRequest, who: Principal | None, version: str) -> pb.RegisterResponse:
             if who is None and (wait := self.signups.check(source_of(context.peer()))):

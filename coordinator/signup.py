@@ -1,11 +1,13 @@
 """Guards on volunteer sign-up, the one call strangers may make without a token.
 
-- **Replay.** A volunteer signs ``essaim-register|<peer_id>|<name>|<timestamp>`` with its identity
-  key (:func:`essaim.coordinator.keys.verify_registration` checks the signature and that the
-  timestamp is within ``REGISTRATION_MAX_SKEW_SECONDS``). Each signed registration is accepted
-  once: its digest is kept in the store (:meth:`Store.use_once`, shared by every coordinator process
-  on one database) until the timestamp leaves the window, so a captured request replayed mints no
-  second token. The timestamp is the volunteer's nonce: the app signs a new one for every try.
+- **Replay.** A volunteer first asks for a challenge (RegistrationChallenge): a nonce this
+  coordinator made (:class:`Challenges`: an expiry, random bytes and an HMAC under a secret the
+  store keeps, shared by every coordinator process on one database), valid ``CHALLENGE_TTL_S``.
+  It signs ``essaim-register|<peer_id>|<name>|<timestamp>|<nonce hex>`` with its identity key
+  (:func:`essaim.coordinator.keys.verify_registration` checks the signature and that the timestamp
+  is within ``REGISTRATION_MAX_SKEW_SECONDS``). A nonce is accepted once (:meth:`Store.use_once`,
+  until it expires): a captured request replayed mints no second token, here or at any other
+  coordinator (whose secret made no such nonce), and no registration can be signed ahead of time.
 - **Rate.** :class:`RateLimiter`: registrations without a token, per source address (an IPv6
   address counts by its /64, what one home gets) and in all, as token buckets. Behind a reverse
   proxy every caller has the proxy's address: raise the per-source rate there.
@@ -17,13 +19,17 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import ipaddress
 import math
+import secrets
+import struct
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import replace
 
+from essaim.protocol.errors import Unauthenticated
 from essaim.protocol.types import Hardware
 
 MAX_CPU_CORES = 4096
@@ -33,6 +39,50 @@ MAX_VRAM_BYTES = 1024**4  # 1 TiB per GPU
 MAX_HARDWARE_TEXT = 64
 ACCELERATORS = frozenset({"cpu", "cuda", "mps", "rocm", "xpu"})
 MAX_SOURCES = 100_000  # sources tracked at once (the least recently seen are forgotten first)
+
+
+CHALLENGE_TTL_S = 300.0
+CHALLENGE_SECRET_SETTING = "registration_challenge_secret"
+_NONCE_RANDOM = 16
+_NONCE_MAC = 16
+
+
+class Challenges:
+    """Registration nonces: ``expiry (8 bytes) | random | HMAC-SHA256(secret, both)[:16]``, so a
+    coordinator checks its own without keeping them (see the module docstring)."""
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < 16:
+            raise ValueError("a challenge secret needs at least 16 bytes")
+        self._secret = secret
+
+    @classmethod
+    def from_store(cls, store: object) -> Challenges:
+        """The challenges of the coordinator whose store this is (its secret made once, kept there)."""
+        value = store.setting_once(CHALLENGE_SECRET_SETTING, secrets.token_hex(32))  # type: ignore[attr-defined]
+        return cls(bytes.fromhex(value))
+
+    def _mac(self, body: bytes) -> bytes:
+        return hmac.new(self._secret, body, hashlib.sha256).digest()[:_NONCE_MAC]
+
+    def issue(self, now: float | None = None) -> tuple[bytes, float]:
+        """A fresh nonce and when it expires."""
+        expires_at = (time.time() if now is None else now) + CHALLENGE_TTL_S
+        body = struct.pack(">d", expires_at) + secrets.token_bytes(_NONCE_RANDOM)
+        return body + self._mac(body), expires_at
+
+    def check(self, nonce: bytes, now: float | None = None) -> float:
+        """When ``nonce`` expires; Unauthenticated unless this coordinator made it and it is fresh."""
+        if len(nonce) != 8 + _NONCE_RANDOM + _NONCE_MAC:
+            raise Unauthenticated("the registration carries no challenge of this coordinator: ask "
+                                  "RegistrationChallenge for one and sign it (an older client?)")
+        body, mac = nonce[:-_NONCE_MAC], nonce[-_NONCE_MAC:]
+        if not hmac.compare_digest(mac, self._mac(body)):
+            raise Unauthenticated("the registration's challenge was not made by this coordinator")
+        (expires_at,) = struct.unpack(">d", body[:8])
+        if not (time.time() if now is None else now) <= expires_at:
+            raise Unauthenticated("the registration's challenge expired: ask for a new one")
+        return float(expires_at)
 
 
 def registration_digest(public_key: bytes, message: bytes) -> str:

@@ -39,6 +39,8 @@ def token_from_metadata(metadata: Iterable[Any] | None) -> str | None:
     return None
 
 
-def registration_message(peer_id: str, name: str, timestamp: float) -> bytes:
-    """The bytes a volunteer signs with its identity key to register (``repr`` keeps the float exact)."""
-    return f"essaim-register|{peer_id}|{name}|{timestamp!r}".encode()
+def registration_message(peer_id: str, name: str, timestamp: float, nonce: bytes = b"") -> bytes:
+    """The bytes a volunteer signs with its identity key to register (``repr`` keeps the float
+    exact): the coordinator's challenge ``nonce`` (RegistrationChallenge) binds the signature to
+    that coordinator and to one registration."""
+    return f"essaim-register|{peer_id}|{name}|{timestamp!r}|{nonce.hex()}".encode()

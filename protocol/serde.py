@@ -146,6 +146,7 @@ def registration_request_to_proto(r: RegistrationRequest) -> pb.RegisterRequest:
         team=r.team,
         timestamp=r.timestamp,
         signature=r.signature,
+        nonce=r.nonce,
     )
 
 
@@ -158,6 +159,7 @@ def registration_request_from_proto(msg: pb.RegisterRequest) -> RegistrationRequ
         signature=msg.signature,
         hardware=hardware_from_proto(msg.hardware),
         team=msg.team,
+        nonce=msg.nonce,
     )
 
 

@@ -242,6 +242,7 @@ class RegistrationRequest:
     signature: bytes
     hardware: Hardware = field(default_factory=Hardware)
     team: str = ""
+    nonce: bytes = b""  # the coordinator's RegistrationChallenge, signed into the message
 
 
 @dataclass(slots=True)

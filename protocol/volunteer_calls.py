@@ -1,4 +1,4 @@
-"""The three calls a volunteer's app makes, shared by both coordinator clients.
+"""The calls a volunteer's app makes, shared by both coordinator clients.
 
 :class:`~essaim.protocol.client.CoordinatorClient` (grpcio) and
 :class:`~essaim.protocol.lite_client.LiteClient` (h2, for the always-on app) send them the same way;
@@ -8,10 +8,12 @@ returns the reply message. Nothing here imports grpcio.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from essaim.protocol import serde
+from essaim.protocol.auth_metadata import registration_message
 from essaim.protocol.types import (
     Assignment,
     Hardware,
@@ -26,7 +28,8 @@ from essaim.protocol.v1 import coordinator_pb2 as pb
 
 
 class VolunteerCalls:
-    """Register, Heartbeat and GetAssignment, as domain types in and out (see the module doc)."""
+    """RegistrationChallenge, Register, Heartbeat and GetAssignment, as domain types in and out
+    (see the module doc)."""
 
     def _volunteer_call(self, method: str, request: Any, reply_type: type) -> Any:
         raise NotImplementedError
@@ -41,8 +44,11 @@ class VolunteerCalls:
         team: str = "",
         timestamp: float,
         signature: bytes,
+        nonce: bytes = b"",
     ) -> Registration:
-        """Join the coordinator; the returned token authenticates this volunteer's later calls."""
+        """Join the coordinator with a signature over ``registration_message(peer_id, name,
+        timestamp, nonce)``, ``nonce`` from :meth:`registration_challenge`; the returned token
+        authenticates this volunteer's later calls. :meth:`register_with_key` does it all."""
         request = serde.registration_request_to_proto(
             RegistrationRequest(
                 public_key=public_key,
@@ -52,9 +58,33 @@ class VolunteerCalls:
                 signature=signature,
                 hardware=hardware,
                 team=team,
+                nonce=nonce,
             )
         )
         return serde.registration_from_proto(self._volunteer_call("Register", request, pb.RegisterResponse))
+
+    def registration_challenge(self) -> bytes:
+        """A fresh nonce from the coordinator, to sign into a registration (valid a few minutes, once)."""
+        reply = self._volunteer_call("RegistrationChallenge", pb.RegistrationChallengeRequest(
+            header=serde.request_header()), pb.RegistrationChallengeResponse)
+        return bytes(reply.nonce)
+
+    def register_with_key(
+        self,
+        *,
+        sign: Callable[[bytes], bytes],
+        public_key: bytes,
+        peer_id: str,
+        name: str,
+        hardware: Hardware,
+        team: str = "",
+    ) -> Registration:
+        """Ask for a challenge, sign the registration with ``sign`` (the identity key's) and register."""
+        nonce = self.registration_challenge()
+        timestamp = time.time()
+        return self.register(public_key=public_key, peer_id=peer_id, name=name, hardware=hardware, team=team,
+                             timestamp=timestamp, nonce=nonce,
+                             signature=sign(registration_message(peer_id, name, timestamp, nonce)))
 
     def heartbeat(
         self,

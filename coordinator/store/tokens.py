@@ -137,6 +137,15 @@ class TokensMixin(StoreBase):
                 insert.on_conflict_do_update(index_elements=["key"], set_={"value": insert.excluded.value})
             )
 
+    def setting_once(self, key: str, value: str) -> str:
+        """The setting ``key``, set to ``value`` unless it is set already (every process of a
+        coordinator sharing this store gets the same)."""
+        with self._write() as conn:
+            conn.execute(self._insert(settings).values(key=key, value=value).on_conflict_do_nothing(index_elements=["key"]))
+        stored = self.get_setting(key)
+        assert stored is not None
+        return stored
+
     def use_once(self, digest: str, expires_at: float) -> bool:
         """Mark a signed message used; False when it was used already (a replay). Marks whose
         ``expires_at`` is past are dropped on the way."""

@@ -69,7 +69,7 @@ class Hardware(_message.Message):
     def __init__(self, os: _Optional[str] = ..., arch: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., ram_bytes: _Optional[int] = ..., accelerator: _Optional[str] = ..., gpu_name: _Optional[str] = ..., gpu_vram_bytes: _Optional[int] = ..., gpu_count: _Optional[int] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("header", "public_key", "peer_id", "name", "hardware", "team", "timestamp", "signature")
+    __slots__ = ("header", "public_key", "peer_id", "name", "hardware", "team", "timestamp", "signature", "nonce")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +78,7 @@ class RegisterRequest(_message.Message):
     TEAM_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
     header: RequestHeader
     public_key: bytes
     peer_id: str
@@ -86,7 +87,22 @@ class RegisterRequest(_message.Message):
     team: str
     timestamp: float
     signature: bytes
-    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., public_key: _Optional[bytes] = ..., peer_id: _Optional[str] = ..., name: _Optional[str] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., team: _Optional[str] = ..., timestamp: _Optional[float] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    nonce: bytes
+    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., public_key: _Optional[bytes] = ..., peer_id: _Optional[str] = ..., name: _Optional[str] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., team: _Optional[str] = ..., timestamp: _Optional[float] = ..., signature: _Optional[bytes] = ..., nonce: _Optional[bytes] = ...) -> None: ...
+
+class RegistrationChallengeRequest(_message.Message):
+    __slots__ = ("header",)
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    header: RequestHeader
+    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ...) -> None: ...
+
+class RegistrationChallengeResponse(_message.Message):
+    __slots__ = ("nonce", "expires_at")
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    nonce: bytes
+    expires_at: float
+    def __init__(self, nonce: _Optional[bytes] = ..., expires_at: _Optional[float] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("volunteer_id", "token", "heartbeat_interval_seconds")

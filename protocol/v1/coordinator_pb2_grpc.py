@@ -35,6 +35,11 @@ class CoordinatorStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.RegistrationChallenge = channel.unary_unary(
+                '/essaim.v1.Coordinator/RegistrationChallenge',
+                request_serializer=essaim_dot_protocol_dot_v1_dot_coordinator__pb2.RegistrationChallengeRequest.SerializeToString,
+                response_deserializer=essaim_dot_protocol_dot_v1_dot_coordinator__pb2.RegistrationChallengeResponse.FromString,
+                _registered_method=True)
         self.Register = channel.unary_unary(
                 '/essaim.v1.Coordinator/Register',
                 request_serializer=essaim_dot_protocol_dot_v1_dot_coordinator__pb2.RegisterRequest.SerializeToString,
@@ -109,6 +114,12 @@ class CoordinatorStub:
 
 class CoordinatorServicer:
     """Missing associated documentation comment in .proto file."""
+
+    def RegistrationChallenge(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def Register(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -197,6 +208,11 @@ class CoordinatorServicer:
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'RegistrationChallenge': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegistrationChallenge,
+                    request_deserializer=essaim_dot_protocol_dot_v1_dot_coordinator__pb2.RegistrationChallengeRequest.FromString,
+                    response_serializer=essaim_dot_protocol_dot_v1_dot_coordinator__pb2.RegistrationChallengeResponse.SerializeToString,
+            ),
             'Register': grpc.unary_unary_rpc_method_handler(
                     servicer.Register,
                     request_deserializer=essaim_dot_protocol_dot_v1_dot_coordinator__pb2.RegisterRequest.FromString,
@@ -277,6 +293,33 @@ def add_CoordinatorServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Coordinator:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def RegistrationChallenge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/essaim.v1.Coordinator/RegistrationChallenge',
+            essaim_dot_protocol_dot_v1_dot_coordinator__pb2.RegistrationChallengeRequest.SerializeToString,
+            essaim_dot_protocol_dot_v1_dot_coordinator__pb2.RegistrationChallengeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def Register(request,

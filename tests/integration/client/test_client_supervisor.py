@@ -15,6 +15,7 @@ from essaim.client.supervisor import Supervisor
 from essaim.coordinator.keys import verify_registration
 from essaim.protocol.errors import Unavailable
 from essaim.protocol.types import Assignment, HeartbeatReply, Job, JobStatus, Registration
+from essaim.protocol.volunteer_calls import VolunteerCalls
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -32,7 +33,9 @@ class FakeCoordinator:
         return _Client(self, token)
 
 
-class _Client:
+class _Client(VolunteerCalls):
+    """The calls the app makes, answered in memory (register_with_key is the real one)."""
+
     def __init__(self, coord: FakeCoordinator, token):
         self.coord, self.token = coord, token
 
@@ -40,14 +43,20 @@ class _Client:
         if self.coord.down:
             raise Unavailable("cannot reach the coordinator at fake:1")
 
+    def registration_challenge(self):
+        self._check()
+        return b"fake-challenge"
+
     def register(self, **kw):
         self._check()
+        assert kw["nonce"] == b"fake-challenge"
         verify_registration(
             public_key=kw["public_key"],
             peer_id=kw["peer_id"],
             name=kw["name"],
             timestamp=kw["timestamp"],
             signature=kw["signature"],
+            nonce=kw["nonce"],
         )
         self.coord.registrations.append(kw)
         return Registration(volunteer_id="v-1", token="essaim_vol", heartbeat_interval_seconds=1)

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from essaim.client import keys
-from essaim.protocol.auth_metadata import registration_message
 from essaim.protocol.types import Hardware, Registration
 
 HARDWARE = Hardware(os="linux", arch="x86_64", cpu_cores=8, ram_bytes=16 * 1024**3)
@@ -40,16 +38,8 @@ class Identity:
         return keys.sign(self.key, data)
 
     def register(self, client, name: str = "vol", hardware: Hardware = HARDWARE) -> Registration:
-        ts = time.time()
-        peer_id = f"Qm{name}"
-        return client.register(
-            public_key=self.public_key,
-            peer_id=peer_id,
-            name=name,
-            hardware=hardware,
-            timestamp=ts,
-            signature=keys.sign(self.key, registration_message(peer_id, name, ts)),
-        )
+        return client.register_with_key(sign=self.sign, public_key=self.public_key, peer_id=f"Qm{name}",
+                                        name=name, hardware=hardware)
 
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

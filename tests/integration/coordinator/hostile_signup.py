@@ -5,7 +5,8 @@
 
 Prints one JSON object: how many calls were answered with a token, the status codes of the
 others, and the first refusal's message (``refusal``). The replay sends the captured bytes as they are (the attacker cannot sign anew: it has
-no key); the flood signs each registration properly with a key of its own, as a bot would.
+no key); the flood asks for a challenge and signs each registration properly with a key of its
+own, as a bot would.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from essaim.protocol.types import Hardware, RegistrationRequest
 from essaim.protocol.v1 import coordinator_pb2 as pb
 
 METHOD = "/essaim.v1.Coordinator/Register"
+CHALLENGE = "/essaim.v1.Coordinator/RegistrationChallenge"
 
 
 def _call(channel: grpc.Channel, data: bytes, outcomes: dict[str, Any]) -> None:
@@ -37,12 +39,20 @@ def _call(channel: grpc.Channel, data: bytes, outcomes: dict[str, Any]) -> None:
     outcomes[key] = outcomes.get(key, 0) + 1
 
 
-def _fresh(i: int) -> bytes:
+def _challenge(channel: grpc.Channel) -> bytes:
+    ask = channel.unary_unary(CHALLENGE, request_serializer=None,
+                              response_deserializer=pb.RegistrationChallengeResponse.FromString)
+    return bytes(ask(pb.RegistrationChallengeRequest(header=serde.request_header()).SerializeToString(),
+                     timeout=10).nonce)
+
+
+def _fresh(channel: grpc.Channel, i: int) -> bytes:
     key = keys.new_private_key()
     peer, name, ts = f"QmBot{i}", f"bot{i}", time.time()
+    nonce = _challenge(channel)
     request = serde.registration_request_to_proto(RegistrationRequest(
-        public_key=keys.public_key_der(key), peer_id=peer, name=name, timestamp=ts,
-        signature=keys.sign(key, registration_message(peer, name, ts)), hardware=Hardware()))
+        public_key=keys.public_key_der(key), peer_id=peer, name=name, timestamp=ts, nonce=nonce,
+        signature=keys.sign(key, registration_message(peer, name, ts, nonce)), hardware=Hardware()))
     return request.SerializeToString()
 
 
@@ -56,7 +66,7 @@ def main(argv: list[str]) -> int:
                 _call(channel, data, outcomes)
         elif mode == "flood":
             for i in range(int(argv[2])):
-                _call(channel, _fresh(i), outcomes)
+                _call(channel, _fresh(channel, i), outcomes)
         else:
             raise SystemExit(f"unknown mode {mode!r}")
     print(json.dumps(dict(outcomes)))

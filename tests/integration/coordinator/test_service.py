@@ -34,13 +34,15 @@ def service(tmp_path: Path):
 def _register(service: CoordinatorService, kit, name: str) -> Principal:
     ident = kit.Identity()
     ts = time.time()
+    nonce, _ = service.registration_challenge()
     req = RegistrationRequest(
         public_key=ident.public_key,
         peer_id=f"Qm{name}",
         name=name,
         timestamp=ts,
-        signature=ident.sign(registration_message(f"Qm{name}", name, ts)),
+        signature=ident.sign(registration_message(f"Qm{name}", name, ts, nonce)),
         hardware=kit.HARDWARE,
+        nonce=nonce,
     )
     reg = service.register(req, None)
     return Principal(Role.VOLUNTEER, reg.volunteer_id)

@@ -38,16 +38,18 @@ def _hostile(*args: str) -> dict[str, int]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _signed(key: Any, name: str, hardware: Hardware = Hardware()) -> pb.RegisterRequest:
+def _signed(key: Any, name: str, nonce: bytes, hardware: Hardware = Hardware()) -> pb.RegisterRequest:
     peer, ts = f"Qm{name}", time.time()
     return serde.registration_request_to_proto(RegistrationRequest(
-        public_key=keys.public_key_der(key), peer_id=peer, name=name, timestamp=ts,
-        signature=keys.sign(key, registration_message(peer, name, ts)), hardware=hardware))
+        public_key=keys.public_key_der(key), peer_id=peer, name=name, timestamp=ts, nonce=nonce,
+        signature=keys.sign(key, registration_message(peer, name, ts, nonce)), hardware=hardware))
 
 
 def test_a_replayed_registration_mints_no_token(coord: Any, tmp_path: Path, kit: Any) -> None:
     key = keys.new_private_key()
-    request = _signed(key, "victim")
+    with coord.client() as client:
+        nonce = client.registration_challenge()
+    request = _signed(key, "victim", nonce)
     with grpc.insecure_channel(coord.grpc_address.removeprefix("http://")) as channel:
         reply = channel.unary_unary("/essaim.v1.Coordinator/Register", request_serializer=None,
                                     response_deserializer=pb.RegisterResponse.FromString)(
@@ -57,17 +59,45 @@ def test_a_replayed_registration_mints_no_token(coord: Any, tmp_path: Path, kit:
     captured.write_bytes(request.SerializeToString())
     got = _hostile("replay", coord.grpc_address, str(captured), "3")
     assert got == {"UNAUTHENTICATED": 3, "refusal": got.get("refusal")} and "used already" in got["refusal"], got
-    # the same key signing a new timestamp (the app, starting again) registers as before; the
-    # same signed registration twice does not, whoever sends it
+    # the same key with a new challenge (the app, starting again) registers as before; the same
+    # challenge twice does not, whoever sends it
     with coord.client(coord.admin_token) as client:
-        ts = time.time()
-        signature = keys.sign(key, registration_message("Qmvictim", "victim", ts))
+        ts, nonce = time.time(), client.registration_challenge()
+        signature = keys.sign(key, registration_message("Qmvictim", "victim", ts, nonce))
         ok = client.register(public_key=keys.public_key_der(key), peer_id="Qmvictim", name="victim",
-                             hardware=Hardware(), timestamp=ts, signature=signature)
+                             hardware=Hardware(), timestamp=ts, signature=signature, nonce=nonce)
         assert ok.volunteer_id == reply.volunteer_id
         with pytest.raises(Unauthenticated, match="used already"):
             client.register(public_key=keys.public_key_der(key), peer_id="Qmvictim", name="victim",
-                            hardware=Hardware(), timestamp=ts, signature=signature)
+                            hardware=Hardware(), timestamp=ts, signature=signature, nonce=nonce)
+
+
+def test_a_registration_needs_a_fresh_challenge_of_this_coordinator(launch_coordinator: Any, tmp_path: Path) -> None:
+    key = keys.new_private_key()
+    peer, name = "Qmlate", "late"
+
+    def attempt(client: Any, nonce: bytes) -> Any:
+        ts = time.time()
+        return client.register(public_key=keys.public_key_der(key), peer_id=peer, name=name, hardware=Hardware(),
+                               timestamp=ts, nonce=nonce, signature=keys.sign(key, registration_message(
+                                   peer, name, ts, nonce)))
+
+    coord = launch_coordinator(tmp_path / "data")  # its own: the module's counts sign-ups per address
+    other = launch_coordinator(tmp_path / "other")
+    with coord.client() as client, other.client() as elsewhere:
+        with pytest.raises(Unauthenticated, match="no challenge"):
+            attempt(client, b"")  # signed ahead of time, or an older client
+        # a challenge another coordinator made: a registration captured there is no good here
+        with pytest.raises(Unauthenticated, match="not made by this coordinator"):
+            attempt(client, elsewhere.registration_challenge())
+        # a signature over another challenge than the one sent
+        nonce = client.registration_challenge()
+        ts = time.time()
+        with pytest.raises(Unauthenticated):
+            client.register(public_key=keys.public_key_der(key), peer_id=peer, name=name, hardware=Hardware(),
+                            timestamp=ts, nonce=nonce, signature=keys.sign(key, registration_message(
+                                peer, name, ts, client.registration_challenge())))
+        assert attempt(client, client.registration_challenge()).token
 
 
 def test_a_flood_from_one_address_is_cut_to_its_rate(launch_coordinator: Any, tmp_path: Path, kit: Any) -> None:

@@ -18,12 +18,12 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from essaim.client import keys
-from essaim.protocol.auth_metadata import registration_message
 from essaim.protocol.types import Hardware, Job, JobMetrics, JobProgress, Role
 
 GIB = 1024**3
@@ -71,12 +71,9 @@ class Identity:
         self.public_key = keys.public_key_der(self.key)
 
     def register(self, client: Any, *, name: str, team: str, hardware: Hardware) -> Any:
-        ts = time.time()
         peer_id = f"Qm{abs(hash(self.public_key)) % 10**12}"
-        return client.register(
-            public_key=self.public_key, peer_id=peer_id, name=name, hardware=hardware, team=team,
-            timestamp=ts, signature=keys.sign(self.key, registration_message(peer_id, name, ts)),
-        )
+        return client.register_with_key(sign=partial(keys.sign, self.key), public_key=self.public_key,
+                                        peer_id=peer_id, name=name, hardware=hardware, team=team)
 
 
 @dataclass

@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -109,16 +110,12 @@ class Volunteer:
     # ---- the app's side ----
     def register(self) -> None:
         from essaim.client import keys
-        from essaim.protocol.auth_metadata import registration_message
 
         key = keys.load_or_create_private_key(self.key_path)
         self.peer_id = keys.peer_id_for(key)
-        now = time.time()
         with self.swarm.client() as client:
-            reg = client.register(
-                public_key=keys.public_key_der(key), peer_id=self.peer_id, name=self.name, hardware=hardware(),
-                timestamp=now, signature=keys.sign(key, registration_message(self.peer_id, self.name, now)),
-            )
+            reg = client.register_with_key(sign=partial(keys.sign, key), public_key=keys.public_key_der(key),
+                                           peer_id=self.peer_id, name=self.name, hardware=hardware())
         self.volunteer_id, self.token = reg.volunteer_id, reg.token
 
     def assignment(self, timeout: float = 120.0) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from essaim.coordinator.signup import (
     MAX_GPUS,
     RateLimiter,
@@ -77,3 +78,23 @@ def test_a_registration_digest_binds_the_key_and_the_message() -> None:
     assert registration_digest(b"k1", b"m") != registration_digest(b"k2", b"m")
     assert registration_digest(b"k", b"1m") != registration_digest(b"k1", b"m")
     assert len(registration_digest(b"k", b"m")) == 64
+
+
+def test_challenges_are_this_coordinators_fresh_and_unforgeable() -> None:
+    from essaim.coordinator.signup import CHALLENGE_TTL_S, Challenges
+    from essaim.protocol.errors import Unauthenticated
+
+    mine, other = Challenges(b"s" * 32), Challenges(b"t" * 32)
+    nonce, expires_at = mine.issue(now=1000.0)
+    assert expires_at == 1000.0 + CHALLENGE_TTL_S and mine.check(nonce, now=1001.0) == expires_at
+    assert mine.issue(now=1000.0)[0] != nonce  # random: two challenges never repeat
+    with pytest.raises(Unauthenticated, match="expired"):
+        mine.check(nonce, now=expires_at + 1)
+    with pytest.raises(Unauthenticated, match="not made by this coordinator"):
+        other.check(nonce, now=1001.0)
+    forged = bytearray(nonce)
+    forged[0] ^= 1  # a later expiry written in by hand
+    with pytest.raises(Unauthenticated, match="not made by this coordinator"):
+        mine.check(bytes(forged), now=1001.0)
+    with pytest.raises(Unauthenticated, match="no challenge"):
+        mine.check(b"", now=1001.0)
