@@ -2,8 +2,8 @@
 
 Each configuration runs what a public swarm runs, on this machine: a real coordinator (``python -m
 essaim.coordinator serve``, SQLite) with its job runner and averaging peer, the demo job (a full
-fine-tune in local-update mode, ``--epochs`` epochs of ``--target`` samples), two honest volunteer
-trainers and, once they have averaged together, a third: ``mallory``, who runs
+fine-tune, or ``--adapter lora``, in local-update mode, ``--epochs`` epochs of ``--target``
+samples), two honest volunteer trainers and, once they have averaged together, a third: ``mallory``, who runs
 ``tests/integration/swarm_services/hostile_trainer.py`` (the real trainer, whose update is altered
 each round by the configuration's attack; ``clean`` runs her honestly). ``--aggregation`` picks the
 recipe's ``training.aggregation`` for each attack (``robust``, ``mean``, or both).
@@ -64,7 +64,7 @@ def _rounds(swarm: Any) -> list[dict[str, Any]]:
 
 def run_config(harness: ModuleType, conftest: ModuleType, root: Path, attack: str, aggregation: str,
                args: argparse.Namespace) -> dict[str, Any]:
-    recipe = harness.make_job(root / "job", epochs=args.epochs, target_batch_size=args.target, adapter="full",
+    recipe = harness.make_job(root / "job", epochs=args.epochs, target_batch_size=args.target, adapter=args.adapter,
                               averaging="local", checkpoint_every_epochs=args.epochs, eval_size=200,
                               matchmaking_time=2.5, aggregation=aggregation)
     started = time.monotonic()
@@ -128,7 +128,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# One attacking volunteer in a swarm of three",
         "",
-        f"{report['machine']}; the demo job, full fine-tune, local mode, {report['epochs']} epochs of "
+        f"{report['machine']}; the demo job, {report['adapter']} fine-tune, local mode, {report['epochs']} epochs of "
         f"{report['target']} samples; mallory joins once the two honest volunteers have averaged.",
         "",
         "| attack | aggregation | status | exact match after | vs clean | mallory's rounds | named in | "
@@ -159,6 +159,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-mean-clean", dest="mean_clean", action="store_false",
                    help="skip the clean configuration under the plain mean (the cost baseline)")
     p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--adapter", default="full", help="full (fine-tune every weight) or lora")
     p.add_argument("--target", type=int, default=3200)
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--out", default="adversary")
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "machine": f"{platform.node() or 'this machine'}: {platform.processor() or platform.machine()}, "
                    f"{__import__('os').cpu_count()} CPUs",
-        "epochs": args.epochs, "target": args.target, "rows": rows,
+        "epochs": args.epochs, "target": args.target, "adapter": args.adapter, "rows": rows,
         "command": "python bench/adversary.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -203,11 +203,13 @@ class JobRunner:
         try:
             dataset = build_train_dataset(recipe, loaded.tokenizer, files=files, local_dirs=self.model_dirs)
             optimizer.hv.validator = Validator.for_job(loaded, dataset, partial(self._shards_of, dataset.num_shards))
+            self._validating = True
         except EssaimError as exc:
             logger.warning("job %s: volunteers' updates will not be validated: %s", self.job_id, exc)
 
     _slots: dict[str, list[int]] = {}
     _slots_at = 0.0
+    _validating = False  # the averaging peer checks volunteers' updates (credit waits for a passed check)
 
     def _shards_of(self, num_shards: int, peer_id: str) -> list[int] | None:
         """The shards assigned to the volunteer behind ``peer_id`` (None: not known), from the
@@ -602,6 +604,8 @@ class JobRunner:
             swarm_epoch=swarm_epoch, previous=job.metrics, averaged=self.rounds.averaged_volunteers() or set(),
         )
         held, dropped = self.rounds.standing()
+        if self._validating:  # credit from checked work: none before a volunteer's first check passes
+            held |= set(reports) - self.rounds.verified() - set(dropped)
         new = claims(reports, self.monitor, target_batch_size=recipe.training.target_batch_size,
                      round_seconds=2 * recipe.training.matchmaking_time,
                      swarm_epoch=metrics.epoch, held=held, refused=dropped)

@@ -120,6 +120,10 @@ class RoundBook:
         held = {v for v, n in failed_in_a_row.items() if 0 < n < FAILS_TO_DROP}
         return held, dropped
 
+    def verified(self) -> set[str]:
+        """The volunteers one of whose updates passed a validation check."""
+        return {v for e in self.entries for v, check in e.checks.items() if check.get("passed")}
+
     @property
     def last(self) -> RoundEntry | None:
         return self.entries[-1] if self.entries else None

@@ -78,6 +78,7 @@ def test_validation_standing_holds_after_a_failed_check_and_drops_after_three(tm
         book.add(RoundOutcome(epoch=epoch, peers=("coord", "a", "m")), ["a", "m"], checks=checks)
     held, dropped = book.standing()
     assert held == set() and dropped == {"m": "it removed no loss on its own data"}
+    assert book.verified() == {"a", "n"}
     # a restarted runner reads the same standing back
     assert RoundBook(tmp_path / ROUNDS_FILE).standing() == (held, dropped)
     book.add(RoundOutcome(epoch=4, peers=("coord", "a")), ["a"], checks={"a": fail})

@@ -56,6 +56,26 @@ def test_an_honest_update_passes(setup: tuple[Validator, torch.Tensor, torch.nn.
     assert small.passed, small
 
 
+def test_an_update_computed_in_bfloat16_passes(setup: tuple[Validator, torch.Tensor, torch.nn.Module]) -> None:
+    """A volunteer on other hardware (bf16 weights, as on many GPUs) is checked by the same
+    float32 model: its update, as close to the float32 one as bf16 allows, passes."""
+    validator, _, model = setup
+    validator.sketches.clear()
+    local = transformers.GPT2LMHeadModel(model.config).to(torch.bfloat16)
+    local.load_state_dict({k: v.to(torch.bfloat16) for k, v in model.state_dict().items()})
+    opt = torch.optim.Adam(local.parameters(), lr=3e-3)
+    data = validator.input_ids
+    for step in range(8):
+        batch = data[(step % 4) * 8: (step % 4 + 1) * 8]
+        local(input_ids=batch, labels=batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    anchor = torch.cat([p.detach().reshape(-1) for _, p in validator.params])
+    trained = torch.cat([p.detach().float().reshape(-1) for n, p in local.named_parameters() if p.requires_grad])
+    check = validator.check({"gpu-volunteer": anchor - trained})["gpu-volunteer"]
+    assert check.passed, check
+
+
 @pytest.mark.parametrize("attack", ["zero", "noise", "sign", "scale"])
 def test_imitations_of_work_fail(setup: tuple[Validator, torch.Tensor, torch.nn.Module], attack: str) -> None:
     validator, honest, _ = setup
