@@ -99,25 +99,28 @@ class RoundBook:
         return entry
 
     def standing(self) -> tuple[set[str], dict[str, str]]:
-        """From the validation checks so far: the volunteers whose last check failed (their credit
-        is held until one passes) and those that failed ``FAILS_TO_DROP`` with no pass between
-        (inconclusive checks do not count), with why (they are dropped from the job's rounds, and
-        their credit refused)."""
+        """From the validation checks so far, counting a failed check one up and a passed one one
+        down (never below 0; inconclusive checks do not count): the volunteers whose count is
+        above 0 (their credit is held until it is back to 0) and those whose count reached
+        ``FAILS_TO_DROP``, with why (they are dropped from the job's rounds, and their credit
+        refused)."""
         from essaim.swarm.optimizer import FAILS_TO_DROP
 
-        failed_in_a_row: dict[str, int] = {}
+        failed: dict[str, int] = {}  # failed checks less passed ones, never below 0 (as the averaging peer counts)
         why: dict[str, str] = {}
+        dropped: dict[str, str] = {}
         for entry in self.entries:
             for volunteer, check in entry.checks.items():
-                if check.get("inconclusive"):
-                    continue  # neither passed nor failed
+                if check.get("inconclusive") or volunteer in dropped:
+                    continue  # neither passed nor failed; or refused for good already
                 if check.get("passed"):
-                    failed_in_a_row[volunteer] = 0
+                    failed[volunteer] = max(0, failed.get(volunteer, 0) - 1)
                 else:
-                    failed_in_a_row[volunteer] = failed_in_a_row.get(volunteer, 0) + 1
+                    failed[volunteer] = failed.get(volunteer, 0) + 1
                     why[volunteer] = str(check.get("why", ""))
-        dropped = {v: why[v] for v, n in failed_in_a_row.items() if n >= FAILS_TO_DROP}
-        held = {v for v, n in failed_in_a_row.items() if 0 < n < FAILS_TO_DROP}
+                    if failed[volunteer] >= FAILS_TO_DROP:
+                        dropped[volunteer] = why[volunteer]
+        held = {v for v, n in failed.items() if n > 0 and v not in dropped}
         return held, dropped
 
     def verified(self) -> set[str]:

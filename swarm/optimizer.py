@@ -105,12 +105,12 @@ ROUNDS_KEPT = 64
 INNER_WARMUP_STEPS = 100  # a newcomer's inner learning rate ramps up over its first steps (see SwarmOptimizer.step)
 # a state asked of the averaging peer while its epoch's step is pending: how long it waits for the
 # step to land; a peer that loaded a state a step behind the swarm loads again, this often
-PENDING_STEP_WAIT_S = 5.0
+PENDING_STEP_WAIT_S = 2.0
 STALE_STATE_RETRIES = 5
 STALE_STATE_WAIT_S = 1.0
-# validation checks failed with no pass between before a sender is refused for the job (honest
-# updates never failed one in the measured runs once newcomers ramp their learning rate up; a
-# newcomer's first update, taken whole with a fresh Adam state before that, failed once)
+# a sender's failed validation checks less its passed ones (never below 0) at which it is refused
+# for the job (honest updates never failed one in the measured runs once newcomers ramp their
+# learning rate up; a noise update passed once in some ten checks, t 2.3)
 FAILS_TO_DROP = 3
 AVERAGING_PEER_WEIGHT = 1e-3  # never 0: a group of weights 0 averages to NaN
 QUIET_SWARM_S = 10.0  # the averaging peer takes no step while no volunteer reported for this long
@@ -333,16 +333,18 @@ class _GradAverager(AdmittedServicer, GradientAverager):
 
     async def _note_checks(self, results: dict[str, tuple[bool, str]]) -> None:
         """What validation made of the updates this peer kept (sent over hivemind's pipe from the
-        trainer's process; inconclusive checks are not sent): a sender that failed is checked in
-        every round after, and one that failed ``FAILS_TO_DROP`` checks with no pass between is
-        refused for the rest of the job."""
+        trainer's process; inconclusive checks are not sent): a failed check counts one up, a
+        passed one one down (a lucky pass of an imitation does not wipe out its failures); a
+        sender whose count is above 0 is checked in every round, and one whose count reaches
+        ``FAILS_TO_DROP`` is refused for the rest of the job."""
         self._sampler: Sampler = getattr(self, "_sampler", None) or Sampler()
         self._failed_checks: dict[str, int] = getattr(self, "_failed_checks", {})
         excluded = self._exclusions()
         for peer, (passed, why) in results.items():
-            self._sampler.note(peer, passed)
-            self._failed_checks[peer] = 0 if passed else self._failed_checks.get(peer, 0) + 1
-            if self._failed_checks[peer] >= FAILS_TO_DROP and peer not in excluded:
+            failed = self._failed_checks.get(peer, 0)
+            self._failed_checks[peer] = failed = max(0, failed - 1) if passed else failed + 1
+            self._sampler.note(peer, failed == 0)
+            if failed >= FAILS_TO_DROP and peer not in excluded:
                 excluded[peer] = f"excluded for the rest of the job after failing validation: {why}"
                 logger.warning("averaging: peer %s is dropped from the rounds: %s", peer, why)
 
@@ -980,16 +982,24 @@ class _HivemindOptimizer(hivemind.Optimizer):
         within a moment."""
         for attempt in range(STALE_STATE_RETRIES + 1):
             super().load_state_from_peers(**kwargs)
+            if not self.state_sources:  # mean aggregation (any peer's state), or the averaging peer itself
+                break
             loaded = getattr(self.state_averager, "loaded_epoch", None)
-            if self.state_sources is None or loaded is None or loaded >= self.local_epoch:
-                break
+            swarm = getattr(self.tracker, "global_epoch", 0)
+            if loaded is not None and loaded >= self.local_epoch:
+                break  # the averaging peer's state, at the swarm's epoch
+            if loaded is None and 0 < self.local_epoch >= swarm:
+                break  # nothing loaded, and nothing newer to load (this peer is not behind)
             if attempt == STALE_STATE_RETRIES:
-                logger.warning("the state loaded (epoch %d) is still behind the swarm's epoch %d: this peer's "
-                               "updates may be off until it loads again", loaded, self.local_epoch)
+                logger.warning("the state loaded (epoch %s) is still behind the swarm's epoch %d: this peer's "
+                               "updates may be off until it loads again", loaded, max(self.local_epoch, swarm))
                 break
-            logger.info("the state loaded (epoch %d) is a step behind the swarm (epoch %d): loading it again",
-                        loaded, self.local_epoch)
-            self.state_averager.local_epoch = loaded  # as loaded: a peer never refuses a state of its own epoch
+            if loaded is None:  # a download cut short, or refused: the averaging peers hold the job's state
+                logger.info("no state came from the averaging peers (the swarm is at epoch %d): asking again", swarm)
+            else:
+                logger.info("the state loaded (epoch %d) is a step behind the swarm (epoch %d): loading it again",
+                            loaded, self.local_epoch)
+                self.state_averager.local_epoch = loaded  # as loaded: a peer never refuses a state of its own epoch
             time.sleep(STALE_STATE_WAIT_S)
         if self.on_state_loaded is not None:
             self.on_state_loaded()

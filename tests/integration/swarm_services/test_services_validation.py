@@ -6,8 +6,9 @@ honestly, then a zero update (claiming 100x her samples as its weight), random n
 update's norm, and her first update again, in turn. Robust aggregation cannot tell these from work
 (none is far from the group); the averaging peer's validator (essaim.swarm.validation) does: zero
 and noise remove no loss on her own data, and the replay is one it has seen. She is dropped from
-the rounds after three failed checks in a row, and the ledger holds what she claims from her first
-failure and refuses it once she is dropped. Alice's and bob's checks all pass.
+the rounds once her failed checks outnumber her passed ones by three; the ledger holds what she
+claims from her first failure and refuses it once she is dropped. Alice's and bob's checks never
+fail.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def test_the_free_rider_fails_validation_and_is_dropped(freeriding: Any) -> None
     assert len(failed) >= FAILS_TO_DROP, checks
     assert any("removed no loss on its own data" in c["why"] for c in failed), failed
     assert any("repeats its own earlier update" in c["why"] for c in failed), failed
-    # after three failed checks in a row she is refused for the rest of the job
+    # once her failed checks outnumber her passed ones by three she is refused for the rest of the job
     dropped = [r for r in rounds if r["suspects"].get(ids["mallory"], "").startswith("refused: excluded")]
     assert dropped and all(ids["mallory"] not in r["volunteers"] for r in dropped), rounds
     assert "failing validation" in dropped[0]["suspects"][ids["mallory"]], dropped[0]

@@ -69,7 +69,8 @@ def test_a_jobs_peers_are_the_live_volunteers_of_its_last_round() -> None:
     assert swarm_metrics(reports, target_epochs=5, target_batch_size=100, averaged=set(), now=now).live_peers == 0
 
 
-def test_validation_standing_holds_after_a_failed_check_and_drops_after_three(tmp_path: Path) -> None:
+def test_validation_standing_holds_after_a_failed_check_and_drops_at_three_more_fails_than_passes(
+        tmp_path: Path) -> None:
     book = RoundBook(tmp_path / ROUNDS_FILE)
     fail = {"passed": False, "drop": 0.0, "t": 0.0, "why": "it removed no loss on its own data"}
     ok = {"passed": True, "drop": 0.01, "t": 5.0, "why": ""}
@@ -83,6 +84,10 @@ def test_validation_standing_holds_after_a_failed_check_and_drops_after_three(tm
     assert RoundBook(tmp_path / ROUNDS_FILE).standing() == (held, dropped)
     book.add(RoundOutcome(epoch=4, peers=("coord", "a")), ["a"], checks={"a": fail})
     assert book.standing()[0] == {"a"}
+    # a lucky pass of an imitation does not wipe out its failures (a pass counts one down)
+    for epoch, check in enumerate([fail, fail, ok, fail, fail], start=10):
+        book.add(RoundOutcome(epoch=epoch, peers=("coord", "n")), ["n"], checks={"n": check})
+    assert "n" in book.standing()[1]
     # an inconclusive check neither clears nor counts
     maybe = {"passed": False, "inconclusive": True, "drop": 0.001, "t": 1.2, "why": "without significance"}
     book.add(RoundOutcome(epoch=5, peers=("coord", "a")), ["a"], checks={"a": maybe})

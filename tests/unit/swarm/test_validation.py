@@ -47,7 +47,7 @@ def test_an_honest_update_passes(setup: tuple[Validator, torch.Tensor, torch.nn.
     validator, honest, _ = setup
     validator.sketches.clear()
     check = validator.check({"alice": honest})["alice"]
-    assert check.passed and check.drop > 0 and check.t >= 2.0, check
+    assert check.passed and check.drop > 0 and check.t >= 3.0, check
     # its tenth (a volunteer that computed a tenth as many samples) still removes loss; after
     # alice's, the same direction would be a replay however scaled
     assert not validator.check({"bob": honest / 10})["bob"].passed
@@ -93,7 +93,8 @@ def test_imitations_of_work_fail(setup: tuple[Validator, torch.Tensor, torch.nn.
 
 def test_a_drop_without_significance_is_inconclusive() -> None:
     assert judge(0.001, 1.2).inconclusive and not judge(0.001, 1.2).passed
-    assert judge(0.001, 2.5).passed
+    assert judge(0.001, 2.7).inconclusive  # noise of an update's norm reached t 2.7
+    assert judge(0.001, 3.5).passed
     for drop, t in ((0.0, 0.0), (-0.01, -3.0), (-0.0001, 0.5)):
         check = judge(drop, t)
         assert not check.passed and not check.inconclusive and "removed no loss" in check.why
