@@ -57,10 +57,6 @@ def _load(name: str, path: Path) -> ModuleType:
     return sys.modules[name]
 
 
-def _rounds(swarm: Any) -> list[dict[str, Any]]:
-    path = swarm.job_dir / "rounds.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
 
 def run_config(harness: ModuleType, conftest: ModuleType, root: Path, attack: str, aggregation: str,
                args: argparse.Namespace) -> dict[str, Any]:
@@ -73,7 +69,7 @@ def run_config(harness: ModuleType, conftest: ModuleType, root: Path, attack: st
     try:
         for name in ("alice", "bob"):
             swarm.volunteer(name).start()
-        harness.wait_until(lambda: any(len(r["volunteers"]) >= 2 for r in _rounds(swarm)), 300,
+        harness.wait_until(lambda: any(len(r["volunteers"]) >= 2 for r in swarm.rounds()), 300,
                            "a first round of the honest volunteers", interval=1.0)
         mallory = swarm.volunteer("mallory")
         if attack == "clean":
@@ -86,7 +82,7 @@ def run_config(harness: ModuleType, conftest: ModuleType, root: Path, attack: st
         row["status"] = job.status.value
         row["status_reason"] = job.status_reason
         row["wall_seconds"] = round(time.monotonic() - started, 1)
-        rounds = _rounds(swarm)
+        rounds = swarm.rounds()
         ids = {v.name: v.volunteer_id for v in swarm.volunteers}
         her = ids["mallory"]
         honest = {ids["alice"], ids["bob"]}

@@ -301,6 +301,11 @@ class ServiceSwarm:
         path = self.job_dir / "keeper.json"
         return json.loads(path.read_text()) if path.exists() else {}
 
+    def rounds(self) -> list[dict[str, Any]]:
+        """The averaging peer's rounds so far (``rounds.jsonl``, essaim.coordinator.rounds)."""
+        path = self.job_dir / "rounds.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
     def runner_info(self) -> dict[str, Any]:
         path = self.job_dir / "runner.json"
         try:

@@ -96,9 +96,9 @@ def undone(harness: ModuleType, module_launcher: Any, tmp_path_factory: pytest.T
         harness.wait_until(lambda: _keeper(swarm).get("checkpoint_epoch", 0) >= 2, 300, "two checkpoints", interval=1.0)
         mallory = swarm.volunteer("mallory")
         mallory.start()
-        harness.wait_until(lambda: any(mallory.volunteer_id in r["volunteers"] for r in _rounds(swarm)), 240,
+        harness.wait_until(lambda: any(mallory.volunteer_id in r["volunteers"] for r in swarm.rounds()), 240,
                            "a round of mallory's", interval=0.5)
-        swarm.first_round = min(r["epoch"] for r in _rounds(swarm) if mallory.volunteer_id in r["volunteers"])
+        swarm.first_round = min(r["epoch"] for r in swarm.rounds() if mallory.volunteer_id in r["volunteers"])
         with swarm.admin() as admin:
             admin.ban_volunteer(mallory.volunteer_id, "poisoned rounds", undo=True)
         harness.wait_until(lambda: swarm.job().status.value in ("completed", "failed"), 480,
@@ -107,10 +107,6 @@ def undone(harness: ModuleType, module_launcher: Any, tmp_path_factory: pytest.T
     finally:
         swarm.close()
 
-
-def _rounds(swarm: Any) -> list[dict[str, Any]]:
-    path = swarm.job_dir / "rounds.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 @pytest.mark.timeout(900)

@@ -66,7 +66,7 @@ def attacked(harness: ModuleType, module_launcher: Any, tmp_path_factory: pytest
         stranger = _start_stranger(harness, swarm, root / "stranger.json")
         # she joins a swarm that has averaged once: the first rounds of a job, when an attacker is
         # alone in them, have no reference to hold her to (see essaim.swarm.aggregation.NormHistory)
-        harness.wait_until(lambda: any(len(r["volunteers"]) >= 2 for r in _rounds(swarm)), 240,
+        harness.wait_until(lambda: any(len(r["volunteers"]) >= 2 for r in swarm.rounds()), 240,
                            "a first round of the honest volunteers", interval=1.0)
         may_join["mallory"].touch()
         # a newcomer joins while she offers her forged state (announced once her optimizer is
@@ -108,10 +108,6 @@ def _stderr(volunteer: Any) -> str:
     return log.read_text(errors="replace") if log.exists() else ""
 
 
-def _rounds(swarm: Any) -> list[dict[str, Any]]:
-    path = swarm.job_dir / "rounds.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
 
 def _ids(swarm: Any) -> dict[str, str]:
     return {v.name: v.volunteer_id for v in swarm.volunteers}
@@ -122,7 +118,7 @@ def test_the_attacker_is_named_in_the_rounds_it_took_part_in(attacked: Any) -> N
     job = attacked.job()
     assert job.status.value == "completed", (job.status, job.status_reason)
     ids = _ids(attacked)
-    rounds = _rounds(attacked)
+    rounds = attacked.rounds()
     assert rounds, "no rounds recorded"
     honest = {ids["alice"], ids["bob"]}
     # an honest volunteer is never a suspect

@@ -13,7 +13,6 @@ fail.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,7 +42,7 @@ def freeriding(harness: ModuleType, module_launcher: Any, tmp_path_factory: pyte
         mallory = swarm.volunteer("mallory")
         mallory.start(command=[sys.executable, str(HOSTILE)],
                       env={"ESSAIM_TEST_ATTACKS": "replay,zero,noise", "ESSAIM_TEST_JOIN_WHEN": str(may_join)})
-        harness.wait_until(lambda: any(len(r["volunteers"]) >= 2 for r in _rounds(swarm)), 240,
+        harness.wait_until(lambda: any(len(r["volunteers"]) >= 2 for r in swarm.rounds()), 240,
                            "a first round of the honest volunteers", interval=1.0)
         may_join.touch()
         harness.wait_until(lambda: swarm.job().status.value in ("completed", "failed"), 480,
@@ -53,17 +52,13 @@ def freeriding(harness: ModuleType, module_launcher: Any, tmp_path_factory: pyte
         swarm.close()
 
 
-def _rounds(swarm: Any) -> list[dict[str, Any]]:
-    path = swarm.job_dir / "rounds.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
 
 @pytest.mark.timeout(900)
 def test_the_free_rider_fails_validation_and_is_dropped(freeriding: Any) -> None:
     job = freeriding.job()
     assert job.status.value == "completed", (job.status, job.status_reason)
     ids = {v.name: v.volunteer_id for v in freeriding.volunteers}
-    rounds = _rounds(freeriding)
+    rounds = freeriding.rounds()
     checks = [(r["epoch"], v, c) for r in rounds for v, c in r.get("checks", {}).items()]
     honest = [c for _, v, c in checks if v in (ids["alice"], ids["bob"])]
     hers = [c for _, v, c in checks if v == ids["mallory"]]
