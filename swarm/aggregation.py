@@ -83,7 +83,8 @@ class Verdict:
     parts: int = 0
     cosine: float = 1.0
     # clipped under SUSPECT_KEPT on a part that fewer than MIN_DIRECTION members claiming samples
-    # sent: a pair, in which the far one may be either (bounded, never named)
+    # sent: a pair, in which the far one may be either (bounded, never named: CenteredClip's centre
+    # moves toward a far member of two by half the radius each pass, and clips the near one too)
     in_pair: bool = False
 
     def as_dict(self) -> dict[str, Any]:
@@ -187,16 +188,18 @@ def robust_mean(parts: Sequence[torch.Tensor], weights: Sequence[float], *, clip
 
 def cosines_with_median(parts: Sequence[torch.Tensor], weights: Sequence[float], members: Sequence[int]) -> dict[int, float]:
     """The cosine of each of ``members`` (indices into ``parts``) with the coordinate-wise median
-    of the parts of the members that claim samples, when at least ``MIN_DIRECTION`` do (a
-    group of two has no majority direction: their median is their midpoint); else {}."""
+    of the *other* members' parts that claim samples, when at least ``MIN_DIRECTION`` members
+    claim (a member is not its own reference: with three, its own part would often be the
+    median's middle value and pull the cosine its way); else {}."""
     w = capped_weights(weights)
     claiming = [i for i in range(len(parts)) if float(w[i]) >= MIN_CLAIM]
     if len(claiming) < MIN_DIRECTION:
         return {}
-    x = torch.stack([parts[i].detach().reshape(-1).to(torch.float32) for i in claiming])
-    median = weighted_median(x, torch.ones(len(claiming)))  # each member once: no claim buys the direction
+    flat = {i: parts[i].detach().reshape(-1).to(torch.float32) for i in claiming}
     out = {}
     for i in members:
+        others = [flat[j] for j in claiming if j != i]
+        median = weighted_median(torch.stack(others), torch.ones(len(others)))  # each once: no claim buys it
         own = parts[i].detach().reshape(-1).to(torch.float32)
         denominator = float(torch.linalg.vector_norm(own) * torch.linalg.vector_norm(median))
         out[i] = float(own @ median) / denominator if denominator > 0 else 1.0
@@ -309,15 +312,17 @@ class RobustPartReducer(TensorPartReducer):
             reference = group_norm(parts, weights)
             # a group is its own reference; a lone member is held to the recent rounds'
             bound = self.history.bound(key) if reference is None else None
-            aggregate, kept = robust_mean(parts, weights, max_norm=bound, reference=self.history.median(key))
+            recent = self.history.median(key)  # the recent rounds', before this one counts
+            aggregate, kept = robust_mean(parts, weights, max_norm=bound, reference=recent)
             self.history.add(key, reference)
             for i, share in zip(senders, kept, strict=True):
                 self.verdicts[i].kept = min(self.verdicts[i].kept, share)
             far = [n for n, share in enumerate(kept) if share < SUSPECT_KEPT]
-            if far and int((capped_weights(weights) >= MIN_CLAIM).sum()) < MIN_DIRECTION:
-                for n in far:
+            pair = int((capped_weights(weights) >= MIN_CLAIM).sum()) < MIN_DIRECTION
+            if far and pair:
+                for n in far:  # a pair: which of the two is far is not known
                     self.verdicts[senders[n]].in_pair = True
-            elif far:  # which way do they pull? (a sort of the group's parts: only when someone is far)
+            elif far and not pair:  # which way do they pull? (sorts of the group's parts: only when someone is far)
                 for n, cosine in cosines_with_median(parts, weights, far).items():
                     verdict = self.verdicts[senders[n]]
                     verdict.cosine = min(verdict.cosine, cosine)

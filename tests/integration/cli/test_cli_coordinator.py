@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import pytest
-from essaim.protocol.auth_metadata import registration_message
 from essaim.protocol.client import CoordinatorClient
 from essaim.protocol.recipe import load_recipe_file
 from essaim.protocol.types import Hardware
@@ -147,15 +145,13 @@ def _register_volunteer(address: str, name: str) -> str:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     peer_id = "QmCliTest" + hashlib.sha256(public).hexdigest()[:20]
-    now = time.time()
     with CoordinatorClient(address, timeout=10) as client:
-        registration = client.register(
+        registration = client.register_with_key(
+            sign=key.sign,
             public_key=public,
             peer_id=peer_id,
             name=name,
             hardware=Hardware(os="linux", arch="x86_64", cpu_cores=4, ram_bytes=8 * 2**30),
-            timestamp=now,
-            signature=key.sign(registration_message(peer_id, name, now)),
         )
     return registration.volunteer_id
 

@@ -65,13 +65,15 @@ def test_bad_registration_signature_is_refused(coord, kit) -> None:
     me, other = kit.Identity(), kit.Identity()
     ts = time.time()
     with coord.client() as anon, pytest.raises(Unauthenticated, match="signature does not verify"):
+        nonce = anon.registration_challenge()
         anon.register(
             public_key=me.public_key,
             peer_id="p",
             name="n",
             hardware=kit.HARDWARE,
             timestamp=ts,
-            signature=other.sign(b"essaim-register|p|n|" + repr(ts).encode()),
+            nonce=nonce,
+            signature=other.sign(b"essaim-register|p|n|" + repr(ts).encode() + b"|" + nonce.hex().encode()),
         )
 
 
