@@ -988,8 +988,8 @@ class _HivemindOptimizer(hivemind.Optimizer):
             swarm = getattr(self.tracker, "global_epoch", 0)
             if loaded is not None and loaded >= self.local_epoch:
                 break  # the averaging peer's state, at the swarm's epoch
-            if loaded is None and 0 < self.local_epoch >= swarm:
-                break  # nothing loaded, and nothing newer to load (this peer is not behind)
+            if loaded is None and self.local_epoch > 0:
+                break  # nothing loaded by a peer under way (the averaging peer may be down): train on
             if attempt == STALE_STATE_RETRIES:
                 logger.warning("the state loaded (epoch %s) is still behind the swarm's epoch %d: this peer's "
                                "updates may be off until it loads again", loaded, max(self.local_epoch, swarm))
