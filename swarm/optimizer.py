@@ -1001,8 +1001,26 @@ class _HivemindOptimizer(hivemind.Optimizer):
                             loaded, self.local_epoch)
                 self.state_averager.local_epoch = loaded  # as loaded: a peer never refuses a state of its own epoch
             time.sleep(STALE_STATE_WAIT_S)
+        self._move_on_unloaded()
         if self.on_state_loaded is not None:
             self.on_state_loaded()
+
+    def _move_on_unloaded(self) -> None:
+        """A peer under way two or more epochs behind the swarm reloads at every step (hivemind);
+        when no peer sends a state (the averaging peers are down, or every peer ranked above it)
+        that is a tight loop in which it never trains again. It takes up the swarm's epoch with its
+        own state instead, as drifted: it loads the state sources' again once they answer."""
+        swarm = int(getattr(self.tracker, "global_epoch", 0))
+        if getattr(self.state_averager, "loaded", True) or self.local_epoch == 0 or self.local_epoch >= swarm - 1:
+            return
+        logger.warning("no peer sent a state while this peer is at epoch %d and the swarm at %d: it moves on to "
+                       "epoch %d with its own state, and loads the swarm's once a peer holding it answers",
+                       self.local_epoch, swarm, swarm)
+        self.state_averager.local_epoch = swarm
+        self.tracker.report_local_progress(local_epoch=swarm, samples_accumulated=0)
+        if not self.client_mode:
+            self.state_averager.state_sharing_priority = swarm
+        self.drifted = True
 
 
 @dataclass(frozen=True, slots=True)

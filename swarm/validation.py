@@ -14,11 +14,13 @@ CPUs, fp32 and bf16, never agree to the bit):
   sequences: the volunteer descended on them. A zero update changes nothing, noise and flipped
   updates do not lower it. An update passes when the mean drop is positive with a paired t
   statistic of at least ``MIN_T`` (an update of random direction lowers the mean by chance half
-  the time; measured, noise of the update's norm reached t 2.3 and 2.7 in some ten checks), fails
-  when the loss did not drop, and is *inconclusive* when it dropped without that significance
-  (late in a job an honest update lowers the loss of a volunteer's data little: measured t 1.4 to
-  3 a few times in some sixty honest checks, never a drop at or below 0): that neither passes nor
-  fails it. Its own data, not the job's at large: late in a job a volunteer that
+  the time; measured, noise of the update's norm reached t 2.3 and 2.7 in some ten checks). It
+  fails when it changed no sequence's loss at all (a zero update) or raised the loss with a t of
+  ``-AGAINST_T`` or below (noise of the update's norm: t -2.3 to -14). Anything between is
+  *inconclusive*, which neither passes nor fails it: late in a job an honest update lowers the
+  loss of a volunteer's data little (measured t 1.4 to 4 in many of some sixty honest checks,
+  and once, on a loaded machine, a drop at or below 0), and an honest volunteer must not fail
+  by chance. Its own data, not the job's at large: late in a job a volunteer that
   passes over its few shards many times per epoch lowers their loss and may raise the others'
   (measured on the demo job: t +4 to +31 on its own shards, down to -18 on the others'). A tenth
   of the update, not all of it: the first-order effect (its direction) is what shows work; a whole
@@ -56,6 +58,7 @@ CHECK_FIRST = 3
 CHECK_ONE_IN = 4
 MAX_PER_ROUND = 4
 MIN_T = 3.0
+AGAINST_T = 2.0
 SKETCH_SIZE = 4096
 REPLAY_COSINE = 0.999
 REPLAY_MEMORY = 64
@@ -87,9 +90,12 @@ def judge(drop: float, t: float, replay: str = "") -> Check:
     paired t statistic ``t``; ``replay`` says whose earlier update it repeats ("" when new)."""
     if replay:
         return Check(False, drop, t, replay)
-    if not drop > 0:
+    if (drop == 0.0 and t == 0.0) or (drop < 0 and t <= -AGAINST_T) or not math.isfinite(drop):
         return Check(False, drop, t, f"it removed no loss on its own data (mean drop {drop:+.5f} nats at a "
                                      f"tenth of it, t {t:.1f})")
+    if drop <= 0:
+        return Check(False, drop, t, f"its data's loss did not drop, without significance (t {t:.1f})",
+                     inconclusive=True)
     if t < MIN_T:
         return Check(False, drop, t, f"its data's loss dropped without significance (t {t:.1f})", inconclusive=True)
     return Check(True, drop, t)

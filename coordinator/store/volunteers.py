@@ -39,7 +39,9 @@ def _heartbeat_update(*, with_hardware: bool) -> sa.Update:
         "status": _ALIVE_STATUS,
         "last_seen": sa.bindparam("b_at"),
         "state": sa.bindparam("b_state"),
-        "reason": sa.bindparam("b_reason"),
+        # a ban's reason stays (a heartbeat buffered before the ban is written after it)
+        "reason": sa.case((volunteers.c.status == BANNED, volunteers.c.reason),
+                          else_=sa.bindparam("b_reason", type_=sa.String())),
         "client_version": sa.func.coalesce(
             sa.func.nullif(sa.bindparam("b_client_version", type_=sa.String()), ""),
             volunteers.c.client_version,

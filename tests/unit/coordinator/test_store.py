@@ -228,7 +228,9 @@ class TestStore:
         v = store.upsert_volunteer(volunteer(1))
         banned = store.set_volunteer_status(v.id, VolunteerStatus.BANNED, "sent NaN gradients")
         assert banned.status == VolunteerStatus.BANNED and banned.reason == "sent NaN gradients"
-        store.record_heartbeats([HeartbeatRecord(volunteer_id=v.id, at=time.time(), state="training")])
+        store.record_heartbeats([HeartbeatRecord(volunteer_id=v.id, at=time.time(), state="training",
+                                                 reason="idle 0:42")])
+        assert store.get_volunteer(v.id).reason == "sent NaN gradients"  # a heartbeat keeps the ban's reason
         assert store.upsert_volunteer(volunteer(1)).status == VolunteerStatus.BANNED
         assert store.mark_offline(last_seen_before=time.time() + 10) == 0
         assert store.get_volunteer(v.id).status == VolunteerStatus.BANNED

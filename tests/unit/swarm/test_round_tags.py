@@ -153,3 +153,34 @@ def test_under_mean_aggregation_a_peer_reloads_only_from_peers_ranked_above_it()
 
     assert optimizer.ranked_above(announced, PeerID(b"peer-c")) == []
     assert [p.to_bytes() for p in optimizer.ranked_above(announced, PeerID(b"peer-b"))] == [b"peer-c"]
+
+
+class _Progress:
+    def __init__(self, global_epoch: int) -> None:
+        self.global_epoch, self.reported = global_epoch, []
+
+    def report_local_progress(self, local_epoch: int, samples_accumulated: int) -> None:
+        self.reported.append(local_epoch)
+
+
+def _behind(local_epoch: int, global_epoch: int, *, loaded: bool = False) -> Any:
+    state = SimpleNamespace(local_epoch=local_epoch, loaded=loaded, state_sharing_priority=local_epoch)
+    peer = SimpleNamespace(state_averager=state, tracker=_Progress(global_epoch), client_mode=False, drifted=False)
+    peer.local_epoch = local_epoch
+    _HivemindOptimizer._move_on_unloaded(peer)
+    return peer
+
+
+def test_a_peer_far_behind_that_no_peer_sends_a_state_moves_on_as_drifted() -> None:
+    # hivemind would reload at every step, each load failing at once while the averaging peer is down
+    peer = _behind(25, 27)
+    assert (peer.state_averager.local_epoch, peer.tracker.reported, peer.drifted) == (27, [27], True)
+    assert peer.state_averager.state_sharing_priority == 27
+
+
+@pytest.mark.parametrize(("local", "swarm", "loaded"), [(26, 27, False), (25, 27, True), (0, 27, False)])
+def test_a_peer_keeps_its_epoch_when_it_loaded_a_state_is_one_behind_or_is_joining(local: int, swarm: int,
+                                                                                   loaded: bool) -> None:
+    # one behind: hivemind catches up itself; a newcomer (epoch 0) must load a state before it trains
+    peer = _behind(local, swarm, loaded=loaded)
+    assert (peer.state_averager.local_epoch, peer.tracker.reported, peer.drifted) == (local, [], False)

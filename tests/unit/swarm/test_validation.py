@@ -86,8 +86,8 @@ def test_imitations_of_work_fail(setup: tuple[Validator, torch.Tensor, torch.nn.
            "sign": -honest, "scale": honest * 1000}[attack]
     check = validator.check({"mallory": bad})["mallory"]
     assert not check.passed, check
-    # noise may lower the loss a little by chance: then the check is inconclusive, not passed
-    assert check.inconclusive if attack == "noise" and check.drop > 0 else (
+    # noise may move the loss a little either way by chance: then the check is inconclusive, not passed
+    assert check.inconclusive if attack == "noise" and check.t > -2.0 else (
         ("removed no loss on its own data" in check.why) or ("not a number" in check.why)), check
 
 
@@ -95,9 +95,13 @@ def test_a_drop_without_significance_is_inconclusive() -> None:
     assert judge(0.001, 1.2).inconclusive and not judge(0.001, 1.2).passed
     assert judge(0.001, 2.7).inconclusive  # noise of an update's norm reached t 2.7
     assert judge(0.001, 3.5).passed
-    for drop, t in ((0.0, 0.0), (-0.01, -3.0), (-0.0001, 0.5)):
+    for drop, t in ((0.0, 0.0), (-0.01, -3.0), (-0.001, -2.0), (math.nan, 0.0)):
         check = judge(drop, t)
         assert not check.passed and not check.inconclusive and "removed no loss" in check.why
+    # an honest update late in a job may not lower its data's loss at all by chance: no failure
+    for drop, t in ((-0.0001, -0.5), (-0.0002, -1.9), (0.0, 0.4)):
+        check = judge(drop, t)
+        assert check.inconclusive and not check.passed and "did not drop" in check.why
     assert "repeats" in judge(0.5, 40.0, "it repeats its own earlier update").why
 
 
