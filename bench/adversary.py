@@ -1,4 +1,4 @@
-"""What one attacking volunteer does to a swarm, under robust aggregation and under the plain mean.
+"""What attacking volunteers do to a swarm, under robust aggregation and under the plain mean.
 
 Each configuration runs what a public swarm runs, on this machine: a real coordinator (``python -m
 essaim.coordinator serve``, SQLite) with its job runner and averaging peer, the demo job (a full
@@ -6,7 +6,9 @@ fine-tune, or ``--adapter lora``, in local-update mode, ``--epochs`` epochs of `
 samples), two honest volunteer trainers and, once they have averaged together, a third: ``mallory``, who runs
 ``tests/integration/swarm_services/hostile_trainer.py`` (the real trainer, whose update is altered
 each round by the configuration's attack; ``clean`` runs her honestly). ``--aggregation`` picks the
-recipe's ``training.aggregation`` for each attack (``robust``, ``mean``, or both).
+recipe's ``training.aggregation`` for each attack (``robust``, ``mean``, or both). ``--honest N
+--attackers K`` runs N honest volunteers and K attackers (``mallory``, ``mallory2``...) instead, each
+attacker with the same attack (the issue's "2 of 8": ``--honest 6 --attackers 2``).
 
 Reported per configuration:
 
@@ -45,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 HOSTILE = ROOT / "tests" / "integration" / "swarm_services" / "hostile_trainer.py"
 ATTACKS = ("clean", "scale", "nan", "sign", "noise", "zero", "replay")
+HONEST = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi")
 
 
 def _load(name: str, path: Path) -> ModuleType:
@@ -66,44 +69,48 @@ def run_config(harness: ModuleType, conftest: ModuleType, root: Path, attack: st
     started = time.monotonic()
     swarm = harness.ServiceSwarm.start(conftest.start_coordinator, root / "coord", recipe)
     row: dict[str, Any] = {"attack": attack, "aggregation": aggregation}
+    honest_names = HONEST[: args.honest]
+    attacker_names = ["mallory"] + [f"mallory{i}" for i in range(2, args.attackers + 1)]
     try:
-        for name in ("alice", "bob"):
+        for name in honest_names:
             swarm.volunteer(name).start()
-        harness.wait_until(lambda: any(len(r["volunteers"]) >= 2 for r in swarm.rounds()), 300,
-                           "a first round of the honest volunteers", interval=1.0)
-        mallory = swarm.volunteer("mallory")
-        if attack == "clean":
-            mallory.start()
-        else:
-            mallory.start(command=[sys.executable, str(HOSTILE)], env={"ESSAIM_TEST_ATTACKS": attack})
-        harness.wait_until(lambda: swarm.job().status.value in ("completed", "failed"), args.timeout,
-                           "the job to end", interval=2.0)
+        swarm.wait_averaged(timeout=300)
+        attackers = [swarm.volunteer(name) for name in attacker_names]
+        for mallory in attackers:
+            if attack == "clean":
+                mallory.start()
+            else:
+                mallory.start(command=[sys.executable, str(HOSTILE)], env={"ESSAIM_TEST_ATTACKS": attack})
+        swarm.wait_ended(args.timeout)
         job = swarm.job()
         row["status"] = job.status.value
         row["status_reason"] = job.status_reason
         row["wall_seconds"] = round(time.monotonic() - started, 1)
         rounds = swarm.rounds()
         ids = {v.name: v.volunteer_id for v in swarm.volunteers}
-        her = ids["mallory"]
-        honest = {ids["alice"], ids["bob"]}
-        in_rounds = [r for r in rounds if her in r["volunteers"] or her in r["suspects"]]
-        named = [r for r in in_rounds if her in r["suspects"]]
+        hers = {ids[name] for name in attacker_names}
+        honest = {ids[name] for name in honest_names}
+        # per attacker, summed (rounds to detection: the slowest attacker's)
+        in_rounds = {h: [r for r in rounds if h in r["volunteers"] or h in r["suspects"]] for h in hers}
         row["rounds"] = len(rounds)
-        row["mallory_rounds"] = len(in_rounds)
-        row["mallory_named"] = len(named)
-        row["rounds_to_detection"] = (
-            next(i for i, r in enumerate(in_rounds, 1) if her in r["suspects"]) if named else None)
+        row["mallory_rounds"] = sum(len(rs) for rs in in_rounds.values())
+        row["mallory_named"] = sum(1 for h, rs in in_rounds.items() for r in rs if h in r["suspects"])
+        detection = [next((i for i, r in enumerate(rs, 1) if h in r["suspects"]), None) for h, rs in in_rounds.items()]
+        row["rounds_to_detection"] = (None if any(d is None for d in detection) or not detection
+                                      else max(d for d in detection if d is not None))
         row["honest_named"] = sum(len(honest & set(r["suspects"])) for r in rounds)
         checks = [(v, c) for r in rounds for v, c in r.get("checks", {}).items()]
-        row["mallory_checks"] = sum(1 for v, _ in checks if v == her)
-        row["mallory_checks_failed"] = sum(1 for v, c in checks if v == her and not c["passed"]
+        row["mallory_checks"] = sum(1 for v, _ in checks if v in hers)
+        row["mallory_checks_failed"] = sum(1 for v, c in checks if v in hers and not c["passed"]
                                            and not c.get("inconclusive"))
         row["honest_checks"] = sum(1 for v, _ in checks if v in honest)
         row["honest_checks_failed"] = sum(1 for v, c in checks if v in honest and not c["passed"]
                                           and not c.get("inconclusive"))
         row["honest_checks_inconclusive"] = sum(1 for v, c in checks if v in honest and c.get("inconclusive"))
-        row["dropped_in_round"] = next((i for i, r in enumerate(in_rounds, 1)
-                                        if "failing validation" in r["suspects"].get(her, "")), None)
+        dropped = [next((i for i, r in enumerate(rs, 1) if "failing validation" in r["suspects"].get(h, "")), None)
+                   for h, rs in in_rounds.items()]
+        row["dropped_in_round"] = (None if any(d is None for d in dropped) or not dropped
+                                   else max(d for d in dropped if d is not None))
         times = [r["at"] for r in rounds]
         row["seconds_per_epoch"] = round((times[-1] - times[0]) / (len(times) - 1), 2) if len(times) > 1 else None
         provenance_path = swarm.data_dir / "artifacts" / swarm.job_id / "provenance.json"
@@ -111,9 +118,10 @@ def run_config(harness: ModuleType, conftest: ModuleType, root: Path, attack: st
             ev = json.loads(provenance_path.read_text())["eval"]
             row["eval_before"], row["eval_after"] = ev["before"], ev["after"]
         credited = swarm.contributions()
-        reported = [e for e in mallory.events if e.get("event") in ("progress", "epoch", "stopped")]
-        row["mallory_credited_samples"] = credited.get(her, 0)
-        row["mallory_reported_samples"] = max((int(e.get("samples", 0)) for e in reported), default=0)
+        row["mallory_credited_samples"] = sum(credited.get(h, 0) for h in hers)
+        row["mallory_reported_samples"] = sum(
+            max((int(e.get("samples", 0)) for e in m.events if e.get("event") in ("progress", "epoch", "stopped")),
+                default=0) for m in attackers)
         row["honest_credited_samples"] = sum(credited.get(v, 0) for v in honest)
     finally:
         swarm.close()
@@ -122,10 +130,12 @@ def run_config(harness: ModuleType, conftest: ModuleType, root: Path, attack: st
 
 def markdown(report: dict[str, Any]) -> str:
     lines = [
-        "# One attacking volunteer in a swarm of three",
+        f"# {report['attackers']} attacking volunteer(s) of {report['attackers'] + report['honest']}",
         "",
         f"{report['machine']}; the demo job, {report['adapter']} fine-tune, local mode, {report['epochs']} epochs of "
-        f"{report['target']} samples; mallory joins once the two honest volunteers have averaged.",
+        f"{report['target']} samples; the attackers join once the {report['honest']} honest volunteers have "
+        "averaged. Attackers' figures are summed over them (rounds to detection and dropped in round: the "
+        "slowest attacker's).",
         "",
         "| attack | aggregation | status | exact match after | vs clean | mallory's rounds | named in | "
         "rounds to detection | honest named | her checks failed / done | dropped in round | "
@@ -158,6 +168,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--adapter", default="full", help="full (fine-tune every weight) or lora")
     p.add_argument("--target", type=int, default=3200)
     p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--honest", type=int, default=2, help=f"honest volunteers (at most {len(HONEST)})")
+    p.add_argument("--attackers", type=int, default=1, help="attacking volunteers, each with the same attack")
     p.add_argument("--out", default="adversary")
     return p.parse_args(argv)
 
@@ -168,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(attacks) - set(ATTACKS)
     if unknown:
         raise SystemExit(f"unknown attacks: {sorted(unknown)}")
+    if not 2 <= args.honest <= len(HONEST) or args.attackers < 1:
+        raise SystemExit(f"--honest must be 2 to {len(HONEST)}, --attackers 1 or more")
     aggregations = [a for a in args.aggregation.split(",") if a]
     configs = [(a, g) for g in aggregations for a in attacks]
     if args.mean_clean and ("clean", "mean") not in configs:
@@ -192,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "machine": f"{platform.node() or 'this machine'}: {platform.processor() or platform.machine()}, "
                    f"{__import__('os').cpu_count()} CPUs",
-        "epochs": args.epochs, "target": args.target, "adapter": args.adapter, "rows": rows,
+        "epochs": args.epochs, "target": args.target, "adapter": args.adapter, "honest": args.honest,
+        "attackers": args.attackers, "rows": rows,
         "command": "python bench/adversary.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

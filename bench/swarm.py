@@ -429,7 +429,33 @@ def peer_main(args: argparse.Namespace) -> int:
 
 def _outcomes(rounds: list[Any]) -> list[dict[str, Any]]:
     """A peer's RoundOutcomes, as JSON."""
-    return [{"epoch": r.epoch, "peers": list(r.peers), "error": r.error, "at": r.at} for r in rounds]
+    return [{"epoch": r.epoch, "peers": list(r.peers), "error": r.error, "at": r.at,
+             "checks": {p: v["check"] for p, v in getattr(r, "verdicts", {}).items() if "check" in v}}
+            for r in rounds]
+
+
+def _bench_validator(loaded: Any, recipe: Any, files: Any, keys: Path, n: int) -> Any:
+    """The job runner's validator of volunteers' updates (essaim.swarm.validation), each volunteer's
+    shards being those it trains on here (``s % n == index``); its peer id is read from its key."""
+    from essaim.swarm.data import build_train_dataset
+    from essaim.swarm.identity import load_or_create_private_key, peer_id_for_key
+    from essaim.swarm.validation import Validator
+
+    dataset = build_train_dataset(recipe, loaded.tokenizer, files=files)
+    owners: dict[str, int] = {}
+
+    def shards_of(peer_id: str) -> list[int] | None:
+        if peer_id not in owners:
+            for i in range(n):
+                path = keys / f"peer-{i}.pem"
+                if path.exists():
+                    owners[peer_id_for_key(load_or_create_private_key(path))] = i
+        index = owners.get(peer_id)
+        if index is None:
+            return None
+        return [s for s in range(dataset.num_shards) if s % n == index] or list(range(dataset.num_shards))
+
+    return Validator.for_job(loaded, dataset, shards_of)
 
 
 def averager_main(args: argparse.Namespace) -> int:
@@ -459,6 +485,8 @@ def averager_main(args: argparse.Namespace) -> int:
     _say(event="dht", maddrs=visible_maddrs(dht))
     loaded = load_model(recipe, files=files, device="cpu", seed=recipe.training.seed)
     optimizer = build_auxiliary_optimizer(loaded, recipe, dht=dht, run_id=args.job_id, private_key=key)
+    if args.validation and getattr(optimizer.hv.grad_averager, "validating", False):
+        optimizer.hv.validator = _bench_validator(loaded, recipe, files, Path(args.keys), args.n)
     traffic = Traffic(_p2pd_pid(), args.iface or None, cpu=True)
     traffic.start()
     marks: list[dict[str, Any]] = []
@@ -756,6 +784,7 @@ def _process_cmd(
         where["host"] if where else "127.0.0.1",
         "--iface",
         where["iface"] if where else "",
+        *([] if args.validation else ["--no-validation"]),
     ]
     return ["ip", "netns", "exec", where["ns"], *cmd] if where else cmd
 
@@ -1096,6 +1125,10 @@ def analyze_nat(
         "late_rounds": late,
         "averager_peer_id": averager_id,
         "averager_rounds": averager_rounds,
+        # the averaging peer's validation checks of volunteers' updates in the measured epochs
+        "validation_checks": sum(len(own[e].get("checks", {})) for e in measured if e in own),
+        "validation_failed": sum(1 for e in measured if e in own for c in own[e].get("checks", {}).values()
+                                 if not c["passed"] and not c.get("inconclusive")),
         "averager_expected_bytes_per_round": 2 * n * row["averaged_bytes"],
         "averager_link": "not shaped",
         # when the averaging peer moved to each epoch (a round began), seconds after the configuration's start
@@ -1333,8 +1366,8 @@ def _nat_lines(rows: list[dict[str, Any]]) -> list[str]:
         "",
         "| n | mode | adapter | rounds with all volunteers, per volunteer | round median (s) | limit 2·S/B (s) "
         "| round / limit | averaging peer TCP sent+received/round (MB) | 2·n·S (MB) | averaging peer wire/round (MB) "
-        "| averaging peer CPU s/round (share of a core) | epoch (s) |",
-        "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| averaging peer CPU s/round (share of a core) | validation checks (failed) | epoch (s) |",
+        "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for row in nat:
         late = [sum(1 for x in row.get("late_rounds", []) if x["peer"] == i) for i in range(row["n"])]
@@ -1348,6 +1381,7 @@ def _nat_lines(rows: list[dict[str, Any]]) -> list[str]:
             f"{_mb(row.get('averager_tcp_bytes_per_round'))} | {_mb(row.get('averager_expected_bytes_per_round'))} | "
             f"{_mb(row.get('averager_wire_bytes_per_round'))} | {_num(row.get('averager_cpu_s_per_round'))} "
             f"({_num(row.get('averager_cpu_share'))}) | "
+            f"{row.get('validation_checks', '')} ({row.get('validation_failed', '')}) | "
             f"{_num(row['epoch_s_mean'], '.1f')} |"
         )
     for row in nat:
@@ -1448,6 +1482,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         choices=["robust", "mean"],
         default=None,
         help="training.aggregation (default: the recipe's, robust): robust reduction or the plain mean",
+    )
+    parser.add_argument(
+        "--no-validation", dest="validation", action="store_false",
+        help="on the nat link, the averaging peer does not validate volunteers' updates (robust, local mode)",
     )
     parser.add_argument(
         "--rate-mbit", type=float, default=20.0, help="per-peer link rate, each way (limited and nat)"

@@ -59,6 +59,10 @@ class RoundBook:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.entries: list[RoundEntry] = []
+        self._checks_counted = 0  # entries whose checks are counted in what follows
+        self._failed: dict[str, int] = {}
+        self._dropped: dict[str, str] = {}
+        self._verified: set[str] = set()
         try:
             lines = path.read_text().splitlines()
         except OSError:
@@ -103,29 +107,32 @@ class RoundBook:
         down (never below 0; inconclusive checks do not count): the volunteers whose count is
         above 0 (their credit is held until it is back to 0) and those whose count reached
         ``FAILS_TO_DROP``, with why (they are dropped from the job's rounds, and their credit
-        refused)."""
-        from essaim.swarm.optimizer import FAILS_TO_DROP
-
-        failed: dict[str, int] = {}  # failed checks less passed ones, never below 0 (as the averaging peer counts)
-        why: dict[str, str] = {}
-        dropped: dict[str, str] = {}
-        for entry in self.entries:
-            for volunteer, check in entry.checks.items():
-                if check.get("inconclusive") or volunteer in dropped:
-                    continue  # neither passed nor failed; or refused for good already
-                if check.get("passed"):
-                    failed[volunteer] = max(0, failed.get(volunteer, 0) - 1)
-                else:
-                    failed[volunteer] = failed.get(volunteer, 0) + 1
-                    why[volunteer] = str(check.get("why", ""))
-                    if failed[volunteer] >= FAILS_TO_DROP:
-                        dropped[volunteer] = why[volunteer]
-        held = {v for v, n in failed.items() if n > 0 and v not in dropped}
-        return held, dropped
+        refused). Counted as rounds come in: the job runner asks every few seconds."""
+        self._count_checks()
+        held = {v for v, n in self._failed.items() if n > 0 and v not in self._dropped}
+        return held, dict(self._dropped)
 
     def verified(self) -> set[str]:
         """The volunteers one of whose updates passed a validation check."""
-        return {v for e in self.entries for v, check in e.checks.items() if check.get("passed")}
+        self._count_checks()
+        return set(self._verified)
+
+    def _count_checks(self) -> None:
+        from essaim.swarm.optimizer import FAILS_TO_DROP
+
+        for entry in self.entries[self._checks_counted:]:
+            for volunteer, check in entry.checks.items():
+                if check.get("passed"):
+                    self._verified.add(volunteer)
+                if check.get("inconclusive") or volunteer in self._dropped:
+                    continue  # neither passed nor failed; or refused for good already
+                if check.get("passed"):  # failed checks less passed ones, never below 0 (as the averaging peer counts)
+                    self._failed[volunteer] = max(0, self._failed.get(volunteer, 0) - 1)
+                else:
+                    self._failed[volunteer] = self._failed.get(volunteer, 0) + 1
+                    if self._failed[volunteer] >= FAILS_TO_DROP:
+                        self._dropped[volunteer] = str(check.get("why", ""))
+        self._checks_counted = len(self.entries)
 
     @property
     def last(self) -> RoundEntry | None:

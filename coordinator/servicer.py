@@ -110,6 +110,10 @@ def check_header(request: Any) -> str:
     return request.header.client_version
 
 
+CHALLENGES_PER_SIGNUP = 4
+"""Registration challenges without a token, per address and in all, per registration allowed."""
+
+
 class CoordinatorServicer:
     """Implements essaim.v1.Coordinator over a CoordinatorService."""
 
@@ -119,6 +123,10 @@ class CoordinatorServicer:
         self.open_registration = service.settings.open_registration
         self.signups = RateLimiter(per_source=service.settings.signups_per_minute_per_source,
                                    total=service.settings.signups_per_minute)
+        # a challenge costs an HMAC, a registration a signature check and a write: a client may ask
+        # for a few challenges per registration (one expired, a retry), a flood is cut at that rate
+        self.challenges = RateLimiter(per_source=CHALLENGES_PER_SIGNUP * service.settings.signups_per_minute_per_source,
+                                      total=CHALLENGES_PER_SIGNUP * service.settings.signups_per_minute)
 
     async def _principal(self, rpc: str, context: grpc.aio.ServicerContext) -> Principal | None:
         token = token_from_metadata(context.invocation_metadata())
@@ -157,7 +165,10 @@ class CoordinatorServicer:
     # ---- volunteers ----
 
     async def RegistrationChallenge(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async def handle(_: Any, __: Principal | None, ___: str) -> Any:
+        async def handle(_: Any, who: Principal | None, ___: str) -> Any:
+            if who is None and (wait := self.challenges.check(source_of(context.peer()))):
+                raise ResourceExhausted(f"too many registration challenges from this address or in all: try again "
+                                        f"in {max(1.0, wait):.0f} s")
             nonce, expires_at = self.service.registration_challenge()
             return pb.RegistrationChallengeResponse(nonce=nonce, expires_at=expires_at)
 

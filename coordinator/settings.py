@@ -113,7 +113,8 @@ class CoordinatorSettings(BaseSettings):
     signups_per_minute_per_source: int = Field(default=10, ge=0)
     """Registrations without a token a minute from one address (an IPv6 /64), in bursts of as
     many (0: no limit). Behind a reverse proxy every volunteer has the proxy's address: raise it
-    there. Volunteers see "too many registrations from this address" and try again later."""
+    there. Volunteers see "too many registrations from this address" and try again later.
+    Registration challenges are limited to four times as many."""
 
     signups_per_minute: int = Field(default=600, ge=0)
     """Registrations without a token a minute from everyone together (0: no limit). A launch

@@ -2,6 +2,7 @@
 
     python hostile_signup.py replay ADDRESS REQUEST_FILE N   # send a captured Register request N times
     python hostile_signup.py flood ADDRESS N                  # register N fresh identities at once
+    python hostile_signup.py challenges ADDRESS N             # ask for N registration challenges at once
 
 Prints one JSON object: how many calls were answered with a token, the status codes of the
 others, and the first refusal's message (``refusal``). The replay sends the captured bytes as they are (the attacker cannot sign anew: it has
@@ -66,7 +67,20 @@ def main(argv: list[str]) -> int:
                 _call(channel, data, outcomes)
         elif mode == "flood":
             for i in range(int(argv[2])):
-                _call(channel, _fresh(channel, i), outcomes)
+                try:
+                    data = _fresh(channel, i)
+                except grpc.RpcError as exc:  # its challenges are cut too
+                    outcomes[exc.code().name] = outcomes.get(exc.code().name, 0) + 1
+                    continue
+                _call(channel, data, outcomes)
+        elif mode == "challenges":
+            for _ in range(int(argv[2])):
+                try:
+                    key = "challenge" if _challenge(channel) else "empty"
+                except grpc.RpcError as exc:
+                    key = exc.code().name
+                    outcomes.setdefault("refusal", exc.details())
+                outcomes[key] = outcomes.get(key, 0) + 1
         else:
             raise SystemExit(f"unknown mode {mode!r}")
     print(json.dumps(dict(outcomes)))

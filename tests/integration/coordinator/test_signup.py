@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import pytest
 from essaim.client import keys
+from essaim.coordinator.servicer import CHALLENGES_PER_SIGNUP
 from essaim.protocol import serde
 from essaim.protocol.auth_metadata import registration_message
 from essaim.protocol.errors import Unauthenticated
@@ -111,6 +112,18 @@ def test_a_flood_from_one_address_is_cut_to_its_rate(launch_coordinator: Any, tm
     # the volunteers an admin brings in with its token are not strangers
     with coord.client(coord.admin_token) as client:
         assert kit.Identity().register(client, "invited").token
+
+
+def test_a_flood_of_challenges_is_cut_to_its_rate(launch_coordinator: Any, tmp_path: Path) -> None:
+    coord = launch_coordinator(tmp_path / "data", "--signups-per-minute-per-source", str(PER_SOURCE))
+    got = _hostile("challenges", coord.grpc_address, "40")
+    refusal = got.pop("refusal", "")
+    limit = CHALLENGES_PER_SIGNUP * PER_SOURCE
+    assert limit <= got.get("challenge", 0) <= limit + 2 and sum(got.values()) == 40, got
+    assert got.get("RESOURCE_EXHAUSTED", 0) == 40 - got["challenge"], got
+    assert "too many registration challenges" in refusal and "try again in" in refusal, refusal
+    with coord.client(coord.admin_token) as client:  # an admin is no stranger
+        assert client.registration_challenge()
 
 
 def test_declared_hardware_and_speed_are_held_to_what_one_machine_could_claim(coord: Any, kit: Any) -> None:

@@ -60,8 +60,7 @@ def nat_swarm(netlab_module: ModuleType, harness: ModuleType, module_launcher: A
         for name, home in homes.items():
             swarm.volunteer(name).start(client_mode="auto", host_maddrs=("/ip4/0.0.0.0/tcp/0",),
                                         prefix=tuple(home.prefix()))
-        harness.wait_until(lambda: swarm.job().status.value in ("completed", "failed"), 540,
-                           "the job to end", interval=2.0)
+        swarm.wait_ended(540)
         yield swarm
     finally:
         if swarm is not None:

@@ -298,8 +298,21 @@ class ServiceSwarm:
         return self.data_dir / "jobs" / self.job_id
 
     def keeper_record(self) -> dict[str, Any]:
-        path = self.job_dir / "keeper.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        """The keeper's record (``keeper.json``); {} before its first write."""
+        try:
+            return json.loads((self.job_dir / "keeper.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def wait_averaged(self, volunteers: int = 2, timeout: float = 240.0) -> None:
+        """Until a round of the averaging peer has averaged ``volunteers`` volunteers or more."""
+        wait_until(lambda: any(len(r["volunteers"]) >= volunteers for r in self.rounds()), timeout,
+                   f"a first round of {volunteers} volunteers", interval=1.0)
+
+    def wait_ended(self, timeout: float = 480.0) -> Any:
+        """Until the job has completed or failed; returns it."""
+        return wait_until(lambda: (job := self.job()).status.value in ("completed", "failed") and job, timeout,
+                          "the job to end", interval=2.0)
 
     def rounds(self) -> list[dict[str, Any]]:
         """The averaging peer's rounds so far (``rounds.jsonl``, essaim.coordinator.rounds)."""

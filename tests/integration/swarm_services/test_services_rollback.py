@@ -39,23 +39,14 @@ def rolled(harness: ModuleType, module_launcher: Any, tmp_path_factory: pytest.T
         mallory.start(command=[sys.executable, str(HOSTILE)],
                       env={"ESSAIM_TEST_ATTACKS": "scale", "ESSAIM_TEST_ATTACKS_ONCE": "1"})
         # the rollback is done, and its rounds' volunteers named, once the record says whom it undid
-        harness.wait_until(lambda: "volunteers" in (_keeper(swarm).get("rollbacks") or [{}])[0], 300,
+        harness.wait_until(lambda: "volunteers" in (swarm.keeper_record().get("rollbacks") or [{}])[0], 300,
                            "the keeper's rollback", interval=0.5)
         for name in ("alice", "bob"):
             swarm.volunteer(name).start()
-        harness.wait_until(lambda: swarm.job().status.value in ("completed", "failed"), 480,
-                           "the job to end", interval=2.0)
+        swarm.wait_ended()
         yield swarm
     finally:
         swarm.close()
-
-
-def _keeper(swarm: Any) -> dict[str, Any]:
-    path = swarm.job_dir / "keeper.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _stderr(volunteer: Any) -> str:
@@ -76,7 +67,7 @@ def test_a_degraded_checkpoint_is_rolled_back_and_the_job_recovers(rolled: Any) 
     # the published model is an adopted checkpoint's, and it learned: its answers' loss fell below
     # the base model's (its exact match may still be 0 after 6 short epochs; measured 3.03 to 2.28,
     # and to 2.65 beside two busy processes)
-    keeper = _keeper(rolled)
+    keeper = rolled.keeper_record()
     assert keeper["checkpoint_epoch"] == EPOCHS and keeper["best_loss"] < keeper["loss_before"] - 0.25, keeper
     # mallory was told to reload the averaging peer's state, and did
     mallory = next(v for v in rolled.volunteers if v.name == "mallory")
@@ -94,7 +85,7 @@ def undone(harness: ModuleType, module_launcher: Any, tmp_path_factory: pytest.T
     try:
         for name in ("alice", "bob"):
             swarm.volunteer(name).start()
-        harness.wait_until(lambda: _keeper(swarm).get("checkpoint_epoch", 0) >= 2, 300, "two checkpoints", interval=1.0)
+        harness.wait_until(lambda: swarm.keeper_record().get("checkpoint_epoch", 0) >= 2, 300, "two checkpoints", interval=1.0)
         mallory = swarm.volunteer("mallory")
         mallory.start()
         harness.wait_until(lambda: any(mallory.volunteer_id in r["volunteers"] for r in swarm.rounds()), 240,
@@ -102,8 +93,7 @@ def undone(harness: ModuleType, module_launcher: Any, tmp_path_factory: pytest.T
         swarm.first_round = min(r["epoch"] for r in swarm.rounds() if mallory.volunteer_id in r["volunteers"])
         with swarm.admin() as admin:
             admin.ban_volunteer(mallory.volunteer_id, "poisoned rounds", undo=True)
-        harness.wait_until(lambda: swarm.job().status.value in ("completed", "failed"), 480,
-                           "the job to end", interval=2.0)
+        swarm.wait_ended()
         yield swarm
     finally:
         swarm.close()
@@ -126,4 +116,4 @@ def test_an_admin_undoes_a_banned_volunteers_rounds(undone: Any) -> None:
         assert "rolled the job back" in _stderr(v), v.tail()
         stopped = v.wait_for(lambda e: e["event"] == "stopped", 60, "stopped")
         assert stopped["reason"] == "completed", (name, stopped, v.tail())
-    assert _keeper(undone)["checkpoint_epoch"] == UNDO_EPOCHS
+    assert undone.keeper_record()["checkpoint_epoch"] == UNDO_EPOCHS

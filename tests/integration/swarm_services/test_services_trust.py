@@ -69,8 +69,7 @@ def attacked(harness: ModuleType, module_launcher: Any, tmp_path_factory: pytest
         stranger = _start_stranger(harness, swarm, root / "stranger.json")
         # she joins a swarm that has averaged once: the first rounds of a job, when an attacker is
         # alone in them, have no reference to hold her to (see essaim.swarm.aggregation.NormHistory)
-        harness.wait_until(lambda: any(len(r["volunteers"]) >= 2 for r in swarm.rounds()), 240,
-                           "a first round of the honest volunteers", interval=1.0)
+        swarm.wait_averaged()
         may_join["mallory"].touch()
         # a newcomer joins while she offers her forged state (announced once her optimizer is
         # built); she holds back the NaN that ends her own trainer until then
@@ -81,8 +80,7 @@ def attacked(harness: ModuleType, module_launcher: Any, tmp_path_factory: pytest
         swarm.mallory_alive_when_carol_joined = mallory.alive
         carol_joined.touch()
         swarm.stranger = _stranger_result(stranger, root / "stranger.json")
-        harness.wait_until(lambda: swarm.job().status.value in ("completed", "failed"), 480,
-                           "the job to end", interval=2.0)
+        swarm.wait_ended()
         yield swarm
     finally:
         if stranger is not None and stranger.poll() is None:

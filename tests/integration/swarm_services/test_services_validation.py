@@ -42,11 +42,9 @@ def freeriding(harness: ModuleType, module_launcher: Any, tmp_path_factory: pyte
         mallory = swarm.volunteer("mallory")
         mallory.start(command=[sys.executable, str(HOSTILE)],
                       env={"ESSAIM_TEST_ATTACKS": "replay,zero,noise", "ESSAIM_TEST_JOIN_WHEN": str(may_join)})
-        harness.wait_until(lambda: any(len(r["volunteers"]) >= 2 for r in swarm.rounds()), 240,
-                           "a first round of the honest volunteers", interval=1.0)
+        swarm.wait_averaged()
         may_join.touch()
-        harness.wait_until(lambda: swarm.job().status.value in ("completed", "failed"), 480,
-                           "the job to end", interval=2.0)
+        swarm.wait_ended()
         yield swarm
     finally:
         swarm.close()
