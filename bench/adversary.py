@@ -107,6 +107,9 @@ def run_config(harness: ModuleType, conftest: ModuleType, root: Path, attack: st
         row["honest_checks_failed"] = sum(1 for v, c in checks if v in honest and not c["passed"]
                                           and not c.get("inconclusive"))
         row["honest_checks_inconclusive"] = sum(1 for v, c in checks if v in honest and c.get("inconclusive"))
+        row["honest_failures"] = [  # what failed an honest volunteer (target: nothing)
+            {"epoch": r["epoch"], "volunteer": v, **c} for r in rounds for v, c in r.get("checks", {}).items()
+            if v in honest and not c["passed"] and not c.get("inconclusive")]
         dropped = [next((i for i, r in enumerate(rs, 1) if "failing validation" in r["suspects"].get(h, "")), None)
                    for h, rs in in_rounds.items()]
         row["dropped_in_round"] = (None if any(d is None for d in dropped) or not dropped

@@ -434,22 +434,24 @@ def _outcomes(rounds: list[Any]) -> list[dict[str, Any]]:
             for r in rounds]
 
 
-def _bench_validator(loaded: Any, recipe: Any, files: Any, keys: Path, n: int) -> Any:
+def _owners_path(rounds: Path) -> Path:
+    """Where the driver writes each volunteer's peer id -> index for the averaging peer's validator."""
+    return rounds.with_name(rounds.name.replace("rounds-", "owners-")).with_suffix(".json")
+
+
+def _bench_validator(loaded: Any, recipe: Any, files: Any, owners_path: Path, n: int) -> Any:
     """The job runner's validator of volunteers' updates (essaim.swarm.validation), each volunteer's
-    shards being those it trains on here (``s % n == index``); its peer id is read from its key."""
+    shards being those it trains on here (``s % n == index``); which volunteer a peer id is, the
+    driver writes to ``owners_path`` once every volunteer is ready."""
     from essaim.swarm.data import build_train_dataset
-    from essaim.swarm.identity import load_or_create_private_key, peer_id_for_key
     from essaim.swarm.validation import Validator
 
     dataset = build_train_dataset(recipe, loaded.tokenizer, files=files)
     owners: dict[str, int] = {}
 
     def shards_of(peer_id: str) -> list[int] | None:
-        if peer_id not in owners:
-            for i in range(n):
-                path = keys / f"peer-{i}.pem"
-                if path.exists():
-                    owners[peer_id_for_key(load_or_create_private_key(path))] = i
+        if peer_id not in owners and owners_path.exists():
+            owners.update({str(k): int(v) for k, v in json.loads(owners_path.read_text()).items()})
         index = owners.get(peer_id)
         if index is None:
             return None
@@ -486,7 +488,7 @@ def averager_main(args: argparse.Namespace) -> int:
     loaded = load_model(recipe, files=files, device="cpu", seed=recipe.training.seed)
     optimizer = build_auxiliary_optimizer(loaded, recipe, dht=dht, run_id=args.job_id, private_key=key)
     if args.validation and getattr(optimizer.hv.grad_averager, "validating", False):
-        optimizer.hv.validator = _bench_validator(loaded, recipe, files, Path(args.keys), args.n)
+        optimizer.hv.validator = _bench_validator(loaded, recipe, files, _owners_path(Path(args.rounds)), args.n)
     traffic = Traffic(_p2pd_pid(), args.iface or None, cpu=True)
     traffic.start()
     marks: list[dict[str, Any]] = []
@@ -829,6 +831,7 @@ def run_config(
             peer.send(json.dumps({"initial_peers": maddrs}))
         everyone = ([averager] if averager else []) + peers
         ready = {p.index: p.expect("ready", deadline) for p in everyone}
+        _owners_path(rounds).write_text(json.dumps({ready[p.index]["peer_id"]: p.index for p in peers}))
         setup_s = time.monotonic() - started
         for peer in everyone:
             peer.send("go")

@@ -288,7 +288,7 @@ class RobustPartReducer(TensorPartReducer):
                 verdict.refused = part_problem(tensor_part, self.part_shapes[part_index], weight)
             if not verdict.refused:
                 self.received[sender_index] = (tensor_part, float(weight))
-                if sender_index in self.whole:
+                if sender_index in self.whole and weight >= MIN_CLAIM:  # weight 0 (tagging along) claims no work
                     self.whole[sender_index].append(tensor_part.detach().reshape(-1).to(torch.float32).clone())
             self.current_part_accumulated_from += 1
             self.check_current_part_finished()
@@ -431,7 +431,9 @@ class RobustAllReduceRunner(AllReduceRunner):
 
     def whole_updates(self) -> dict[str, torch.Tensor]:
         """By sender peer id: the whole update of each sender kept for validation (``keep_whole``),
-        when this peer reduced the whole vector and every part of that sender came in, unrefused."""
+        when this peer reduced the whole vector and every part of that sender came in, unrefused,
+        claiming samples (a peer that tags along with weight 0, e.g. right after loading a state,
+        claims no work and sends none: checking it would fail an honest volunteer)."""
         reducer = self.tensor_part_reducer
         if not isinstance(reducer, RobustPartReducer) or not self.reduces_all:
             return {}

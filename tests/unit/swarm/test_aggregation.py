@@ -98,11 +98,12 @@ def test_parts_that_cannot_be_aggregated() -> None:
     assert "weight" in part_problem(torch.ones(3), shape, float("nan"))
 
 
-def _reduce(parts_by_sender: list[list[torch.Tensor]], weights: list[float]) -> tuple[list[torch.Tensor], Any]:
+def _reduce(parts_by_sender: list[list[torch.Tensor]], weights: list[float],
+            keep_whole: tuple[int, ...] = ()) -> tuple[list[torch.Tensor], Any]:
     shapes = [p.shape for p in parts_by_sender[0]]
 
     async def run() -> tuple[list[torch.Tensor], RobustPartReducer]:
-        reducer = RobustPartReducer(shapes, len(parts_by_sender))
+        reducer = RobustPartReducer(shapes, len(parts_by_sender), keep_whole=keep_whole)
 
         async def send(i: int) -> list[torch.Tensor]:
             out = []
@@ -115,6 +116,15 @@ def _reduce(parts_by_sender: list[list[torch.Tensor]], weights: list[float]) -> 
 
     return asyncio.run(run())
 
+
+def test_whole_updates_are_kept_for_claiming_senders_only() -> None:
+    # a peer tagging along with weight 0 (it just loaded a state) claims no work: it is not checked
+    a = [torch.full((8,), 1.0), torch.full((8,), 2.0)]
+    b = [torch.full((8,), 3.0), torch.full((8,), 3.0)]
+    along = [torch.zeros(8), torch.zeros(8)]
+    _, reducer = _reduce([a, b, along], [1.0, 1.0, 0.0], keep_whole=(0, 2))
+    assert [len(reducer.whole[i]) for i in (0, 2)] == [2, 0]
+    assert torch.cat(reducer.whole[0]).tolist() == [1.0] * 8 + [2.0] * 8
 
 
 def test_the_reducer_refuses_a_nan_sender_for_the_rest_of_the_round() -> None:
