@@ -61,6 +61,11 @@ def _load(name: str, path: Path) -> ModuleType:
 
 
 
+def _slowest(rounds: list[int | None]) -> int | None:
+    """The last attacker's round of something (None when one of them never got there)."""
+    return None if not rounds or None in rounds else max(r for r in rounds if r is not None)
+
+
 def run_config(harness: ModuleType, conftest: ModuleType, root: Path, attack: str, aggregation: str,
                args: argparse.Namespace) -> dict[str, Any]:
     recipe = harness.make_job(root / "job", epochs=args.epochs, target_batch_size=args.target, adapter=args.adapter,
@@ -96,8 +101,7 @@ def run_config(harness: ModuleType, conftest: ModuleType, root: Path, attack: st
         row["mallory_rounds"] = sum(len(rs) for rs in in_rounds.values())
         row["mallory_named"] = sum(1 for h, rs in in_rounds.items() for r in rs if h in r["suspects"])
         detection = [next((i for i, r in enumerate(rs, 1) if h in r["suspects"]), None) for h, rs in in_rounds.items()]
-        row["rounds_to_detection"] = (None if any(d is None for d in detection) or not detection
-                                      else max(d for d in detection if d is not None))
+        row["rounds_to_detection"] = _slowest(detection)
         row["honest_named"] = sum(len(honest & set(r["suspects"])) for r in rounds)
         checks = [(v, c) for r in rounds for v, c in r.get("checks", {}).items()]
         row["mallory_checks"] = sum(1 for v, _ in checks if v in hers)
@@ -112,8 +116,7 @@ def run_config(harness: ModuleType, conftest: ModuleType, root: Path, attack: st
             if v in honest and not c["passed"] and not c.get("inconclusive")]
         dropped = [next((i for i, r in enumerate(rs, 1) if "failing validation" in r["suspects"].get(h, "")), None)
                    for h, rs in in_rounds.items()]
-        row["dropped_in_round"] = (None if any(d is None for d in dropped) or not dropped
-                                   else max(d for d in dropped if d is not None))
+        row["dropped_in_round"] = _slowest(dropped)
         times = [r["at"] for r in rounds]
         row["seconds_per_epoch"] = round((times[-1] - times[0]) / (len(times) - 1), 2) if len(times) > 1 else None
         provenance_path = swarm.data_dir / "artifacts" / swarm.job_id / "provenance.json"

@@ -122,11 +122,12 @@ class RoundBook:
 
         for entry in self.entries[self._checks_counted:]:
             for volunteer, check in entry.checks.items():
-                if check.get("passed"):
+                passed = bool(check.get("passed"))
+                if passed:
                     self._verified.add(volunteer)
                 if check.get("inconclusive") or volunteer in self._dropped:
                     continue  # neither passed nor failed; or refused for good already
-                if check.get("passed"):  # failed checks less passed ones, never below 0 (as the averaging peer counts)
+                if passed:  # failed checks less passed ones, never below 0 (as the averaging peer counts)
                     self._failed[volunteer] = max(0, self._failed.get(volunteer, 0) - 1)
                 else:
                     self._failed[volunteer] = self._failed.get(volunteer, 0) + 1

@@ -288,7 +288,7 @@ class RobustPartReducer(TensorPartReducer):
                 verdict.refused = part_problem(tensor_part, self.part_shapes[part_index], weight)
             if not verdict.refused:
                 self.received[sender_index] = (tensor_part, float(weight))
-                if sender_index in self.whole and weight >= MIN_CLAIM:  # weight 0 (tagging along) claims no work
+                if sender_index in self.whole:  # whatever weight it sends: credit follows its records, not its weight
                     self.whole[sender_index].append(tensor_part.detach().reshape(-1).to(torch.float32).clone())
             self.current_part_accumulated_from += 1
             self.check_current_part_finished()
@@ -322,7 +322,7 @@ class RobustPartReducer(TensorPartReducer):
             if far and pair:
                 for n in far:  # a pair: which of the two is far is not known
                     self.verdicts[senders[n]].in_pair = True
-            elif far and not pair:  # which way do they pull? (sorts of the group's parts: only when someone is far)
+            elif far:  # which way do they pull? (sorts of the group's parts: only when someone is far)
                 for n, cosine in cosines_with_median(parts, weights, far).items():
                     verdict = self.verdicts[senders[n]]
                     verdict.cosine = min(verdict.cosine, cosine)
@@ -431,9 +431,7 @@ class RobustAllReduceRunner(AllReduceRunner):
 
     def whole_updates(self) -> dict[str, torch.Tensor]:
         """By sender peer id: the whole update of each sender kept for validation (``keep_whole``),
-        when this peer reduced the whole vector and every part of that sender came in, unrefused,
-        claiming samples (a peer that tags along with weight 0, e.g. right after loading a state,
-        claims no work and sends none: checking it would fail an honest volunteer)."""
+        when this peer reduced the whole vector and every part of that sender came in, unrefused."""
         reducer = self.tensor_part_reducer
         if not isinstance(reducer, RobustPartReducer) or not self.reduces_all:
             return {}

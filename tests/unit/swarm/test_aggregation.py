@@ -117,13 +117,15 @@ def _reduce(parts_by_sender: list[list[torch.Tensor]], weights: list[float],
     return asyncio.run(run())
 
 
-def test_whole_updates_are_kept_for_claiming_senders_only() -> None:
-    # a peer tagging along with weight 0 (it just loaded a state) claims no work: it is not checked
+def test_whole_updates_are_kept_whatever_weight_the_sender_sends() -> None:
+    # credit follows a volunteer's signed records, not the weight it sends to a round: one that
+    # sends weight 0 (as a peer tagging along after loading a state does) is still checked, or a
+    # proven volunteer could claim samples and send nothing, unchecked, for the rest of the job
     a = [torch.full((8,), 1.0), torch.full((8,), 2.0)]
     b = [torch.full((8,), 3.0), torch.full((8,), 3.0)]
     along = [torch.zeros(8), torch.zeros(8)]
     _, reducer = _reduce([a, b, along], [1.0, 1.0, 0.0], keep_whole=(0, 2))
-    assert [len(reducer.whole[i]) for i in (0, 2)] == [2, 0]
+    assert [len(reducer.whole[i]) for i in (0, 2)] == [2, 2]
     assert torch.cat(reducer.whole[0]).tolist() == [1.0] * 8 + [2.0] * 8
 
 
