@@ -99,7 +99,7 @@ def _start_stranger(harness: ModuleType, swarm: Any, out: Path) -> subprocess.Po
 
 def _stranger_result(process: subprocess.Popen[str], out: Path) -> dict[str, Any]:
     """What the stranger got from the averaging peer."""
-    output, _ = process.communicate(timeout=120)
+    output, _ = process.communicate(timeout=240)  # three streams of at most 60 s each (hostile_peer.TIMEOUT_S)
     assert out.exists(), output[-3000:]
     return json.loads(out.read_text())
 
