@@ -55,6 +55,7 @@ gradients" or "Averaging failed" often. Used by the trainer and by the coordinat
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import threading
@@ -119,6 +120,8 @@ LATE_MATCHMAKING = 1.5  # a client-mode round still without a group this many ma
 GROUP_REGISTRATION_WAIT_S = 5.0  # how long a reducer holds parts that came before it began their round
 NO_STATE_AVERAGING = 2**31 - 1  # hivemind's average_state_every for "never"
 ROUND_EPOCH = "epoch"  # the key of a gradient round's tag in its members' gathered data
+# the round (hivemind's StepControl) the current task of an averager's process runs (_GradAverager._step)
+_ROUND: contextvars.ContextVar[Any] = contextvars.ContextVar("essaim_round", default=None)
 
 OUTER_MOMENTUM = 0.9
 MIN_CHUNK_TIMEOUT_S = 5.0
@@ -276,6 +279,7 @@ class _GradAverager(AdmittedServicer, GradientAverager):
             # follow only: a group this peer led would hold no reducer (and under robust
             # aggregation no full volunteer reduces), so it joins the averaging peers' groups
             self._matchmaking.client_mode = True
+        _ROUND.set(step)  # this task's own context (hivemind runs each step in a task of its own)
         return await super()._step(step=step, future_for_init=future_for_init)
 
     async def rpc_aggregate_part(  # annotated for hivemind's servicer, as rpc_join_group
@@ -305,6 +309,22 @@ class _GradAverager(AdmittedServicer, GradientAverager):
     validating: bool = False
 
     async def _aggregate_with_group(self, group_info: Any, min_vector_size: int, **kwargs: Any) -> Any:
+        """hivemind's, but a tagged round whose all-reduce failed is not tried again: hivemind
+        looked for a new group until the round's deadline (``averaging_timeout``), but the
+        group's other members have ended their round of that epoch (completed with what they
+        received, or failed too), and rounds are tagged with their epoch, so no group could form.
+        The retry only held the matchmaking of the next epochs' rounds (one at a time), which
+        failed in turn: one lost round became several. The optimizer proceeds with the local
+        update, as for any failed round."""
+        try:
+            return await self._reduce_with_group(group_info, min_vector_size, **kwargs)
+        except BaseException:
+            step = _ROUND.get()
+            if step is not None and round_epoch(self.serializer, step.data_for_gather) is not None:
+                step._allow_retries = False  # read by hivemind's _step loop in this process
+            raise
+
+    async def _reduce_with_group(self, group_info: Any, min_vector_size: int, **kwargs: Any) -> Any:
         """hivemind's, but under robust aggregation only ``reducers`` get a share of the vector to
         reduce (a volunteer that says it can reduce gets nothing of ours to poison: it then sends
         its parts cut to other boundaries, and the reducers refuse them), and what this peer made

@@ -65,6 +65,10 @@ ROUND_TAGS_USE = [
     ("hivemind.averaging.control.StepControl", "data_for_gather", "def data_for_gather"),
     ("hivemind.averaging.control.StepControl", "scheduled_time", "def scheduled_time"),
     ("hivemind.averaging.control.StepControl", "stage", "def stage"),
+    # a tagged round whose all-reduce failed is not retried (_GradAverager._aggregate_with_group)
+    ("hivemind.averaging.control.StepControl", "allow_retries", "return self._allow_retries"),
+    ("hivemind.averaging.averager.DecentralizedAverager", "_step", "not step.allow_retries"),
+    ("hivemind.averaging.averager.DecentralizedAverager", "run", "asyncio.create_task(getattr(self, method)"),
     # _StateAverager._download_state dials a state source as hivemind's downloader does, and knows
     # that a state loaded in full ends with _update_scheduler
     ("hivemind.averaging.averager.DecentralizedAverager", "_load_state_from_peers",

@@ -11,6 +11,7 @@ import pytest
 from essaim.swarm import optimizer
 from essaim.swarm.optimizer import ROUND_EPOCH, _GradAverager, _HivemindOptimizer, round_epoch
 from hivemind.averaging.control import AveragingStage
+from hivemind.averaging.partition import AllreduceException
 from hivemind.proto import averaging_pb2
 from hivemind.utils.serializer import MSGPackSerializer
 
@@ -184,3 +185,55 @@ def test_a_peer_keeps_its_epoch_when_it_loaded_a_state_is_one_behind_or_is_joini
     # one behind: hivemind catches up itself; a newcomer (epoch 0) must load a state before it trains
     peer = _behind(local, swarm, loaded=loaded)
     assert (peer.state_averager.local_epoch, peer.tracker.reported, peer.drifted) == (local, [], False)
+
+
+def _run_failing_rounds(tag: Any) -> tuple[int, Any]:
+    """hivemind's own step loop (DecentralizedAverager._step) in a _GradAverager whose matchmaking
+    always finds a group and whose all-reduce always fails: how many times it ran the all-reduce,
+    and what the step ended with."""
+    from hivemind.averaging.control import StepControl
+    from hivemind.utils import get_dht_time
+    from hivemind.utils.mpfuture import MPFuture
+
+    averager = object.__new__(_GradAverager)
+    attempts = [0]
+
+    async def look_for_group(_step: Any) -> Any:
+        await asyncio.sleep(0)
+        return SimpleNamespace(group_id=b"group", peer_ids=("a", "b"), gathered=())
+
+    async def reduce(*_args: Any, **_kwargs: Any) -> Any:
+        attempts[0] += 1
+        raise AllreduceException("the reducer returned 50% of the average")
+
+    averager.__dict__.update(
+        serializer=MSGPackSerializer, _matchmaking=SimpleNamespace(look_for_group=look_for_group),
+        _reduce_with_group=reduce, _running_groups={}, _allreduce_timeout=5.0, tensor_infos=(),
+        allreduce_kwargs={"min_vector_size": 0}, _parent_pid=-1,  # never its own process: nothing to shut down
+    )
+
+    async def run() -> Any:  # hivemind's futures belong to the event loop they are made in
+        MPFuture()  # its future backend starts on the base class first (a subclass first breaks it)
+        step = StepControl(scheduled_time=get_dht_time(), deadline=get_dht_time() + 2.0, allow_retries=True,
+                           weight=1.0, data_for_gather=_gathered(tag))
+        averager._pending_groups_registered = asyncio.Event()
+        init: MPFuture[Any] = MPFuture()
+        task = asyncio.create_task(averager._step(step=step, future_for_init=init))
+        await init  # hivemind's _step attached its trigger to the step (one process here)
+        step.allow_allreduce()
+        await asyncio.wait_for(task, 10.0)
+        return step.exception()
+
+    error = asyncio.run(run())
+    return attempts[0], error
+
+
+def test_a_tagged_round_whose_all_reduce_failed_is_not_tried_again() -> None:
+    # its group's other members ended that epoch's round: a retry could only hold the next rounds
+    attempts, error = _run_failing_rounds({ROUND_EPOCH: 3})
+    assert attempts == 1 and isinstance(error, AllreduceException)
+
+
+def test_an_untagged_round_is_retried_as_hivemind_does() -> None:
+    attempts, error = _run_failing_rounds(None)  # until its deadline (2 s)
+    assert attempts > 1 and isinstance(error, AllreduceException)
