@@ -409,7 +409,8 @@ def _cap_vram(device: str, max_mb: str | None) -> None:
 
 def _final(peer: Any) -> dict[str, Any]:
     snap = peer.snapshot()
-    return {k: snap[k] for k in ("epoch", "samples", "loss", "samples_per_second", "compute_seconds", "peers")}
+    return {k: snap[k] for k in ("epoch", "samples", "loss", "samples_per_second", "compute_seconds", "peers",
+                                 "round_epoch", "round_peers", "round_error")}
 
 
 def _claim_stdin() -> int:

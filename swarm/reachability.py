@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 PROTOCOL = "/essaim/reachability/1.0.0"
 DIAL_TIMEOUT_S = 6.0
 CHECK_TIMEOUT_S = 25.0
+CHECK_ATTEMPTS = 2  # a volunteer asks again when a check got no answer
+RETRY_PAUSE_S = 1.0
 MIN_CHECK_INTERVAL_S = 10.0
 MAX_CONCURRENT_CHECKS = 4
 MAX_PORTS = 4
@@ -201,12 +203,23 @@ def pin_ports(host_maddrs: Sequence[str]) -> list[str]:
 
 
 def check_reachability(initial_peers: Sequence[str], *, host_maddrs: Sequence[str],
-                       timeout: float = CHECK_TIMEOUT_S) -> Reachability:
-    """Ask the first initial peer that answers to dial this machine back on ``host_maddrs``' ports."""
-    try:
-        return asyncio.run(asyncio.wait_for(_ask(list(initial_peers), list(host_maddrs)), timeout + 10))
-    except Exception as exc:  # hivemind and the daemon raise many kinds: the answer is "unknown"
-        return Reachability(None, reason=f"could not ask the coordinator: {type(exc).__name__}: {exc}"[:300])
+                       timeout: float = CHECK_TIMEOUT_S, attempts: int = CHECK_ATTEMPTS) -> Reachability:
+    """Ask the first initial peer that answers to dial this machine back on ``host_maddrs``' ports.
+    A check that got no answer (the coordinator's peer was busy, a dial timed out on a loaded
+    machine) is asked again, up to ``attempts`` times in all: "unknown" leaves the volunteer to
+    a guess, and a full peer guessed wrong behind a NAT never averages."""
+    seen = Reachability(None, reason="not asked")
+    for attempt in range(max(1, attempts)):
+        if attempt:
+            time.sleep(RETRY_PAUSE_S)
+        try:
+            seen = asyncio.run(asyncio.wait_for(_ask(list(initial_peers), list(host_maddrs)), timeout + 10))
+        except Exception as exc:  # hivemind and the daemon raise many kinds: the answer is "unknown"
+            seen = Reachability(None, reason=f"could not ask the coordinator: {type(exc).__name__}: {exc}"[:300])
+        if seen.reachable is not None:
+            break
+        logger.info("reachability check %d of %d got no answer: %s", attempt + 1, attempts, seen.reason)
+    return seen
 
 
 async def _ask(initial_peers: list[str], host_maddrs: list[str]) -> Reachability:
