@@ -24,8 +24,12 @@ def _initial(swarm: Any) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _held_out_loss(swarm: Any, state: dict[str, Any] | None) -> float:
-    """Mean loss of the demo model (the initial weights, or ``state``'s) on the held-out sums."""
+def _held_out_accuracy(swarm: Any, state: dict[str, Any] | None) -> float:
+    """How many of the answer tokens of the held-out sums the demo model (the initial weights, or
+    ``state``'s) predicts right, each from the tokens before it. Not the loss: from scratch, the
+    answers' cross-entropy rose again after two epochs (3.05 at the start, 2.15 after 2 epochs,
+    3.08 after 4, 3.66 after 6) while the answers kept improving (0.04, 0.37, 0.40, 0.42): the
+    model grows confident, and its misses cost more. The prompts' random digits are not scored."""
     import json
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -38,9 +42,18 @@ def _held_out_loss(swarm: Any, state: dict[str, Any] | None) -> float:
     tokenizer = AutoTokenizer.from_pretrained(swarm.demo_dir / "model")
     rows = [json.loads(line) for line in (swarm.demo_dir / "data" / "eval.jsonl").read_text().splitlines()]
     # packed as the training data is: <s> line </s> <s> line </s> ..., in rows of 64 tokens
-    ids = [t for r in rows for t in [*tokenizer(r["prompt"] + r["answer"])["input_ids"], tokenizer.eos_token_id]]
-    packed = torch.tensor(ids[: len(ids) // 64 * 64]).view(-1, 64)
-    return float(model(input_ids=packed, labels=packed).loss)
+    ids: list[int] = []
+    scored: list[bool] = []
+    for r in rows:
+        whole = [*tokenizer(r["prompt"] + r["answer"])["input_ids"], tokenizer.eos_token_id]
+        prompt = len(tokenizer(r["prompt"])["input_ids"])
+        ids += whole
+        scored += [False] * prompt + [True] * (len(whole) - prompt)
+    n = len(ids) // 64 * 64
+    packed, answer = torch.tensor(ids[:n]).view(-1, 64), torch.tensor(scored[:n]).view(-1, 64)
+    guess = model(input_ids=packed).logits[:, :-1].argmax(-1)
+    right = (guess == packed[:, 1:])[answer[:, 1:]]
+    return float(right.float().mean())
 
 
 def _train_pair(swarm: Any, mode: str, *, carol_client_mode: str = "off") -> tuple[Any, Any]:
@@ -61,6 +74,13 @@ def _train_pair(swarm: Any, mode: str, *, carol_client_mode: str = "off") -> tup
         assert stopped["epoch"] >= EPOCHS and stopped["samples"] > 0 and stopped["compute_seconds"] > 0
         assert trainer.proc.wait(30) == 0
     return alice, carol
+
+
+def _rounds(*trainers: Any) -> dict[str, list[tuple[int, int, str]]]:
+    """What each trainer told its app of its averaging rounds: (epoch, other peers, error)."""
+    return {t.name: sorted({(e["round_epoch"], e["round_peers"], e["round_error"]) for e in t.events
+                            if e["event"] in ("epoch", "stopped") and e.get("round_epoch") is not None})
+            for t in trainers}
 
 
 def _both_published(swarm: Any) -> dict[str, dict[str, Any]]:
@@ -103,12 +123,20 @@ def test_local_mode_peers_are_pulled_together_and_learn(swarm: Any) -> None:
     alice, carol = _train_pair(swarm, "local")
     a, c = _flat(swarm.saved_state(alice)), _flat(swarm.saved_state(carol))
     start = _initial(swarm)
-    # both restart from the shared anchor after each outer step: far closer to each other than to
-    # where they started (a failed last round leaves at most one epoch of local drift)
-    assert torch.dist(a, c) < 0.25 * min(torch.dist(a, start), torch.dist(c, start))
-    # and they learned: lower loss on held-out sums than the model they started from (the per-epoch
-    # training means, five micro-batches each, are too noisy to compare this early)
-    start_loss = _held_out_loss(swarm, None)
+    rounds = _rounds(alice, carol)
+    averaged = [{epoch for epoch, others, error in told if others and not error} for told in rounds.values()]
+    # they averaged with each other: every round on an idle machine; on a loaded one a round may
+    # fail (each trainer then says so, and takes that outer step on its own epoch's work)
+    assert len(set.intersection(*averaged)) >= EPOCHS // 2, rounds
+    if all(told == set(range(EPOCHS)) for told in averaged):
+        # each outer step restarted both from the same anchor: after the last, equal up to rounding
+        # (a round that failed for one of them leaves their anchors apart until it reloads the state)
+        assert torch.dist(a, c) < 1e-3 * min(torch.dist(a, start), torch.dist(c, start)), rounds
+    # and they learned: far more of the held-out answers' tokens right than the model they started
+    # from (0.04; 0.37-0.42 after 2 to 6 epochs; the per-epoch training losses, five micro-batches
+    # each, are too noisy to compare this early)
+    before = _held_out_accuracy(swarm, None)
     for trainer in (alice, carol):
-        assert _held_out_loss(swarm, swarm.saved_state(trainer)) < start_loss
+        after = _held_out_accuracy(swarm, swarm.saved_state(trainer))
+        assert after > before + 0.15, (trainer.name, before, after, rounds)
     _both_published(swarm)
