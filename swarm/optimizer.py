@@ -39,9 +39,10 @@ out and keep it busy); averaging chunks may take ``MIN_CHUNK_TIMEOUT_S`` on a bu
 gradient buffers are float32 and are never served as "state" to newcomers. Gradient rounds are
 tagged with the epoch they close, and a group's leader refuses members of another epoch's round
 (hivemind's groups carry no epoch: a peer a round late joined the next epoch's group and stalled
-it); a client-mode peer gives up a round whose group has closed instead of waiting out its timeout;
-a reducer holds parts that arrive a moment before it began the round (``GROUP_REGISTRATION_WAIT_S``)
-instead of refusing them; under robust aggregation a volunteer never leads a group (it could hold
+it); a round whose all-reduce failed is not retried (its group's members have ended that epoch's
+round, and the retry held the next rounds); a client-mode peer gives up a round whose group has
+closed instead of waiting out its timeout; a reducer holds parts that arrive a moment before it
+began the round (``GROUP_REGISTRATION_WAIT_S``) instead of refusing them; under robust aggregation a volunteer never leads a group (it could hold
 no reducer) and joins the coordinator's averaging peers' groups, and in overlapped mode the averaging
 peer leads each round from the moment the volunteers' reports show the epoch ended rather than at
 its own estimate of that moment.
