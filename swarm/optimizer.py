@@ -42,10 +42,10 @@ tagged with the epoch they close, and a group's leader refuses members of anothe
 it); a round whose all-reduce failed is not retried (its group's members have ended that epoch's
 round, and the retry held the next rounds); a client-mode peer gives up a round whose group has
 closed instead of waiting out its timeout; a reducer holds parts that arrive a moment before it
-began the round (``GROUP_REGISTRATION_WAIT_S``) instead of refusing them; under robust aggregation a volunteer never leads a group (it could hold
-no reducer) and joins the coordinator's averaging peers' groups, and in overlapped mode the averaging
-peer leads each round from the moment the volunteers' reports show the epoch ended rather than at
-its own estimate of that moment.
+began the round (``GROUP_REGISTRATION_WAIT_S``) instead of refusing them; under robust aggregation
+a volunteer never leads a group (it could hold no reducer) and joins the coordinator's averaging
+peers' groups, and in overlapped mode the averaging peer leads each round from the moment the
+volunteers' reports show the epoch ended rather than at its own estimate of that moment.
 
 Knobs: ``training.matchmaking_time`` — raise it when logs say "averaged ... with N peers" with N
 below the swarm size; ``training.averaging_timeout`` — raise it when logs say "Proceeding with local
