@@ -54,10 +54,11 @@ setup() {
 
 system_deps() {
   # The tray, idle-detection, dashboard and installer tests drive real X servers, a browser and
-  # linters, and the NAT tests build home routers from network namespaces (iproute2, iptables);
-  # without these packages they are skipped with the reason.
+  # linters, and the NAT tests build home routers from network namespaces (iproute2, iptables;
+  # miniupnpd for one that maps ports on request); without these packages they are skipped with
+  # the reason.
   [[ "${ESSAIM_SYSTEM_DEPS:-1}" == "0" ]] && return 0
-  local wanted=(xvfb xdotool trayer x11-utils imagemagick chromium desktop-file-utils shellcheck iptables iproute2)
+  local wanted=(xvfb xdotool trayer x11-utils imagemagick chromium desktop-file-utils shellcheck iptables iproute2 miniupnpd-iptables)
   local missing=()
   for pkg in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

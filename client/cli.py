@@ -126,6 +126,7 @@ def format_status(st: dict[str, Any]) -> str:
             else f"not connected: {coordinator.get('error') or '...'}"
         )
         lines.append(f"coordinator: {coordinator.get('address')} ({how})")
+    lines.extend(_temperature_lines(st.get("temperature")))
     c = st.get("contribution") or {}
     lines.append(
         f"contribution: {c.get('samples', 0):,} samples, {c.get('compute_seconds', 0) / 3600:.2f} compute hours, "
@@ -134,6 +135,20 @@ def format_status(st: dict[str, Any]) -> str:
     for problem in st.get("config_problems") or []:
         lines.append(f"config: {problem}")
     return "\n".join(lines)
+
+
+def _temperature_lines(temperature: dict[str, Any] | None) -> list[str]:
+    """Why heat cannot pause training here, or the readings the temperature rule watches."""
+    if not temperature:
+        return []
+    if temperature.get("note"):
+        return [str(temperature["note"])]
+    read = [
+        f"{part} {temperature[f'{key}_c']:.0f}°C"
+        for part, key in (("CPU", "cpu"), ("GPU", "gpu"))
+        if temperature.get(f"{key}_rule") == "on" and temperature.get(f"{key}_c") is not None
+    ]
+    return [f"temperature: {', '.join(read)}"] if read else []
 
 
 @app.command()

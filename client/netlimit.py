@@ -3,16 +3,22 @@
     caps = NetCaps(upload_kbps=500, download_kbps=2000, daily_mb=1024)
     env.update(caps.to_env(remaining_bytes=account.remaining(caps)))   # the trainer reads NetCaps.from_env()
     account = DailyTraffic(data_dir / "traffic.json")
-    account.add_totals(sent=..., received=...)   # cumulative counters from the trainer (or the NIC)
+    trainers = TrainerTraffic()
+    trainers.new_trainer()                       # the app started a trainer: its counters begin at 0
+    sent, received = trainers.report(sent=..., received=...)      # each report of that trainer
+    account.add_totals(sent=sent, received=received)
     account.today_bytes()                        # what the daily limit is checked against
 
 The trainer owns the swarm's connections (through hivemind's libp2p daemon), so it measures them
 (:class:`TrafficMeter`) and enforces the rate caps (:class:`NetPacer`: two token buckets, one per
 direction; when the traffic ran ahead of a cap the trainer holds its computation until the bucket
 refills, which delays its next averaging round, so the average rate stays under the cap); it
-reports its cumulative counters in its progress events. The app counts the day's traffic and stops
-the trainer when the daily limit is reached (policy rule "network"). Days are local calendar days; the count is kept in
-a small JSON file so a restart does not reset it.
+reports its cumulative counters in its progress events. The app joins the counters of its
+successive trainers into one running count (:class:`TrainerTraffic`), counts the day's traffic
+and stops the trainer when the daily limit is reached (policy rule "network"). Between two of the
+app's checks the trainer guards the limit itself (:class:`TrafficBudget`: the bytes left today
+when it started). Days are local calendar days; the count is kept in a small JSON file so a
+restart does not reset it.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ MB = 1024 * 1024
 ENV_UPLOAD = "ESSAIM_NET_UPLOAD_KBPS"
 ENV_DOWNLOAD = "ESSAIM_NET_DOWNLOAD_KBPS"
 ENV_REMAINING = "ESSAIM_NET_REMAINING_BYTES"
+NETWORK_LIMIT = "network-limit"  # the trainer's stop reason when its TrafficBudget is spent
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +70,19 @@ class NetCaps:
         return cls(
             upload_kbps=int(env.get(ENV_UPLOAD, 0) or 0), download_kbps=int(env.get(ENV_DOWNLOAD, 0) or 0)
         )
+
+
+def remaining_from_env(env: Mapping[str, str] | None = None) -> int | None:
+    """The bytes of today's limit left when the app started the trainer (None: no daily limit)."""
+    env = os.environ if env is None else env
+    text = env.get(ENV_REMAINING, "")
+    if not text.strip():
+        return None
+    try:
+        return max(int(text), 0)
+    except ValueError:
+        logger.warning("ignoring %s=%r: not a number of bytes", ENV_REMAINING, text)
+        return None
 
 
 class RateLimiter:
@@ -126,17 +146,16 @@ class DailyTraffic:
         self._dirty_since = self._dirty_since or time.monotonic()
 
     def add_totals(self, *, sent: int, received: int) -> None:
-        """Feed cumulative counters (since the trainer started); a counter that went down has restarted."""
+        """Feed cumulative counters since the app started (:meth:`TrainerTraffic.report`).
+
+        The first report is counted whole: the traffic before it is this app's too. A counter
+        that went down began again at 0, and is counted from there."""
         total = int(sent) + int(received)
         if self._last_total is not None and total >= self._last_total:
             self.add(total - self._last_total)
-        else:  # the first report of a trainer, or a new one whose counters began again at 0
+        else:
             self.add(total)
         self._last_total = total
-
-    def reset_counter(self) -> None:
-        """A new trainer: its counters start again from 0."""
-        self._last_total = None
 
     def today_bytes(self) -> int:
         self._roll()
@@ -161,6 +180,29 @@ class DailyTraffic:
             logger.warning("cannot save the traffic count to %s: %s", self.path, exc)
 
 
+class TrainerTraffic:
+    """The traffic of the app's successive trainers as one running count, for :class:`DailyTraffic`.
+
+    Each trainer is a new process whose counters start at 0, so its reports are a fresh baseline
+    on top of what the trainers before it moved: the old trainer's last report (5 MB) and the new
+    one's first (8 MB, the state it downloaded on joining) make 13 MB, not 8.
+    """
+
+    def __init__(self) -> None:
+        self._before = (0, 0)  # (sent, received) of the trainers that ended
+        self._current = (0, 0)  # the highest counters the running trainer reported
+
+    def new_trainer(self) -> None:
+        """A trainer started: what the previous one reported is kept, and counting begins at 0."""
+        self._before = (self._before[0] + self._current[0], self._before[1] + self._current[1])
+        self._current = (0, 0)
+
+    def report(self, *, sent: int, received: int) -> tuple[int, int]:
+        """The running trainer's counters -> (sent, received) of all the trainers so far."""
+        self._current = (max(int(sent), self._current[0]), max(int(received), self._current[1]))
+        return self._before[0] + self._current[0], self._before[1] + self._current[1]
+
+
 class TrafficMeter:
     """Cumulative bytes a process's libp2p daemons (hivemind's ``p2pd`` children) moved on the network.
 
@@ -177,6 +219,7 @@ class TrafficMeter:
         self.pid = os.getpid() if pid is None else pid
         self.names = names
         self._last: dict[int, int] = {}
+        self._lock = threading.Lock()  # read by the training loop, its reports and the budget's watcher
 
     def total(self) -> int:
         import psutil
@@ -185,16 +228,17 @@ class TrafficMeter:
             children = psutil.Process(self.pid).children(recursive=True)
         except psutil.Error:
             children = []
-        for child in children:
-            try:
-                if child.name() not in self.names:
+        with self._lock:
+            for child in children:
+                try:
+                    if child.name() not in self.names:
+                        continue
+                    io = child.io_counters()
+                except (psutil.Error, AttributeError, NotImplementedError):
                     continue
-                io = child.io_counters()
-            except (psutil.Error, AttributeError, NotImplementedError):
-                continue
-            moved = (getattr(io, "read_chars", 0) + getattr(io, "write_chars", 0)) // 2
-            self._last[child.pid] = max(moved, self._last.get(child.pid, 0))
-        return sum(self._last.values())
+                moved = (getattr(io, "read_chars", 0) + getattr(io, "write_chars", 0)) // 2
+                self._last[child.pid] = max(moved, self._last.get(child.pid, 0))
+            return sum(self._last.values())
 
     def totals(self) -> tuple[int, int]:
         """(sent, received) since this meter began."""
@@ -231,3 +275,28 @@ class NetPacer:
         delay = max(self.up.delay_for(sent - self._sent), self.down.delay_for(received - self._received))
         self._sent, self._received = sent, received
         return delay
+
+
+class TrafficBudget:
+    """The trainer's own guard on the daily limit: spent once its meter reaches the bytes that
+    were left today when the app started it (``ESSAIM_NET_REMAINING_BYTES``).
+
+    The app checks the day's total against the limit from the trainer's progress reports, every
+    couple of seconds; a burst in between (the state download on joining, an averaging round)
+    would run past the limit by what it moves meanwhile. The trainer reads its meter more often
+    (``essaim.client.trainer`` stops with reason "network-limit" when it is spent).
+    """
+
+    def __init__(self, remaining: int | None, meter: TrafficMeter) -> None:
+        self.remaining, self.meter = remaining, meter
+
+    @classmethod
+    def from_env(cls, meter: TrafficMeter, env: Mapping[str, str] | None = None) -> TrafficBudget:
+        return cls(remaining_from_env(env), meter)
+
+    @property
+    def active(self) -> bool:
+        return self.remaining is not None
+
+    def spent(self) -> bool:
+        return self.remaining is not None and self.meter.total() >= self.remaining

@@ -183,7 +183,9 @@ class Observer:
         except (OSError, AttributeError, NotImplementedError):  # not on every platform
             battery = None
         if battery is not None:
-            on_battery, percent = not battery.power_plugged, float(battery.percent)
+            # power_plugged is None where psutil cannot tell (some laptops, VMs): that is not "on battery"
+            on_battery = battery.power_plugged is False
+            percent = None if battery.percent is None else float(battery.percent)
         self._sensors = (on_battery, percent, cpu_temperature(), self.gpu.temperature())
         return self._sensors
 

@@ -4,6 +4,7 @@
     decision.action     # "train" | "throttle" | "pause" | "stop" | "finish"
     decision.reason     # "waiting: user active (idle 0:42 of 3:00)"
     state = decision.new_state                    # latches (temperature hysteresis), snooze, holds
+    temperature_watch(obs, cfg).note              # "temperature rule inactive: no temperature sensor ..."
 
 No clock, no I/O: ``now`` and the :class:`Observations` are given, so every rule is tested with
 plain values. Rules are checked in this order and the first that applies wins: finish, manual
@@ -104,6 +105,42 @@ class Decision:
     threads: int = 0
     duty_cycle: float = 0.0
     use_gpu: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TemperatureWatch:
+    """Whether the temperature rule can act on this machine, for ``essaim status``.
+
+    ``cpu`` and ``gpu`` are "on" (a reading is watched), "off" (set to 0, or the GPU is not used) or
+    "no sensor" (nothing is read here); ``note`` is "" while every rule that is set has a reading."""
+
+    cpu: str
+    gpu: str
+    note: str
+
+
+TEMPERATURE_SOURCES = (
+    "CPU sensors are read on Linux only, and not in most virtual machines nor in WSL2; "
+    "GPU temperatures only on NVIDIA GPUs, through NVML"
+)
+
+
+def temperature_watch(obs: Observations, cfg: PolicyConfig) -> TemperatureWatch:
+    """Which temperature readings the rule has here; pure, like :func:`decide`."""
+    cpu = "off" if cfg.cpu_temp_high_c <= 0 else "no sensor" if obs.cpu_temp_c is None else "on"
+    if cfg.gpu_temp_high_c <= 0 or not cfg.use_gpu:
+        gpu = "off"
+    else:
+        gpu = "no sensor" if obs.gpu_temp_c is None else "on"
+    note = ""
+    if "on" not in (cpu, gpu) and "no sensor" in (cpu, gpu):
+        note = (
+            "temperature rule inactive: no temperature sensor is read here, so heat never pauses training "
+            f"({TEMPERATURE_SOURCES})"
+        )
+    elif cpu == "no sensor":
+        note = "CPU temperature rule inactive: no CPU temperature sensor is read here (the GPU's is)"
+    return TemperatureWatch(cpu=cpu, gpu=gpu, note=note)
 
 
 def fmt_minutes(seconds: float) -> str:

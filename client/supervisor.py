@@ -35,7 +35,7 @@ from essaim.client.idle import IdleSource, detect_idle_source
 from essaim.client.link import ClientFactory, CoordinatorLink, default_client_factory
 from essaim.client.netlimit import DailyTraffic, NetCaps
 from essaim.client.observe import Observer, SystemSample
-from essaim.client.policy import Decision, Observations, PolicyConfig, PolicyState, decide
+from essaim.client.policy import Decision, Observations, PolicyConfig, PolicyState, decide, temperature_watch
 from essaim.client.settings import parse_duration
 from essaim.client.trainer_handle import default_trainer_command
 from essaim.client.worker import Contribution, Worker, swarm_line
@@ -90,6 +90,7 @@ class Supervisor:
         self.fatal = ""
         self.assignment_problem = ""
         self.tick_error = ""
+        self._temperature_note = ""
         self.link: CoordinatorLink | None = None
         self.traffic = DailyTraffic(paths.data_dir / "traffic.json")
         self.contribution = self._load_contribution()
@@ -342,6 +343,20 @@ class Supervisor:
             return "waiting", "waiting: no job to train right now; asking the coordinator again soon"
         return "training", "starting the trainer"
 
+    def _temperature(self) -> dict[str, Any]:
+        obs = self._observations()
+        watch = temperature_watch(obs, self.cfg)
+        if watch.note and watch.note != self._temperature_note:
+            logger.info("%s", watch.note)
+        self._temperature_note = watch.note
+        return {
+            "cpu_c": obs.cpu_temp_c,
+            "gpu_c": obs.gpu_temp_c,
+            "cpu_rule": watch.cpu,
+            "gpu_rule": watch.gpu,
+            "note": watch.note,
+        }
+
     def _make_status(self, d: Decision) -> dict[str, Any]:
         state, reason = self._effective(d)
         w = self.worker
@@ -370,6 +385,7 @@ class Supervisor:
             "coordinator": self.link.snapshot().to_json() if self.link is not None else None,
             "contribution": self.contribution.to_json(),
             "network_today_bytes": self.traffic.today_bytes(),
+            "temperature": self._temperature(),
             "config_file": str(self.paths.config_file),
             "config_problems": list(self.settings.problems),
             "settings": {k: self.settings[k] for k in ("policy.intensity", "policy.only_when_idle")},

@@ -199,11 +199,11 @@ class TrainerHandle:
         self.suspended = False
 
     def limit_cores(self, cores: int) -> None:
-        """Pin the trainer to the first ``cores`` CPUs (0: all), where the OS allows it."""
+        """Pin the trainer's processes to the first ``cores`` of the CPUs the app may use (0: all of
+        them), where the OS allows it; the processes they start later inherit it."""
         if not self.alive or self.proc is None or not hasattr(psutil.Process, "cpu_affinity"):
             return
-        cpus = list(range(psutil.cpu_count() or 1))
-        wanted = cpus[: cores or len(cpus)] or cpus
+        wanted = allowed_cores(cores)
         for pid in self.pids():
             with contextlib.suppress(psutil.Error, OSError, ValueError):
                 psutil.Process(pid).cpu_affinity(wanted)
@@ -263,6 +263,17 @@ class TrainerHandle:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def allowed_cores(cores: int) -> list[int]:
+    """The first ``cores`` (0: all) of the CPUs this process may run on: in a container or under
+    ``taskset`` those are not always CPUs 0, 1, ..."""
+    try:
+        cpus = sorted(psutil.Process().cpu_affinity() or [])
+    except (psutil.Error, OSError, AttributeError):
+        cpus = []
+    cpus = cpus or list(range(psutil.cpu_count() or 1))
+    return cpus[: cores or len(cpus)] or cpus
 
 
 def _lower_priority(pid: int) -> None:

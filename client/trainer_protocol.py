@@ -100,7 +100,7 @@ class StartedEvent(_Event):
     device: str = ""
     pid: int = 0
     client_mode: bool = False  # outgoing connections only: it averages through full peers
-    reachability: str = ""  # public | nat | unknown (checked with the coordinator), "" when set by hand
+    reachability: str = ""  # public | upnp | nat | unknown (checked with the coordinator), "" when set by hand
     observed: str = ""  # the address the coordinator saw this machine's connection come from
     reachability_reason: str = ""
 
@@ -147,7 +147,9 @@ class ResumedEvent(_Event):
     epoch: int = 0
 
 
-StopReason = Literal["stopped", "finished", "completed", "signal", "error", "stdin-closed"]
+StopReason = Literal["stopped", "finished", "completed", "signal", "error", "stdin-closed", "network-limit"]
+"""Why a trainer stopped; "network-limit" (essaim.client.netlimit.NETWORK_LIMIT): its own traffic
+reached what was left of the volunteer's daily network limit when it started."""
 
 
 class StoppedEvent(_ProgressFields):

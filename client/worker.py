@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from essaim.client.errors import TrainerError
+from essaim.client.netlimit import NETWORK_LIMIT, TrainerTraffic
 from essaim.client.trainer_handle import EXIT_EVENT, TrainerHandle
 from essaim.protocol.types import JobProgress
 
@@ -61,7 +62,8 @@ class Worker:
         self.work_root = Path(work_root)
         self._command, self._env, self._coordinator = command, env, coordinator
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
-        self._on_traffic = on_traffic
+        self._on_traffic = on_traffic  # (sent, received) of all this app's trainers so far
+        self._traffic = TrainerTraffic()
         self._on_contribution = on_contribution
         self.assignment: dict[str, Any] | None = None
         self.job_id = ""
@@ -77,6 +79,7 @@ class Worker:
         self.crashes = 0
         self.restart_at = 0.0
         self.last_error = ""
+        self.stop_reason = ""  # the running trainer's, from its "stopped" event
         self.progress: JobProgress | None = None
         self.swarm: dict[str, Any] = {}  # reachability and the last averaging round (see swarm_line)
         self.token_expires_at = 0.0
@@ -137,7 +140,9 @@ class Worker:
             self.handle = None
             self._crashed(now, str(exc))
             return
+        self._traffic.new_trainer()
         self.trainer_state = "starting"
+        self.stop_reason = ""
         self.throttle = None
         self.pause_sent_at = self.paused_since = self.stop_sent_at = None
         self.finishing = False
@@ -246,7 +251,9 @@ class Worker:
             self.last_error = str(event.get("message", "unknown error"))
             logger.warning("trainer error: %s", self.last_error)
         elif kind == "stopped":
-            logger.info("trainer stopped: %s", event.get("reason", ""))
+            self.stop_reason = str(event.get("reason", ""))
+            logger.info("trainer stopped: %s", self.stop_reason)
+            self._count_traffic(event)  # what it moved since its last progress report
         elif kind == EXIT_EVENT:
             self._exited(int(event.get("returncode", -1)), now)
 
@@ -271,19 +278,28 @@ class Worker:
             max(samples, self._samples_seen),
             max(compute, self._compute_seen),
         )
+        self._count_traffic(event)
+
+    def _count_traffic(self, event: dict[str, Any]) -> None:
         if self._on_traffic is not None and ("bytes_sent" in event or "bytes_received" in event):
-            self._on_traffic(int(event.get("bytes_sent", 0) or 0), int(event.get("bytes_received", 0) or 0))
+            sent, received = self._traffic.report(
+                sent=int(event.get("bytes_sent", 0) or 0), received=int(event.get("bytes_received", 0) or 0)
+            )
+            self._on_traffic(sent, received)
 
     def _exited(self, returncode: int, now: float) -> None:
         assert self.handle is not None
         ran = time.monotonic() - self.handle.started_at
-        wanted = self.trainer_state == "stopping" or self.finishing
+        at_limit = self.stop_reason == NETWORK_LIMIT  # it stopped itself; the policy keeps it stopped
+        wanted = self.trainer_state == "stopping" or self.finishing or at_limit
         self.handle.kill()  # reaps leftovers of its process group
         self.handle = None
         state, self.trainer_state = self.trainer_state, "none"
         if self.finishing and returncode == 0:
             self.finished = True
             logger.info("trainer finished its epoch and stopped")
+        elif at_limit and returncode == 0:
+            logger.info("trainer stopped: it reached what was left of the daily network limit")
         elif wanted and returncode in (0, -15, -9):
             logger.info("trainer stopped (exit %d)", returncode)
         else:
@@ -313,8 +329,9 @@ def swarm_line(swarm: dict[str, Any]) -> str:
         return ""
     reach = swarm.get("reachability") or ""
     if swarm.get("client_mode"):
-        how = "NAT-ed: averages through the coordinator's peer" if reach in ("nat", "") else (
-            f"reachability {reach}: averages through the coordinator's peer")
+        how = {"nat": "NAT-ed: averages through the coordinator's peer", "": "NAT-ed: averages through the coordinator's peer",
+               "upnp": "reachable through the router's port mapping (UPnP/NAT-PMP): averages through the "
+                       "coordinator's peer"}.get(reach, f"reachability {reach}: averages through the coordinator's peer")
     else:
         how = "reachable: a full peer of the swarm" if reach in ("public", "") else f"reachability {reach}: full peer"
     if swarm.get("observed"):

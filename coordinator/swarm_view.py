@@ -23,7 +23,7 @@ from typing import Any
 
 from essaim.coordinator.rounds import RoundBook
 from essaim.coordinator.store import Store, SwarmPeer
-from essaim.swarm.reachability import Reachability
+from essaim.swarm.reachability import MAPPED, Reachability
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ PUBLISH_EVERY_S = 5.0
 lag the swarm by about this much; lower it if admins see them trail a round behind."""
 
 UNKNOWN = Reachability(None).label
-LABELS = frozenset(Reachability(reachable).label for reachable in (True, False, None))
+LABELS = frozenset({*(Reachability(reachable).label for reachable in (True, False, None)), Reachability(True, via=MAPPED).label})
 
 Owner = Callable[[str], tuple[str, bool] | None]
 """A libp2p peer id -> (volunteer id, banned), or None for a peer no volunteer registered."""

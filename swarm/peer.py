@@ -7,7 +7,8 @@
     peer.pause(); peer.resume(); peer.throttle(threads=1, duty_cycle=0.25); peer.finish(); peer.stop()
 
 The loop trains micro-batch after micro-batch over the peer's shards and steps the swarm
-optimizer. Between micro-batches it obeys the controls, so ``stop``/``pause`` take effect within
+optimizer; a micro-batch that does not fit in the GPU's memory is computed in slices
+(:class:`MicroBatches`). Between micro-batches it obeys the controls, so ``stop``/``pause`` take effect within
 one micro-batch (the duty-cycle sleep is interruptible); the one call that can take longer is an
 epoch's averaging round inside hivemind, bounded by ``training.averaging_timeout`` (the trainer
 process does not wait for it when told to stop). It publishes a signed progress record
@@ -103,6 +104,55 @@ def load_local_state(path: Path, loaded: Any, optimizer: SwarmOptimizer) -> Coun
         raise StateError(f"cannot resume from {path}: {exc}; delete it to start over") from None
 
 
+class MicroBatches:
+    """Forward and backward of one micro-batch, in slices of fewer rows once the GPU ran out of memory.
+
+    On a CUDA out-of-memory error (the volunteer's cap on GPU memory, or a smaller GPU than the
+    recipe was written for) the attempt's gradients are zeroed, PyTorch's cache is emptied and the
+    batch is computed again in slices of half as many rows, their gradients accumulated: each
+    slice's mean loss is weighted by its share of the rows (packed rows are all the same length),
+    so the optimizer gets the gradient of the whole batch, as before. The smaller slices are kept
+    for the batches after it. Raises TrainingError when even one row does not fit.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.rows: int | None = None  # rows per slice; None: the whole batch at once
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Forward and backward of ``batch`` (already on the model's device); its mean loss, detached."""
+        rows = int(batch["input_ids"].shape[0])
+        while True:
+            size = min(self.rows or rows, rows)
+            try:
+                return self._accumulate(batch, rows, size)
+            except torch.cuda.OutOfMemoryError:
+                pass  # handled below: the error's traceback holds the attempt's tensors
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    p.grad.zero_()
+            torch.cuda.empty_cache()
+            if size <= 1:
+                raise TrainingError(
+                    "out of GPU memory with a single sequence per micro-batch; raise the GPU memory cap "
+                    "(policy.gpu_max_vram_mb, 0: no cap), close programs that use the GPU, or train on the CPU"
+                )
+            self.rows = size // 2
+            logger.warning("out of GPU memory with micro-batches of %d rows; computing them %d rows at a time",
+                           size, self.rows)
+
+    def _accumulate(self, batch: dict[str, torch.Tensor], rows: int, size: int) -> torch.Tensor:
+        total: torch.Tensor | None = None
+        for start in range(0, rows, size):
+            part = {k: v[start:start + size] for k, v in batch.items()}
+            weight = int(part["input_ids"].shape[0]) / rows
+            loss = self.model(**part).loss * weight
+            loss.backward()
+            total = loss.detach() if total is None else total + loss.detach()
+        assert total is not None
+        return total
+
+
 class TrainingPeer:
     """The loop of one peer on one job (see the module docstring). Build on the main thread."""
 
@@ -135,6 +185,7 @@ class TrainingPeer:
         self.publish_every_s, self.progress_every_s, self.save_every_s = publish_every_s, progress_every_s, save_every_s
         self.join_swarm = join_swarm
         self.pacer = pacer  # seconds to hold between micro-batches (the network caps), or 0
+        self.micro_batches = MicroBatches(loaded.model)
         self.counters = Counters.load(self.counters_path)
         self.coordinator_peers = frozenset(coordinator_peers)  # not volunteers: left out of "averaged with"
 
@@ -243,8 +294,7 @@ class TrainingPeer:
                     return reason
                 started = time.perf_counter()
                 batch = {k: v.to(device) for k, v in batch.items()}
-                loss = model(**batch).loss
-                loss.backward()
+                loss = self.micro_batches(batch)
                 n = int(batch["input_ids"].shape[0])
                 stepping = time.perf_counter()
                 result = self.optimizer.step(n)
@@ -254,7 +304,7 @@ class TrainingPeer:
                 self.counters.compute_seconds += spent
                 if result.accepted:
                     self.counters.samples += n
-                    self._add_loss(loss.detach())
+                    self._add_loss(loss)
                 now = time.monotonic()
                 if result.new_epoch:
                     self._close_epoch()

@@ -6,6 +6,7 @@
     seen = check_reachability(initial_peers, host_maddrs=["/ip4/0.0.0.0/tcp/41234"])
     seen.reachable      # True: others can dial it (full peer); False: behind a NAT (client mode)
     seen.observed       # "203.0.113.7": the address the coordinator saw the connection come from
+    seen.via            # "upnp": reachable through a port its router mapped when asked
 
 Like libp2p's AutoNAT, the answer comes from the other side: the volunteer starts a throwaway
 libp2p peer listening where its DHT will listen, asks the coordinator's peer to dial it back, and
@@ -13,6 +14,15 @@ the coordinator tries, from a second libp2p peer of its own that holds no connec
 The coordinator only ever dials the address the request came from (with the ports the volunteer
 names), at most once per ``MIN_CHECK_INTERVAL_S`` per caller and ``MAX_CONCURRENT_CHECKS`` at a
 time, so the service cannot be used to make it connect anywhere else.
+
+A home router that takes port-mapping requests (UPnP IGD or NAT-PMP, as most do when the owner
+left it on) lets a NAT-ed volunteer be a full peer. The probe asks its router for a mapping, as
+the DHT's libp2p daemon does (``nat_port_map``); when the router cannot be dialed through on the
+ports it listens on, and a mapping came (the daemon found the router and was given an outside
+port, seen in its own addresses: about 5 s here), it asks the coordinator again to dial the mapped
+ports, after the coordinator's per-caller interval. Reachable so, the DHT's daemon makes a mapping
+of its own and announces it: the probe's mapping goes with the probe, and the router picks the
+outside port.
 
 Used by the trainer (:mod:`essaim.client.trainer`) to pick full or client mode, and by the job
 runner (:mod:`essaim.coordinator.jobrunner`), which serves the checks.
@@ -28,7 +38,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +54,8 @@ MIN_CHECK_INTERVAL_S = 10.0
 MAX_CONCURRENT_CHECKS = 4
 MAX_PORTS = 4
 MAX_REQUEST_BYTES = 4096
+MAPPED = "upnp"  # a request's "via": the ports named are ones the volunteer's router mapped
+PORT_MAP_WAIT_S = 8.0  # after the probe starts, how long a check that found no way in waits for a router's mapping
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +66,13 @@ class Reachability:
     observed: str = ""  # the IP the coordinator saw this peer's connection come from
     address: str = ""  # the multiaddr it could dial back, when reachable
     reason: str = ""
+    via: str = ""  # "upnp": through a port the router mapped on request (UPnP IGD or NAT-PMP)
 
     @property
     def label(self) -> str:
-        """public | nat | unknown: what `essaim status` and the dashboard show."""
+        """public | upnp | nat | unknown: what `essaim status` and the dashboard show."""
+        if self.reachable and self.via == MAPPED:
+            return MAPPED
         return {True: "public", False: "nat", None: "unknown"}[self.reachable]
 
     def as_dict(self) -> dict[str, Any]:
@@ -82,6 +97,21 @@ def read_checks(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     return {str(k): v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
 
 
+@contextlib.contextmanager
+def _env(**values: str) -> Iterator[None]:
+    """These environment variables set while the block runs (a libp2p daemon started in it reads them)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 class _ServeChecks:
     """Picklable coroutine factory: hivemind runs it inside the DHT process."""
 
@@ -92,8 +122,12 @@ class _ServeChecks:
     async def __call__(self, _dht: Any, node: Any) -> None:
         from hivemind.p2p import P2P
 
-        prober = await P2P.create(host_maddrs=[f"/ip4/{self.listen_host}/tcp/0"], auto_nat=False,
-                                  nat_port_map=False, conn_manager=False)
+        # a DHT client, dialing from ports of its own: a volunteer's probe never learns of it nor
+        # connects to it, so no router keeps a way in for its dial-backs (a probe that had dialed
+        # the prober's port would be dialed back through its own NAT's entry for that connection)
+        with _env(LIBP2P_TCP_REUSEPORT="false", IPFS_REUSEPORT="false"):
+            prober = await P2P.create(host_maddrs=[f"/ip4/{self.listen_host}/tcp/0"], auto_nat=False,
+                                      nat_port_map=False, conn_manager=False, dht_mode="client")
         checker = _Checker(prober, self.record)
         node.essaim_reachability = checker  # keeps the prober alive as long as the node
         await node.p2p.add_binary_stream_handler(PROTOCOL, checker.handle)
@@ -123,6 +157,8 @@ class _Checker:
             return
         seen = read_checks(self.record)
         label = {True: "public", False: "nat"}.get(reply.get("reachable"), "unknown")  # type: ignore[arg-type]
+        if reply.get("reachable") is True and reply.get("via") == MAPPED:
+            label = MAPPED
         seen[peer] = {"reachability": label, "observed": reply.get("observed", ""),
                       "address": reply.get("address", ""), "at": time.time()}
         if len(seen) > 10_000:  # keep the newest
@@ -140,6 +176,7 @@ class _Checker:
             return {"reachable": None, "reason": "request too large"}
         request = json.loads(line or b"{}")
         ports = [int(p) for p in request.get("ports", [])[:MAX_PORTS] if 0 < int(p) < 65536]
+        via = MAPPED if request.get("via") == MAPPED else ""  # ports the caller's router mapped
         observed = _host_of(str(info.addr))
         peer = info.peer_id.to_bytes()
         now = time.monotonic()
@@ -168,7 +205,7 @@ class _Checker:
                 # libp2p reports success when it is connected to that peer by any way (another
                 # address it learned, a relay): the connection must be to the address dialed
                 if any(p.peer_id == info.peer_id and any(str(a) == address for a in p.addrs) for p in peers):
-                    return {"reachable": True, "observed": observed, "address": address}
+                    return {"reachable": True, "observed": observed, "address": address, **({"via": via} if via else {})}
         return {"reachable": False, "observed": observed,
                 "reason": f"a dial back to {observed} on port(s) {', '.join(map(str, ports))} failed"}
 
@@ -213,7 +250,9 @@ def check_reachability(initial_peers: Sequence[str], *, host_maddrs: Sequence[st
         if attempt:
             time.sleep(RETRY_PAUSE_S)
         try:
-            seen = asyncio.run(asyncio.wait_for(_ask(list(initial_peers), list(host_maddrs)), timeout + 10))
+            # a first check, a wait for the router's mapping and the coordinator's interval, a second check
+            seen = asyncio.run(asyncio.wait_for(_ask(list(initial_peers), list(host_maddrs), timeout),
+                                                2 * timeout + MIN_CHECK_INTERVAL_S + 10))
         except Exception as exc:  # hivemind and the daemon raise many kinds: the answer is "unknown"
             seen = Reachability(None, reason=f"could not ask the coordinator: {type(exc).__name__}: {exc}"[:300])
         if seen.reachable is not None:
@@ -222,38 +261,85 @@ def check_reachability(initial_peers: Sequence[str], *, host_maddrs: Sequence[st
     return seen
 
 
-async def _ask(initial_peers: list[str], host_maddrs: list[str]) -> Reachability:
-    from hivemind.p2p import P2P, PeerID
-    from hivemind.utils.multiaddr import Multiaddr
+async def _ask(initial_peers: list[str], host_maddrs: list[str], timeout: float) -> Reachability:
+    from hivemind.p2p import P2P
 
     ports = sorted({int(m.split("/")[m.split("/").index("tcp") + 1]) for m in host_maddrs if "/tcp/" in m})
-    probe = await P2P.create(host_maddrs=host_maddrs, auto_nat=False, nat_port_map=False)
+    # nat_port_map: the probe asks the router for a mapping, as the DHT's daemon will
+    probe = await P2P.create(host_maddrs=host_maddrs, auto_nat=False, nat_port_map=True, dht_mode="client")
+    started = time.monotonic()
     try:
-        last = "no initial peer to ask"
-        for maddr in initial_peers:
-            if "/p2p/" not in maddr:
-                continue
-            address, peer = maddr.rsplit("/p2p/", 1)
-            try:
-                peer_id = PeerID.from_base58(peer)
-                await asyncio.wait_for(probe._client.connect(peer_id, [Multiaddr(address)]), DIAL_TIMEOUT_S)
-                _, reader, writer = await probe.call_binary_stream_handler(peer_id, PROTOCOL)
-                writer.write(json.dumps({"ports": ports}).encode() + b"\n")
-                await writer.drain()
-                reply = json.loads(await asyncio.wait_for(reader.readline(), CHECK_TIMEOUT_S) or b"{}")
-                writer.close()
-            except Exception as exc:
-                last = f"{maddr}: {type(exc).__name__}: {exc}"
-                continue
-            reachable = reply.get("reachable")
-            return Reachability(
-                reachable if isinstance(reachable, bool) else None, observed=str(reply.get("observed", "")),
-                address=str(reply.get("address", "")), reason=str(reply.get("reason", ""))[:300],
-            )
-        return Reachability(None, reason=last[:300])
+        seen, answered, asked = await _request(probe, initial_peers, ports)
+        if seen.reachable is not False or answered is None:
+            return seen
+        mapped = await _mapped_ports(probe, deadline=started + PORT_MAP_WAIT_S)
+        if not mapped:
+            return seen
+        logger.info("reachability: the router mapped port(s) %s; asking the coordinator to dial them",
+                    ", ".join(map(str, mapped)))
+        await asyncio.sleep(max(0.0, asked + MIN_CHECK_INTERVAL_S + 0.5 - time.monotonic()))  # the coordinator's interval
+        try:
+            again, _, _ = await asyncio.wait_for(_request(probe, [answered], mapped, via=MAPPED), timeout)
+        except TimeoutError:
+            again = Reachability(None)
+        if again.reachable:
+            return Reachability(True, observed=again.observed, address=again.address, via=MAPPED)
+        why = again.reason or "no answer"
+        return Reachability(False, observed=seen.observed, reason=f"{seen.reason}; through the router's mapping of "
+                                                                  f"port(s) {', '.join(map(str, mapped))}: {why}"[:300])
     finally:
         with contextlib.suppress(Exception):
             await probe.shutdown()
+
+
+async def _request(probe: Any, initial_peers: list[str], ports: list[int],
+                   via: str = "") -> tuple[Reachability, str | None, float]:
+    """Ask the first initial peer that answers to dial ``probe`` back on ``ports``: the answer, the
+    initial peer that gave it (None when none did) and when it was asked (monotonic: the peer
+    counts its interval between two checks of one caller from about then)."""
+    from hivemind.p2p import PeerID
+    from hivemind.utils.multiaddr import Multiaddr
+
+    last = "no initial peer to ask"
+    for maddr in initial_peers:
+        if "/p2p/" not in maddr:
+            continue
+        address, peer = maddr.rsplit("/p2p/", 1)
+        try:
+            peer_id = PeerID.from_base58(peer)
+            await asyncio.wait_for(probe._client.connect(peer_id, [Multiaddr(address)]), DIAL_TIMEOUT_S)
+            _, reader, writer = await probe.call_binary_stream_handler(peer_id, PROTOCOL)
+            request: dict[str, Any] = {"ports": ports, **({"via": via} if via else {})}
+            asked = time.monotonic()
+            writer.write(json.dumps(request).encode() + b"\n")
+            await writer.drain()
+            reply = json.loads(await asyncio.wait_for(reader.readline(), CHECK_TIMEOUT_S) or b"{}")
+            writer.close()
+        except Exception as exc:
+            last = f"{maddr}: {type(exc).__name__}: {exc}"
+            continue
+        reachable = reply.get("reachable")
+        return Reachability(
+            reachable if isinstance(reachable, bool) else None, observed=str(reply.get("observed", "")),
+            address=str(reply.get("address", "")), reason=str(reply.get("reason", ""))[:300],
+        ), maddr, asked
+    return Reachability(None, reason=last[:300]), None, time.monotonic()
+
+
+async def _mapped_ports(probe: Any, *, deadline: float, poll_s: float = 0.25) -> list[int]:
+    """The outside ports the probe's router mapped to it (UPnP IGD or NAT-PMP, found by its libp2p
+    daemon): the TCP ports of its own addresses on an IP that is not this machine's. Waits until
+    ``deadline`` (monotonic) for one; [] when none came."""
+    while True:
+        with contextlib.suppress(Exception):
+            _, addrs = await probe._client.identify()
+            mapped = sorted({int(parts[parts.index("tcp") + 1]) for parts in (str(a).split("/") for a in addrs)
+                             if "tcp" in parts and "ip4" in parts and not is_local_address(parts[parts.index("ip4") + 1])})
+            if mapped:
+                return mapped[:MAX_PORTS]
+        if time.monotonic() >= deadline:
+            return []
+        await asyncio.sleep(poll_s)
 
 
 def is_local_address(host: str) -> bool:

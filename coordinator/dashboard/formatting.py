@@ -133,11 +133,13 @@ def short_hash(value: str, n: int = 12) -> str:
     return value[:n] if value else ""
 
 
-REACHABILITY_TEXT = {"public": "public", "nat": "NAT-ed (via the coordinator's peer)"}
+REACHABILITY_TEXT = {"public": "public", "upnp": "public (router port mapping)",
+                     "nat": "NAT-ed (via the coordinator's peer)"}
 
 
 def reachability_text(reachability: str) -> str:
-    """``public`` (a full peer), ``NAT-ed (via the coordinator's peer)`` or ``unknown``."""
+    """``public`` (a full peer), ``public (router port mapping)`` (a full peer through a port its
+    router mapped: UPnP, NAT-PMP), ``NAT-ed (via the coordinator's peer)`` or ``unknown``."""
     return REACHABILITY_TEXT.get(reachability, "unknown")
 
 

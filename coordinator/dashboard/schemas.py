@@ -150,8 +150,8 @@ class SwarmPeerOut(_Out):
     volunteer_id: str
     volunteer_name: str = Field(description="the volunteer's pseudonym")
     reachability: str = Field(
-        description='"public" (a full peer others can dial), "nat" (behind a NAT: it averages through the '
-        'coordinator\'s averaging peer) or "unknown"'
+        description='"public" (a full peer others can dial), "upnp" (a full peer through a port its router '
+        'mapped), "nat" (behind a NAT: it averages through the coordinator\'s averaging peer) or "unknown"'
     )
     reachability_text: str = Field(description="the reachability as the dashboard shows it")
     observed: str | None = Field(

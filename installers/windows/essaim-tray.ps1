@@ -7,8 +7,11 @@
     hidden at each logon (Startup folder) and from the Start menu. It
     - starts `essaim run --headless` in the WSL distribution, hidden, and restarts it with a growing
       delay when it exits;
-    - pauses essaim while you use Windows and resumes it after idleMinutes without keyboard or mouse
-      input, and pauses it on battery: inside WSL essaim sees neither Windows' input nor its battery;
+    - pauses essaim while you use Windows and resumes it after policy.idle_minutes without keyboard or
+      mouse input, and pauses it on battery unless policy.train_on_battery (then below
+      policy.battery_min_percent): inside WSL essaim sees neither Windows' input nor its battery. These
+      are essaim's own settings, read with `essaim config show` every minute, applied as essaim's
+      policy applies them (client/policy.py); a power state Windows cannot tell is not battery;
     - shows essaim's state in the icon's tooltip (`essaim status --json`, every 15 s);
     - has a menu: Status, Pause, Pause for 1 hour, Resume, Only when idle, Finish and stop, Open logs,
       Quit. Only one tray runs per Windows session.
@@ -53,8 +56,8 @@ function Get-Setting([string]$Name, $Default) {
 $Distro = Get-Setting 'distro' 'Ubuntu'
 $LinuxData = Get-Setting 'linuxDataDir' '~/.local/share/essaim'
 $LinuxState = Get-Setting 'linuxStateDir' '~/.local/state/essaim'
-$IdleSeconds = 60 * [int](Get-Setting 'idleMinutes' 3)
 $Essaim = "$LinuxData/venv/bin/essaim"
+$PolicyLine = '^(policy\.[a-z_]+) = ([^\s#]+)'   # a line of `essaim config show`: KEY = VALUE    # source
 
 $script:App = $null             # the wsl.exe process running `essaim run --headless`
 $script:RestartDelay = 15       # seconds before restarting a stopped app; doubles up to 10 min
@@ -63,6 +66,8 @@ $script:AutoPaused = $null      # paused by this tray (you are active, or on bat
 $script:AutoReason = ''         # so that the first check says pause or resume either way
 $script:UserPausedUntil = [DateTime]::MinValue   # paused from the menu: the idle check leaves it alone
 $script:NextPolicyTry = [DateTime]::MinValue
+$script:Policy = $null          # essaim's settings for the rules below (Read-Policy); none yet: no rule applied
+$script:NextPolicyRead = [DateTime]::MinValue
 $script:Stopping = $false
 
 function ConvertTo-Argument([string]$Value) {
@@ -122,14 +127,55 @@ function Show-Error([string]$Text) {
     $tray.ShowBalloonTip(5000, 'essaim', $Text, [System.Windows.Forms.ToolTipIcon]::Warning)
 }
 
+function Read-Policy {
+    # Reads policy.idle_minutes, policy.only_when_idle, policy.train_on_battery and
+    # policy.battery_min_percent as essaim itself sees them (its config file, environment and
+    # defaults); $false when essaim does not answer.
+    $result = Invoke-Essaim @('config', 'show') 15
+    if ($result.Code -ne 0) { return $false }
+    $values = @{}
+    foreach ($line in ($result.Output -split "`r?`n")) {
+        if ($line -match $PolicyLine) { $values[$Matches[1]] = $Matches[2] }
+    }
+    foreach ($key in @('policy.idle_minutes', 'policy.only_when_idle', 'policy.train_on_battery', 'policy.battery_min_percent')) {
+        if (-not $values.ContainsKey($key)) { return $false }
+    }
+    $invariant = [System.Globalization.CultureInfo]::InvariantCulture
+    $script:Policy = [pscustomobject]@{
+        IdleSeconds       = 60 * [double]::Parse($values['policy.idle_minutes'], $invariant)
+        OnlyWhenIdle      = $values['policy.only_when_idle'] -eq 'true'
+        TrainOnBattery    = $values['policy.train_on_battery'] -eq 'true'
+        BatteryMinPercent = [double]::Parse($values['policy.battery_min_percent'], $invariant)
+    }
+    $onlyWhenIdle.Checked = $script:Policy.OnlyWhenIdle
+    return $true
+}
+
+function Get-BatteryReason {
+    # essaim's battery rule: on battery, pause unless policy.train_on_battery, and then only below
+    # policy.battery_min_percent. A power state or a charge that Windows cannot tell does not pause.
+    $power = [System.Windows.Forms.SystemInformation]::PowerStatus
+    if ($power.PowerLineStatus -ne [System.Windows.Forms.PowerLineStatus]::Offline) { return '' }
+    if (-not $script:Policy.TrainOnBattery) { return 'on battery' }
+    $percent = 100 * $power.BatteryLifePercent   # BatteryLifePercent: 0 to 1, above 1 when unknown
+    if ($percent -ge 0 -and $percent -le 100 -and $percent -lt $script:Policy.BatteryMinPercent) {
+        return "battery at $([Math]::Round($percent))% (minimum $($script:Policy.BatteryMinPercent)%)"
+    }
+    return ''
+}
+
 function Update-Policy {
-    # Pauses essaim while you use Windows or run on battery, resumes it when you are away.
+    # Pauses essaim while you use Windows or run on battery, by essaim's own settings; resumes it when
+    # you are away.
+    if ([DateTime]::Now -ge $script:NextPolicyRead) {
+        $script:NextPolicyRead = [DateTime]::Now.AddSeconds(10)
+        if (Read-Policy) { $script:NextPolicyRead = [DateTime]::Now.AddSeconds(60) }
+    }
+    if (-not $script:Policy) { return }
     if ([DateTime]::Now -lt $script:UserPausedUntil -or [DateTime]::Now -lt $script:NextPolicyTry) { return }
-    $reason = ''
-    if ($onlyWhenIdle.Checked -and [EssaimUserIdle]::Seconds() -lt $IdleSeconds) {
+    $reason = Get-BatteryReason
+    if (-not $reason -and $script:Policy.OnlyWhenIdle -and [EssaimUserIdle]::Seconds() -lt $script:Policy.IdleSeconds) {
         $reason = 'you are using this computer'
-    } elseif ([System.Windows.Forms.SystemInformation]::PowerStatus.PowerLineStatus -eq 'Offline') {
-        $reason = 'on battery'
     }
     if ($reason -and $script:AutoPaused -ne $true) {
         $result = Invoke-Essaim @('pause') 10
@@ -144,6 +190,8 @@ function Update-Policy {
             $script:AutoPaused = $false
             $script:AutoReason = ''
         } else { $script:NextPolicyTry = [DateTime]::Now.AddSeconds(10) }
+    } elseif ($reason) {
+        $script:AutoReason = $reason   # still paused, for another reason now
     }
 }
 
@@ -218,8 +266,12 @@ $resumeItem.add_Click({ Invoke-Safely {
     $script:AutoPaused = $false
 } })
 $onlyWhenIdle = New-Object System.Windows.Forms.ToolStripMenuItem('Only when idle')
-$onlyWhenIdle.CheckOnClick = $true
-$onlyWhenIdle.Checked = $true
+$onlyWhenIdle.Checked = $true   # essaim's policy.only_when_idle, once read (Read-Policy)
+$onlyWhenIdle.add_Click({ Invoke-Safely {
+    $wanted = -not $onlyWhenIdle.Checked
+    Invoke-MenuCommand @('config', 'set', 'policy.only_when_idle', $(if ($wanted) { 'true' } else { 'false' }))
+    $script:NextPolicyRead = [DateTime]::MinValue   # read it back from essaim at the next tick
+} })
 $null = $menu.Items.Add($onlyWhenIdle)
 $finishItem = $menu.Items.Add('Finish and stop')
 $finishItem.add_Click({ Invoke-Safely { Invoke-MenuCommand @('finish') } })

@@ -40,8 +40,9 @@ param(
     [string]$TorchSpec,
     # Extra options for every pip call inside WSL, e.g. '--index-url https://mirror.example/simple'.
     [string]$PipArgs,
-    # Minutes without keyboard or mouse input before essaim trains.
-    [int]$IdleMinutes = 3,
+    # Minutes without keyboard or mouse input before essaim trains (essaim's policy.idle_minutes,
+    # set inside WSL; the tray reads it from there). Left out: essaim's own setting is kept.
+    [ValidateRange(0, 1440)][int]$IdleMinutes = -1,
     # Do not start the tray now.
     [switch]$NoStart,
     # Show what would be done, and change nothing.
@@ -332,12 +333,23 @@ if ($haveDistro) {
     $linuxState = '~/.local/state/essaim'
 }
 
+if ($haveDistro -and $IdleMinutes -ge 0) {
+    # one setting, one place: the tray and the app inside WSL both read essaim's policy.idle_minutes
+    $essaim = "$linuxData/venv/bin/essaim"
+    if ($DryRun) {
+        Say "would run essaim config set policy.idle_minutes $IdleMinutes inside $Distro"
+    } else {
+        Say "essaim trains after $IdleMinutes minutes without input (policy.idle_minutes)"
+        $null = Invoke-Wsl -Arguments @('-d', $Distro, '--exec', $essaim, 'config', 'set', 'policy.idle_minutes',
+            [string]$IdleMinutes) -TimeoutSeconds 120
+    }
+}
+
 New-Folder $InstallDir
 $settings = [ordered]@{
     distro                  = $Distro
     linuxDataDir            = $linuxData
     linuxStateDir           = $linuxState
-    idleMinutes             = $IdleMinutes
     distroInstalledByEssaim = $script:DistroInstalled
 }
 Set-FileBytes $SettingsFile ([System.Text.Encoding]::UTF8.GetBytes(($settings | ConvertTo-Json) + "`r`n"))

@@ -6,12 +6,15 @@ chromium is installed) the job page drawn in headless Chromium has a point per p
 its screenshot is kept in ``bench/results/screenshots/dashboard-live-demo.png``.
 
 The job is shortened with ``ESSAIM_DEMO_EPOCHS`` (the full demo trains 12 epochs) so that the test
-fits a CI run on two cores; everything else is the demo users run.
+fits a CI run on two cores; everything else is the demo users run. The demo runs once per module;
+the browser's view of it is a test of its own, skipped with the reason where Chromium or Playwright
+is missing.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -21,12 +24,21 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import pytest
 
-EPOCHS = 4
+EPOCHS = 8
+"""Measured on a 2-core machine (exact match on the 200 held-out sums, every 2 epochs): near zero up to
+epoch 4 (0.08-0.365 there: where the jump starts varies from run to run), 0.845-0.95 at epoch 6,
+0.96-0.975 at epoch 8, beside two busy processes too; the full 12 epochs end at 0.975. Epoch 8 is
+past the jump with room to spare, and about 40 s shorter than the full demo."""
+LEARNED = 0.6
+"""What the shortened demo must reach: well under the 0.96-0.975 measured at epoch 8 (a busy machine
+changes how long an epoch takes, not what it learns: an epoch is a fixed number of samples), well
+over the 0.08-0.365 of runs stopped at epoch 4, before the model has learned to add."""
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "screenshots"
 SUBMITTED = re.compile(r"submitted job (\w+) .*dashboard at (http://\S+/)")
@@ -35,6 +47,35 @@ SUBMITTED = re.compile(r"submitted job (\w+) .*dashboard at (http://\S+/)")
 def _get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=10) as reply:
         return json.loads(reply.read())
+
+
+def _browser_missing() -> str:
+    if not CHROMIUM.exists():
+        return "Debian's chromium is not installed (apt-get install chromium)"
+    if importlib.util.find_spec("playwright") is None:
+        return "the playwright package is not installed"
+    return ""
+
+
+def _draw_the_job_page(url: str, job_id: str, tmp_path: Path) -> int:
+    """The job page in headless Chromium: the points of its loss chart; keeps a screenshot."""
+    from playwright import sync_api
+
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"], timeout=60_000)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"{url}jobs/{job_id}")
+            box = page.locator("#chart-loss")
+            drawn = int(box.get_attribute("data-points") or 0)
+            assert drawn >= 2 and box.locator("circle.pt[data-x]").count() == drawn
+            assert "running" in page.locator("body").inner_text()
+            page.screenshot(path=str(tmp_path / "dashboard-live-demo.png"), full_page=True)
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            shutil.copy(tmp_path / "dashboard-live-demo.png", SCREENSHOTS / "dashboard-live-demo.png")
+            return drawn
+        finally:
+            browser.close()
 
 
 def _watch_the_live_dashboard(proc: subprocess.Popen, log_path: Path, tmp_path: Path) -> dict:
@@ -51,25 +92,13 @@ def _watch_the_live_dashboard(proc: subprocess.Popen, log_path: Path, tmp_path: 
             points = _get_json(f"{url}api/v1/jobs/{job_id}/progress")["points"]
         time.sleep(1)
     assert len(points) >= 2, "the dashboard showed no progress while the demo trained"
-    seen = {"job_id": job_id, "api_points": len(points), "page_points": None}
-    if not CHROMIUM.exists():
-        return seen
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"], timeout=60_000)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(f"{url}jobs/{job_id}")
-            box = page.locator("#chart-loss")
-            drawn = int(box.get_attribute("data-points") or 0)
-            assert drawn >= 2 and box.locator("circle.pt[data-x]").count() == drawn
-            assert "running" in page.locator("body").inner_text()
-            page.screenshot(path=str(tmp_path / "dashboard-live-demo.png"), full_page=True)
-            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-            shutil.copy(tmp_path / "dashboard-live-demo.png", SCREENSHOTS / "dashboard-live-demo.png")
-            seen["page_points"] = drawn
-        finally:
-            browser.close()
+    seen: dict = {"job_id": job_id, "api_points": len(points), "page_points": None, "page_error": None}
+    seen["browser_missing"] = _browser_missing()
+    if not seen["browser_missing"]:
+        try:  # the page's own test reports a failure here; the demo's run goes on
+            seen["page_points"] = _draw_the_job_page(url, job_id, tmp_path)
+        except Exception as exc:
+            seen["page_error"] = exc
     return seen
 
 
@@ -84,9 +113,19 @@ def _runners_in(directory: Path) -> list[int]:
     return found
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_essaim_demo_trains_a_model_with_two_volunteers(tmp_path: Path) -> None:
+@dataclass
+class DemoRun:
+    code: int | None
+    text: str
+    out: Path
+    work: Path
+    live: dict
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """``essaim demo`` run to its end, with what the live dashboard showed while it trained."""
+    tmp_path = tmp_path_factory.mktemp("demo")
     out, work = tmp_path / "out", tmp_path / "work"
     env = {**os.environ, "ESSAIM_DEMO_EPOCHS": str(EPOCHS), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -108,10 +147,16 @@ def test_essaim_demo_trains_a_model_with_two_volunteers(tmp_path: Path) -> None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
         log.close()
-    text = (tmp_path / "demo.log").read_text(errors="replace")
-    assert code == 0, f"essaim demo exited with {code}:\n{text[-4000:]}"
-    assert not _runners_in(work), "the demo left its job runner behind"
-    assert live["api_points"] >= 2 and (live["page_points"] is None or live["page_points"] >= 2), live
+    return DemoRun(code, (tmp_path / "demo.log").read_text(errors="replace"), out, work, live)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_essaim_demo_trains_a_model_with_two_volunteers(demo_run: DemoRun) -> None:
+    text, out, live = demo_run.text, demo_run.out, demo_run.live
+    assert demo_run.code == 0, f"essaim demo exited with {demo_run.code}:\n{text[-4000:]}"
+    assert not _runners_in(demo_run.work), "the demo left its job runner behind"
+    assert live["api_points"] >= 2, live
 
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["epochs"] == EPOCHS
@@ -120,7 +165,8 @@ def test_essaim_demo_trains_a_model_with_two_volunteers(tmp_path: Path) -> None:
     assert ev["before"] is not None and ev["after"] is not None
     curve = {p["epoch"]: p["value"] for p in ev["curve"]}
     assert curve[0] == ev["before"] and curve[EPOCHS] == ev["after"]
-    assert ev["after"] > ev["before"], ev  # the tiny model learned to add, a little
+    assert ev["before"] < 0.1, ev  # the untrained model cannot add
+    assert ev["after"] >= LEARNED, ev  # the tiny model learned to add
     assert len(provenance["contributors"]) == 2
     assert all(c["samples"] > 0 for c in provenance["contributors"])
     assert f"{ev['before']:.3f} -> {ev['after']:.3f}" in " ".join(text.split())  # what the demo printed
@@ -131,3 +177,14 @@ def test_essaim_demo_trains_a_model_with_two_volunteers(tmp_path: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(out / "artifact")
     ids = tokenizer("12+7=", return_tensors="pt")
     assert model.generate(**ids, max_new_tokens=3, do_sample=False).shape[-1] > ids["input_ids"].shape[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_live_dashboard_page_draws_the_demo_curve(demo_run: DemoRun) -> None:
+    live = demo_run.live
+    if live["browser_missing"]:
+        pytest.skip(live["browser_missing"])
+    if live["page_error"] is not None:
+        raise live["page_error"]
+    assert live["page_points"] >= 2, live

@@ -195,17 +195,11 @@ def _find(tray, *path):
 
 def test_every_menu_item(tmp_path, tray_display, monkeypatch, client_kit):
     monkeypatch.setenv("DISPLAY", tray_display)
-    from essaim.client.config import Paths
     from essaim.client.supervisor import Supervisor
     from essaim.client.tray import Tray
 
     job = client_kit.write_job_file(tmp_path / "job.json")
-    paths = Paths(
-        config_file=tmp_path / "config.toml",
-        data_dir=tmp_path / "data",
-        runtime_dir=tmp_path / "run",
-        log_dir=tmp_path / "logs",
-    )
+    paths = client_kit.app_paths(tmp_path)
     flags = {
         "volunteer.job_file": str(job),
         "volunteer.trainer_command": client_kit.fake_trainer_command(),

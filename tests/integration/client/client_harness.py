@@ -1,5 +1,5 @@
 """Helpers for the volunteer app's tests and benches: run the app as its own process, a fake trainer,
-an Xvfb display, CPU measurements. Loaded by path from tests/e2e and bench/ too."""
+fake sensor readings, an Xvfb display, CPU measurements. Loaded by path from tests/e2e and bench/ too."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import psutil
@@ -38,6 +39,14 @@ SAFE_FLAGS = (
 
 def fake_trainer_command() -> str:
     return f"{shlex.quote(sys.executable)} {shlex.quote(str(FAKE_TRAINER))}"
+
+
+def app_paths(root: Path) -> Any:
+    """The app's folders (essaim.client.config.Paths) under ``root``, as a fresh HOME would give."""
+    from essaim.client.config import Paths
+
+    return Paths(config_file=root / "config.toml", data_dir=root / "data", runtime_dir=root / "run",
+                 log_dir=root / "logs")
 
 
 def write_job_file(path: Path, job_id: str = "local-1") -> Path:
@@ -172,6 +181,124 @@ def start_app(
     app = App(proc=proc, env=env, root=root)
     app.wait(lambda s: True, "the control endpoint", timeout=60)
     return app
+
+
+class FakeMachine:
+    """What this machine cannot produce (heat, a battery, an NVIDIA GPU, memory pressure, a busy machine),
+    read by :mod:`essaim.client.observe` in place of psutil's machine-wide figures and of NVML.
+
+    ``install(monkeypatch)`` swaps the observe module's ``psutil`` for a stand-in that answers from these
+    attributes (processes, the app's and the trainer's, are still read for real) and puts this NVML in
+    ``sys.modules["pynvml"]`` (``gpu=False``: no NVML at all). Change the attributes while the app runs.
+    """
+
+    def __init__(self) -> None:
+        self.cpu_temp_c: float | None = None  # None: no CPU temperature sensor
+        self.gpu_temp_c: float | None = None  # None: NVML does not give the GPU's temperature
+        self.available_ram_bytes = 8 * 1024**3
+        self.others_busy = False  # other programs keep every core busy
+        self.battery: tuple[bool | None, float | None] | None = (
+            None  # (power_plugged, percent); None: no battery
+        )
+        self.other_gpu_pids: list[int] = []
+        self._busy_seconds = 0.0
+        self._busy_at = time.monotonic()
+
+    def install(self, monkeypatch: Any, *, gpu: bool = True) -> None:
+        monkeypatch.setattr("essaim.client.observe.psutil", _FakePsutil(self))
+        monkeypatch.setitem(sys.modules, "pynvml", _FakeNvml(self) if gpu else None)
+
+    def cpu_times(self) -> Any:
+        """Busy time of the whole machine: while ``others_busy``, twice what its cores can give."""
+        now = time.monotonic()
+        if self.others_busy:
+            self._busy_seconds += 2 * (now - self._busy_at) * (psutil.cpu_count() or 1)
+        self._busy_at = now
+        return _CpuTimes(user=self._busy_seconds, system=0.0, idle=0.0)
+
+
+@dataclass(frozen=True)
+class _CpuTimes:
+    user: float
+    system: float
+    idle: float
+
+    def __iter__(self) -> Iterator[float]:
+        return iter((self.user, self.system, self.idle))
+
+
+@dataclass(frozen=True)
+class _Battery:
+    percent: float | None
+    secsleft: int
+    power_plugged: bool | None
+
+
+@dataclass(frozen=True)
+class _Temperature:
+    label: str
+    current: float
+    high: float
+    critical: float
+
+
+class _FakePsutil:
+    """psutil as observe.py uses it: machine-wide readings from a FakeMachine, the rest the real module's."""
+
+    def __init__(self, machine: FakeMachine) -> None:
+        self._machine = machine
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(psutil, name)
+
+    def cpu_times(self) -> Any:
+        return self._machine.cpu_times()
+
+    def virtual_memory(self) -> Any:
+        return psutil.virtual_memory()._replace(available=self._machine.available_ram_bytes)
+
+    def sensors_battery(self) -> _Battery | None:
+        if self._machine.battery is None:
+            return None
+        plugged, percent = self._machine.battery
+        return _Battery(percent=percent, secsleft=-1, power_plugged=plugged)
+
+    def sensors_temperatures(self) -> dict[str, list[_Temperature]]:
+        if self._machine.cpu_temp_c is None:
+            return {}
+        return {"coretemp": [_Temperature("Package id 0", self._machine.cpu_temp_c, 100.0, 105.0)]}
+
+
+class _FakeNvml:
+    """The part of NVML (``pynvml``) that observe.py calls: one 8 GB GPU."""
+
+    NVML_TEMPERATURE_GPU = 0
+
+    def __init__(self, machine: FakeMachine) -> None:
+        self._machine = machine
+
+    def nvmlInit(self) -> None:
+        pass
+
+    def nvmlDeviceGetCount(self) -> int:
+        return 1
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        return index
+
+    def nvmlDeviceGetName(self, handle: int) -> str:
+        return "Fake GPU"
+
+    def nvmlDeviceGetMemoryInfo(self, handle: int) -> Any:
+        return SimpleNamespace(total=8 * 1024**3)
+
+    def nvmlDeviceGetTemperature(self, handle: int, sensor: int) -> float:
+        if self._machine.gpu_temp_c is None:
+            raise RuntimeError("NVML: not supported")
+        return self._machine.gpu_temp_c
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: int) -> list[Any]:
+        return [SimpleNamespace(pid=pid, usedGpuMemory=1024**3) for pid in self._machine.other_gpu_pids]
 
 
 def tree_cpu_percent(pid: int, interval: float = 0.5) -> float:

@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
-from essaim.client.config import Paths
 from essaim.client.supervisor import Supervisor
 from essaim.coordinator.keys import verify_registration
 from essaim.protocol.errors import Unavailable
@@ -107,12 +106,7 @@ class FakeIdle:
 def running(tmp_path, client_kit, monkeypatch):
     monkeypatch.setattr("essaim.client.link.RetryPolicy.delays", lambda self, rng=None: iter([0.2] * 1000))
     coord, idle = FakeCoordinator(), FakeIdle()
-    paths = Paths(
-        config_file=tmp_path / "config.toml",
-        data_dir=tmp_path / "data",
-        runtime_dir=tmp_path / "run",
-        log_dir=tmp_path / "logs",
-    )
+    paths = client_kit.app_paths(tmp_path)
     flags = {
         "coordinator.address": "fake:1",
         "volunteer.name": "ada",
@@ -203,7 +197,9 @@ def test_user_activity_pauses_the_trainer_at_once(running, client_kit):
     sup, _, idle = running
     pid = wait(sup, training, "training")["trainer_pid"]
     idle.idle = 0.5
-    st = wait(sup, lambda s: s["trainer"]["state"] == "paused", "the pause", timeout=5)
+    # within the second the README promises (status requests do not wake the supervisor's loop;
+    # 0.05 s is one poll of this wait)
+    st = wait(sup, lambda s: s["trainer"]["state"] == "paused", "the pause", timeout=1.05)
     assert st["reason"].startswith("waiting: user active (idle 0:00 of 1:00)")
     client_kit.wait_cpu(pid, below=5)
     idle.idle = 61

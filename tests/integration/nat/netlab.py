@@ -11,10 +11,12 @@ run. Usage::
         print(home.public_address)                         # router's WAN address: what others see
 
 Topology: the "internet" is a bridge in a namespace of its own (``esnl-<token>-<pid>-inet``), on
-subnet 10.R.0.0/24 with R in 200..250. A host is a namespace with one veth on that bridge. A home is
+subnet 10.R.0.0/24 with R in 200..250 (11.R.0.0/24 with ``NetLab(public_internet=True)``: a router
+hands out port mappings only on a public WAN address; the lab's namespaces route nowhere else). A host is a namespace with one veth on that bridge. A home is
 a router namespace (WAN 10.R.0.y on the bridge, LAN 192.168.N.1/24) that masquerades the LAN out of
 its WAN and drops new connections coming in from the WAN, and a volunteer namespace (192.168.N.2)
-behind it. Every lab namespace is named ``esnl-<token>-<owner pid>-<name>``, so
+behind it. ``add_home(name, upnp=True)``'s router also runs miniupnpd (UPnP IGD and NAT-PMP, as a
+home router with UPnP left on), whose mappings open ports through the NAT. Every lab namespace is named ``esnl-<token>-<owner pid>-<name>``, so
 :func:`reap_leftovers` can remove what a crashed run left behind without touching a live lab's.
 """
 
@@ -32,11 +34,14 @@ import shlex
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 FAMILY = "es"
+PUBLIC_FIRST_OCTET = 11  # NetLab(public_internet=True): 11.R.0.0/24, no private nor reserved range
 _NS_RE = r"^{family}nl-([0-9a-f]{{4}})-(\d+)-"
 
 
@@ -53,6 +58,14 @@ def _run(cmd: list[str], *, check: bool = True) -> subprocess.CompletedProcess[s
 
 def _in(ns: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return _run(["ip", "netns", "exec", ns, *cmd], check=check)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
 
 
 def _namespaces() -> list[str]:
@@ -92,8 +105,8 @@ class Host:
         return subprocess.run([*self.prefix(), *argv], **kwargs)
 
 
-def _used_second_octets() -> set[int]:
-    """Second octets of the 10.x networks the root namespace already routes or owns."""
+def _used_second_octets(first: int = 10) -> set[int]:
+    """Second octets of the ``first``.x networks the root namespace already routes or owns."""
     text = _run(["ip", "-4", "route"], check=False).stdout + _run(["ip", "-4", "-o", "addr"], check=False).stdout
     used: set[int] = set()
     for word in re.findall(r"\b\d+\.\d+\.\d+\.\d+(?:/\d+)?", text):
@@ -101,7 +114,7 @@ def _used_second_octets() -> set[int]:
         if net.prefixlen == 0:
             continue
         for second in range(200, 251):
-            if net.overlaps(ipaddress.ip_network(f"10.{second}.0.0/16")):
+            if net.overlaps(ipaddress.ip_network(f"{first}.{second}.0.0/16")):
                 used.add(second)
     return used
 
@@ -109,18 +122,22 @@ def _used_second_octets() -> set[int]:
 class NetLab:
     """A private "internet" with public hosts and NATed homes; ``close()`` removes all of it."""
 
-    def __init__(self, family: str = FAMILY) -> None:
+    def __init__(self, family: str = FAMILY, *, public_internet: bool = False) -> None:
         self.token = secrets.token_hex(2)
         self._ns_prefix = f"{family}nl-{self.token}-{os.getpid()}-"
-        free = sorted(set(range(200, 251)) - _used_second_octets())
+        first = PUBLIC_FIRST_OCTET if public_internet else 10
+        free = sorted(set(range(200, 251)) - _used_second_octets(first))
         if not free:
-            raise NetLabError("no free 10.R.0.0/24 subnet with R in 200..250")
-        self.subnet = f"10.{random.choice(free)}.0"
+            raise NetLabError(f"no free {first}.R.0.0/24 subnet with R in 200..250")
+        self.public_internet = public_internet
+        self.subnet = f"{first}.{random.choice(free)}.0"
         self._namespaces: list[str] = []
         self._next_public = 10
         self._next_home = 10
         self._ports = itertools.count()
         self._closed = False
+        self._files: str | None = None  # miniupnpd's configuration and logs, when a home has UPnP
+        self._daemons: list[subprocess.Popen[bytes]] = []
         self.root_address = ""  # set by attach_root
         self._root_link = ""
         self.inet = self._ns_prefix + "inet"
@@ -179,8 +196,15 @@ class NetLab:
             raise
         return Host(name=ns, address=address, public_address=address)
 
-    def add_home(self, name: str, *, uplink_mbit: float | None = None) -> Host:
-        """A volunteer namespace behind its own NAT router; ``uplink_mbit`` caps both directions."""
+    def add_home(self, name: str, *, uplink_mbit: float | None = None, upnp: bool = False) -> Host:
+        """A volunteer namespace behind its own NAT router; ``uplink_mbit`` caps both directions;
+        ``upnp``: the router maps ports on request (miniupnpd; needs ``public_internet``)."""
+        if upnp:
+            if not self.public_internet:
+                raise ValueError("a UPnP router needs NetLab(public_internet=True): miniupnpd maps no port on a "
+                                 "private WAN address")
+            if shutil.which("miniupnpd") is None or shutil.which("iptables-legacy") is None:
+                raise NetLabError("a UPnP router needs miniupnpd and iptables-legacy (Debian: miniupnpd-iptables)")
         mark = self._building(name, name + "-r")
         router_ns, ns = self._ns_prefix + name + "-r", self._ns_prefix + name
         n = self._next_home
@@ -198,12 +222,22 @@ class NetLab:
             _in(ns, "ip", "link", "set", "eth0", "up")
             _in(ns, "ip", "route", "add", "default", "via", f"{lan}.1")
             _in(router_ns, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward")  # sysctl, without procps
-            ipt = ("iptables", "-w", "5")
+            # miniupnpd writes its rules with libiptc: the router's other rules in the same tables
+            ipt = ("iptables-legacy" if upnp else "iptables", "-w", "5")
             _in(router_ns, *ipt, "-t", "nat", "-A", "POSTROUTING", "-o", "wan", "-j", "MASQUERADE")
+            if upnp:  # miniupnpd's chains, before the rules that keep the outside out
+                for table, chain, hook in (("nat", "MINIUPNPD", "PREROUTING"),
+                                           ("nat", "MINIUPNPD-POSTROUTING", "POSTROUTING"),
+                                           ("filter", "MINIUPNPD", "FORWARD")):
+                    _in(router_ns, *ipt, "-t", table, "-N", chain)
+                    where = ("-o" if hook == "POSTROUTING" else "-i")
+                    _in(router_ns, *ipt, "-t", table, "-I", hook, where, "wan", "-j", chain)
             for chain in ("FORWARD", "INPUT"):
                 _in(router_ns, *ipt, "-A", chain, "-i", "wan", "-m", "conntrack",
                     "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
                 _in(router_ns, *ipt, "-A", chain, "-i", "wan", "-j", "DROP")
+            if upnp:
+                self._start_upnp(router_ns, lan)
             if uplink_mbit is not None:
                 for dev in ("wan", "lan"):  # wan egress = upload, lan egress = download
                     self._shape(router_ns, dev, uplink_mbit)
@@ -212,6 +246,29 @@ class NetLab:
             raise
         router = Host(name=router_ns, address=wan_ip, public_address=wan_ip)
         return Host(name=ns, address=f"{lan}.2", public_address=wan_ip, router=router)
+
+    def _start_upnp(self, router_ns: str, lan: str) -> None:
+        """miniupnpd on the router's LAN side, mapping ports to LAN hosts that ask (secure mode: to
+        themselves only), as a home router with UPnP IGD and NAT-PMP on. Goes with the namespace."""
+        if self._files is None:
+            self._files = tempfile.mkdtemp(prefix=self._ns_prefix)
+        conf = os.path.join(self._files, f"{router_ns}.conf")
+        with open(conf, "w") as f:
+            f.write("\n".join([
+                "ext_ifname=wan", "listening_ip=lan", "enable_natpmp=yes", "enable_upnp=yes", "secure_mode=yes",
+                "system_uptime=yes", f"uuid={uuid.uuid4()}", f"allow 1024-65535 {lan}.0/24 1024-65535",
+                "deny 0-65535 0.0.0.0/0 0-65535", "",
+            ]))
+        log = open(os.path.join(self._files, f"{router_ns}.log"), "wb")  # noqa: SIM115 (the daemon keeps it)
+        with log:
+            self._daemons.append(subprocess.Popen(["ip", "netns", "exec", router_ns, "miniupnpd", "-d", "-f", conf,
+                              "-P", os.path.join(self._files, f"{router_ns}.pid")],
+                             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 10
+        while "Listening for NAT-PMP" not in _read(log.name):
+            if time.monotonic() > deadline:
+                raise NetLabError(f"miniupnpd did not start in {router_ns}: {_read(log.name)[-500:]}")
+            time.sleep(0.05)
 
     @staticmethod
     def _shape(ns: str, dev: str, mbit: float) -> None:
@@ -259,6 +316,14 @@ class NetLab:
                 _kill_and_delete(ns)
         _kill_and_delete(self.inet)  # the bridge goes last: reap_leftovers relies on that order
         self._namespaces.clear()
+        for daemon in self._daemons:  # killed with their namespace: reaped here
+            with contextlib.suppress(Exception):
+                daemon.kill()
+                daemon.wait(5)
+        self._daemons.clear()
+        if self._files is not None:
+            shutil.rmtree(self._files, ignore_errors=True)
+            self._files = None
 
     def __enter__(self) -> NetLab:
         return self

@@ -12,7 +12,16 @@ import pytest
 from essaim.client import keys
 from essaim.client.errors import IdentityError
 from essaim.client.idle import NoSession, detect_idle_source
-from essaim.client.netlimit import MB, DailyTraffic, NetCaps, NetPacer, RateLimiter, TrafficMeter
+from essaim.client.netlimit import (
+    MB,
+    DailyTraffic,
+    NetCaps,
+    NetPacer,
+    RateLimiter,
+    TrafficBudget,
+    TrafficMeter,
+    TrainerTraffic,
+)
 from essaim.protocol.auth_metadata import registration_message
 
 
@@ -22,13 +31,50 @@ def test_daily_traffic_counts_resets_at_midnight_and_persists(tmp_path):
     t.add_totals(sent=100, received=50)  # a trainer's counters start at 0: all of it is today's
     t.add_totals(sent=1100, received=50)
     assert t.today_bytes() == 1150
-    t.add_totals(sent=10, received=0)  # a new trainer: counters restarted
+    t.add_totals(sent=10, received=0)  # a counter that went down began again at 0
     assert t.today_bytes() == 1160
     t.save(every=0)
     again = DailyTraffic(tmp_path / "traffic.json", today=lambda: day[0])
     assert again.today_bytes() == 1160
     day[0] = date(2024, 5, 7)
     assert again.today_bytes() == 0
+
+
+def test_a_restarted_trainer_counts_on_top_of_the_one_before(tmp_path):
+    """Each trainer's counters start at 0: its reports add to what the trainers before it moved, and
+    its first report (the state it downloaded on joining) is counted, not taken as a baseline."""
+    day = DailyTraffic(tmp_path / "traffic.json")
+    trainers = TrainerTraffic()
+
+    def report(sent: int, received: int) -> None:
+        total_sent, total_received = trainers.report(sent=sent, received=received)
+        day.add_totals(sent=total_sent, received=total_received)
+
+    trainers.new_trainer()
+    report(1 * MB, 1 * MB)
+    report(2 * MB, 3 * MB)  # the old trainer's last report: 5 MB
+    assert day.today_bytes() == 5 * MB
+    trainers.new_trainer()
+    report(2 * MB, 6 * MB)  # the new trainer's first report: 8 MB, its state download included
+    assert day.today_bytes() == 13 * MB
+    report(2 * MB, 7 * MB)
+    report(0, 0)  # a report without counters (a stop before the meter read anything) takes nothing back
+    assert day.today_bytes() == 14 * MB
+    trainers.new_trainer()
+    report(MB, 0)  # smaller than the trainer before it: still all new traffic
+    assert day.today_bytes() == 15 * MB
+
+
+def test_the_trainer_budget_is_what_was_left_when_it_started():
+    meter = _Meter()
+    budget = TrafficBudget.from_env(meter, {"ESSAIM_NET_REMAINING_BYTES": str(3 * MB)})
+    assert budget.active and not budget.spent()
+    meter.sent, meter.received = MB, 2 * MB - 1
+    assert not budget.spent()
+    meter.received += 1
+    assert budget.spent()
+    assert not TrafficBudget.from_env(meter, {}).active and not TrafficBudget.from_env(meter, {}).spent()
+    assert not TrafficBudget.from_env(meter, {"ESSAIM_NET_REMAINING_BYTES": "lots"}).active
 
 
 def test_remaining_and_env_for_the_trainer(tmp_path):
@@ -62,6 +108,9 @@ class _Meter:
 
     def totals(self) -> tuple[int, int]:
         return self.sent, self.received
+
+    def total(self) -> int:
+        return self.sent + self.received
 
 
 def test_net_pacer_holds_the_trainer_when_traffic_runs_ahead_of_a_cap():
@@ -115,7 +164,7 @@ def test_identity_key_is_made_once_with_mode_0600(tmp_path):
 
 def test_identity_key_matches_the_swarm_identity(tmp_path):
     """The app's light key code and essaim.swarm.identity (hivemind) agree on file, peer id and signature."""
-    identity = pytest.importorskip("essaim.swarm.identity")
+    from essaim.swarm import identity  # loads hivemind: for this test only
     path = tmp_path / "identity.pem"
     key = keys.load_or_create_private_key(path)
     swarm_key = identity.load_or_create_private_key(path)

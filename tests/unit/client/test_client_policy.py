@@ -6,7 +6,16 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
-from essaim.client.policy import MB, Observations, PolicyConfig, PolicyState, decide, fmt_minutes
+from essaim.client.cli import format_status
+from essaim.client.policy import (
+    MB,
+    Observations,
+    PolicyConfig,
+    PolicyState,
+    decide,
+    fmt_minutes,
+    temperature_watch,
+)
 from essaim.client.schedule import Schedule
 from essaim.client.settings import defaults
 
@@ -127,6 +136,58 @@ def test_temperature_latch_updates_while_another_rule_wins():
 def test_temperature_rule_off_and_unknown_sensor():
     assert run(replace(IDLE, cpu_temp_c=99), replace(CFG, cpu_temp_high_c=0)).action == "train"
     assert run(replace(IDLE, cpu_temp_c=None)).action == "train"
+
+
+@pytest.mark.parametrize(
+    ("obs", "cfg", "cpu", "gpu", "note"),
+    [
+        (
+            IDLE,
+            CFG,
+            "no sensor",
+            "no sensor",
+            "temperature rule inactive: no temperature sensor is read here",
+        ),
+        (replace(IDLE, cpu_temp_c=60), CFG, "on", "no sensor", ""),  # no NVIDIA GPU: the CPU rule acts
+        (replace(IDLE, cpu_temp_c=60, gpu_present=True, gpu_temp_c=50), CFG, "on", "on", ""),
+        (
+            replace(IDLE, gpu_present=True, gpu_temp_c=50),
+            CFG,
+            "no sensor",
+            "on",
+            "CPU temperature rule inactive",
+        ),
+        (
+            IDLE,
+            replace(CFG, cpu_temp_high_c=0),
+            "off",
+            "no sensor",
+            "temperature rule inactive: no temperature sensor is read here",
+        ),
+        (
+            IDLE,
+            replace(CFG, cpu_temp_high_c=0, gpu_temp_high_c=0),
+            "off",
+            "off",
+            "",
+        ),  # the volunteer's choice
+        (replace(IDLE, cpu_temp_c=60, gpu_temp_c=50), replace(CFG, use_gpu=False), "on", "off", ""),
+    ],
+)
+def test_temperature_watch_says_when_no_sensor_is_read(obs, cfg, cpu, gpu, note):
+    watch = temperature_watch(obs, cfg)
+    assert (watch.cpu, watch.gpu) == (cpu, gpu)
+    assert watch.note.startswith(note) and bool(watch.note) == bool(note)
+
+
+def test_status_shows_the_inactive_temperature_rule_or_its_readings():
+    base = {"state": "training", "reason": "training: machine idle", "contribution": {}}
+    note = temperature_watch(IDLE, CFG).note
+    off = {"cpu_c": None, "gpu_c": None, "cpu_rule": "no sensor", "gpu_rule": "no sensor", "note": note}
+    assert format_status({**base, "temperature": off}).splitlines()[1] == note
+    on = {"cpu_c": 61.4, "gpu_c": None, "cpu_rule": "on", "gpu_rule": "no sensor", "note": ""}
+    assert "temperature: CPU 61°C" in format_status({**base, "temperature": on}).splitlines()
+    assert "temperature" not in format_status(base)  # an app too old to say
 
 
 def test_memory_floor_stops_and_holds():

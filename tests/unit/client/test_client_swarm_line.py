@@ -37,6 +37,12 @@ def test_a_reachable_volunteer_is_a_full_peer(tmp_path: Path) -> None:
     assert swarm_line({}) == ""
 
 
+def test_a_volunteer_behind_a_mapping_router_is_told_how_it_averages() -> None:
+    swarm = {"client_mode": True, "reachability": "upnp", "observed": "198.51.100.4"}
+    assert swarm_line(swarm) == ("reachable through the router's port mapping (UPnP/NAT-PMP): averages through "
+                                 "the coordinator's peer (seen as 198.51.100.4); no averaging round yet")
+
+
 def test_status_and_tooltip_show_it() -> None:
     swarm = {"client_mode": True, "reachability": "nat", "round_epoch": 3, "round_peers": 2, "round_error": ""}
     status = {"state": "training", "reason": "training", "job": {"id": "j1", "name": "demo"},

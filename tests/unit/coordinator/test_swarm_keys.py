@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 from essaim.coordinator import swarm_keys
+from essaim.swarm import auth, identity
 
 
 def test_light_tokens_verify_with_the_swarm_checker(tmp_path: Path) -> None:
-    auth = pytest.importorskip("essaim.swarm.auth")
-    identity = pytest.importorskip("essaim.swarm.identity")
     coordinator = swarm_keys.load_or_create_swarm_key(tmp_path / "swarm-key.pem")
     assert (tmp_path / "swarm-key.pem").stat().st_mode & 0o777 == 0o600
     volunteer = identity.load_or_create_private_key(tmp_path / "volunteer.pem")
@@ -56,8 +55,6 @@ def test_non_rsa_volunteer_key_is_refused() -> None:
 
 
 def test_revocation_lists_verify_and_make_the_authorizer_refuse_banned_keys(tmp_path: Path) -> None:
-    auth = pytest.importorskip("essaim.swarm.auth")
-    identity = pytest.importorskip("essaim.swarm.identity")
     coordinator = swarm_keys.load_or_create_swarm_key(tmp_path / "swarm-key.pem")
     trusted = identity.load_public_key(swarm_keys.public_key_der(coordinator))
     keys = {name: identity.load_or_create_private_key(tmp_path / f"{name}.pem") for name in ("me", "bad", "good")}
@@ -110,8 +107,6 @@ def test_revocation_lists_verify_and_make_the_authorizer_refuse_banned_keys(tmp_
 
 
 def test_a_state_reset_counts_only_when_the_coordinator_signed_it_for_this_job(tmp_path: Path) -> None:
-    auth = pytest.importorskip("essaim.swarm.auth")
-    identity = pytest.importorskip("essaim.swarm.identity")
     coordinator = swarm_keys.load_or_create_swarm_key(tmp_path / "swarm-key.pem")
     trusted = identity.load_public_key(swarm_keys.public_key_der(coordinator))
     reset = swarm_keys.sign_reset(coordinator, "job1", 2, 5, now=1000.0)

@@ -42,7 +42,7 @@ def test_each_volunteer_seen_in_either_file_gets_its_reachability_and_last_round
         "12D3KooWBobOld": {"reachability": "public", "observed": "198.51.100.9", "at": 100.0},
         "12D3KooWBob": {"reachability": "nat", "observed": "203.0.113.7", "address": "", "at": 200.0},
         "12D3KooWAlice": {"reachability": "public", "observed": "198.51.100.2", "at": 150.0},
-        "12D3KooWEve": {"reachability": "nat", "observed": "192.0.2.66", "at": 120.0},
+        "12D3KooWEve": {"reachability": "upnp", "observed": "192.0.2.66", "at": 120.0},
         "12D3KooWStranger": {"reachability": "public", "observed": "192.0.2.1", "at": 130.0},
     })
 
@@ -57,8 +57,8 @@ def test_each_volunteer_seen_in_either_file_gets_its_reachability_and_last_round
     carol = rows["v-carol"]  # averaged in epoch 3 only, never checked
     assert (carol.reachability, carol.observed, carol.last_round_epoch, carol.averaged_in_last_round) == (
         "unknown", "", 4, False)
-    eve = rows["v-eve"]  # checked, never averaged
-    assert (eve.reachability, eve.last_round_epoch, eve.averaged_in_last_round) == ("nat", 4, False)
+    eve = rows["v-eve"]  # checked (reachable through its router's mapping), never averaged
+    assert (eve.reachability, eve.last_round_epoch, eve.averaged_in_last_round) == ("upnp", 4, False)
     assert all(p.updated_at > 0 for p in rows.values())
 
 

@@ -12,7 +12,7 @@ from essaim.swarm.reachability import Reachability, check_reachability
 def _answers(monkeypatch: pytest.MonkeyPatch, *answers: Reachability | Exception) -> list[int]:
     asked = [0]
 
-    async def ask(_peers: Any, _maddrs: Any) -> Reachability:
+    async def ask(_peers: Any, _maddrs: Any, _timeout: float) -> Reachability:
         answer = answers[min(asked[0], len(answers) - 1)]
         asked[0] += 1
         if isinstance(answer, Exception):

@@ -1,0 +1,92 @@
+"""A process of the UPnP test (``test_upnp.py``), run inside a lab namespace. One role per run:
+
+    python upnp_peer.py coordinator RECORD   # a full DHT peer serving reachability checks; prints its maddrs
+    python upnp_peer.py check MADDR...       # essaim's reachability check against those initial peers; prints it
+    python upnp_peer.py listen               # a libp2p peer that maps a port as a full peer's daemon does;
+                                             # prints its peer id and addresses once the router mapped one
+    python upnp_peer.py dial PEER MADDR...   # connects to PEER at those addresses; prints whether it could
+
+Each prints one JSON line on stdout; the long-lived ones (coordinator, listen) then wait for stdin to close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+
+def _wait_for_stdin_close() -> None:
+    sys.stdin.read()
+
+
+def coordinator(record: str) -> None:
+    import hivemind
+    from essaim.swarm.reachability import serve_reachability_checks
+
+    dht = hivemind.DHT(start=True, host_maddrs=["/ip4/0.0.0.0/tcp/0"], client_mode=False)
+    try:
+        serve_reachability_checks(dht, listen_host="0.0.0.0", record=record)
+        maddrs = [str(m) for m in dht.get_visible_maddrs() if "/127.0.0.1/" not in str(m)]
+        print(json.dumps({"maddrs": maddrs}), flush=True)
+        _wait_for_stdin_close()
+    finally:
+        dht.shutdown()
+
+
+def check(initial_peers: list[str]) -> None:
+    from essaim.swarm.reachability import check_reachability, pin_ports
+
+    host_maddrs = pin_ports(["/ip4/0.0.0.0/tcp/0"])
+    seen = check_reachability(initial_peers, host_maddrs=host_maddrs)
+    print(json.dumps({**seen.as_dict(), "reachable": seen.reachable, "via": seen.via, "host_maddrs": host_maddrs}),
+          flush=True)
+
+
+async def _listen() -> None:
+    from essaim.swarm.reachability import is_local_address
+    from hivemind.p2p import P2P
+
+    p2p = await P2P.create(host_maddrs=["/ip4/0.0.0.0/tcp/0"], nat_port_map=True)
+    try:
+        for _ in range(120):  # the daemon finds the router and maps a port: about 5 s
+            _, addrs = await p2p._client.identify()
+            mapped = [str(a) for a in addrs if not is_local_address(str(a).split("/")[2])]
+            if mapped:
+                break
+            await asyncio.sleep(0.25)
+        lan = [str(a) for a in addrs if str(a).split("/")[2] not in ("127.0.0.1", *(m.split("/")[2] for m in mapped))]
+        print(json.dumps({"peer_id": p2p.peer_id.to_base58(), "mapped": mapped, "lan": lan}), flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, _wait_for_stdin_close)
+    finally:
+        await p2p.shutdown()
+
+
+async def _dial(peer: str, maddrs: list[str]) -> None:
+    from hivemind.p2p import P2P, PeerID
+    from hivemind.utils.multiaddr import Multiaddr
+
+    p2p = await P2P.create(host_maddrs=["/ip4/0.0.0.0/tcp/0"], nat_port_map=False)
+    try:
+        await asyncio.wait_for(p2p._client.connect(PeerID.from_base58(peer), [Multiaddr(m) for m in maddrs]), 10)
+        peers = await p2p._client.list_peers()
+        via = [str(a) for p in peers if p.peer_id.to_base58() == peer for a in p.addrs]
+        print(json.dumps({"connected": True, "via": via}), flush=True)
+    except Exception as exc:
+        print(json.dumps({"connected": False, "error": f"{type(exc).__name__}: {exc}"}), flush=True)
+    finally:
+        await p2p.shutdown()
+
+
+if __name__ == "__main__":
+    role, args = sys.argv[1], sys.argv[2:]
+    if role == "coordinator":
+        coordinator(args[0])
+    elif role == "check":
+        check(args)
+    elif role == "listen":
+        asyncio.run(_listen())
+    elif role == "dial":
+        asyncio.run(_dial(args[0], args[1:]))
+    else:
+        raise SystemExit(f"unknown role {role!r}")

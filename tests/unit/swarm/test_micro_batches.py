@@ -1,0 +1,126 @@
+"""A micro-batch that does not fit in the GPU's memory is computed in slices, with the same gradient.
+
+There is no GPU here: the demo model stands behind a wrapper that raises CUDA's out-of-memory error
+the way a GPU under the volunteer's memory cap does, for batches of more rows than it holds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from essaim.protocol.recipe import Recipe
+from essaim.swarm.data import build_train_dataset, iterate_batches
+from essaim.swarm.errors import TrainingError
+from essaim.swarm.model import LoadedModel, load_model
+from essaim.swarm.optimizer import StepResult
+from essaim.swarm.peer import MicroBatches, TrainingPeer
+
+
+class _SmallGpu(torch.nn.Module):
+    """The model on a GPU that holds ``rows`` rows at a time; ``fail_calls``: forward calls that run
+    out of memory whatever their size (another program took the memory for a moment)."""
+
+    def __init__(self, model: torch.nn.Module, rows: int, fail_calls: tuple[int, ...] = ()) -> None:
+        super().__init__()
+        self.inner, self.rows, self.fail_calls = model, rows, fail_calls
+        self.seen: list[int] = []
+
+    def forward(self, **batch: torch.Tensor) -> Any:
+        n = int(batch["input_ids"].shape[0])
+        self.seen.append(n)
+        if n > self.rows or len(self.seen) in self.fail_calls:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.inner(**batch)
+
+
+def _grads(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
+
+
+def _whole_batch_grads(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[float, list[torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    loss = model(**batch).loss
+    loss.backward()
+    grads = _grads(model)
+    model.zero_grad(set_to_none=True)
+    return float(loss.detach()), grads
+
+
+class _Optimizer:
+    """SwarmOptimizer's face to the loop: records what each step got; the loop stops after ``steps``."""
+
+    local_epoch = 0
+    last_round = None
+
+    def __init__(self, model: torch.nn.Module, steps: int) -> None:
+        self.model, self.steps = model, steps
+        self.got: list[tuple[int, list[torch.Tensor]]] = []
+        self.peer: TrainingPeer | None = None
+
+    def step(self, batch_size: int) -> StepResult:
+        self.got.append((batch_size, _grads(self.model)))
+        self.model.zero_grad(set_to_none=True)
+        if len(self.got) >= self.steps and self.peer is not None:
+            self.peer.stop(timeout=0)
+        return StepResult(new_epoch=False, accepted=True, epoch=0)
+
+
+@pytest.mark.timeout(120)
+def test_out_of_gpu_memory_halves_the_micro_batch_and_keeps_the_batch(demo_recipe: Recipe,
+                                                                       demo_files: dict[str, Path]) -> None:
+    torch.manual_seed(0)
+    loaded = load_model(demo_recipe, files=demo_files, device="cpu")
+    data = build_train_dataset(demo_recipe, loaded.tokenizer, files=demo_files)
+    shards = list(range(data.num_shards))
+    batch_size = demo_recipe.training.batch_size
+    batches = iterate_batches(data, shards, batch_size=batch_size, seed=demo_recipe.training.seed, epoch=0)
+    expected = [_whole_batch_grads(loaded.model, next(batches)) for _ in range(2)]
+
+    gpu = _SmallGpu(loaded.model, rows=batch_size // 4 - 1)  # 16 rows: 8 and 4 do not fit, 2 do
+    small = LoadedModel(model=gpu, tokenizer=loaded.tokenizer, device="cpu", dtype=loaded.dtype, adapter="full")
+    optimizer = _Optimizer(loaded.model, steps=2)
+    peer = TrainingPeer(job_id="job", recipe=demo_recipe, loaded=small, dataset=data, shard_ids=shards,
+                        optimizer=optimizer, dht=None, volunteer_id="v", join_swarm=False)  # type: ignore[arg-type]
+    optimizer.peer = peer
+
+    assert peer._train() == "stopped"
+    assert peer.micro_batches.rows == batch_size // 8
+    assert gpu.seen[:4] == [batch_size, batch_size // 2, batch_size // 4, batch_size // 8]
+    assert set(gpu.seen[3:]) == {batch_size // 8}  # the second batch went straight to the size that fits
+    for (n, got), (_, want) in zip(optimizer.got, expected, strict=True):
+        assert n == batch_size  # the optimizer counts the whole micro-batch's samples
+        assert len(got) == len(want)
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+    assert peer.current_loss() == pytest.approx(sum(loss for loss, _ in expected) / 2, rel=1e-5)
+
+
+def test_an_error_in_a_later_slice_drops_the_slices_before_it(demo_recipe: Recipe,
+                                                             demo_files: dict[str, Path]) -> None:
+    torch.manual_seed(0)
+    loaded = load_model(demo_recipe, files=demo_files, device="cpu")
+    data = build_train_dataset(demo_recipe, loaded.tokenizer, files=demo_files)
+    batch = next(iterate_batches(data, [0], batch_size=8, seed=0, epoch=0))
+    loss, want = _whole_batch_grads(loaded.model, batch)
+
+    micro = MicroBatches(_SmallGpu(loaded.model, rows=8, fail_calls=(2,)))
+    micro.rows = 4  # two slices; the second runs out of memory after the first's backward
+    got_loss = micro(batch)
+    assert micro.rows == 2
+    assert float(got_loss) == pytest.approx(loss, rel=1e-5)
+    for g, w in zip(_grads(loaded.model), want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+def test_when_even_one_row_does_not_fit_it_says_what_to_change(demo_recipe: Recipe,
+                                                              demo_files: dict[str, Path]) -> None:
+    loaded = load_model(demo_recipe, files=demo_files, device="cpu")
+    data = build_train_dataset(demo_recipe, loaded.tokenizer, files=demo_files)
+    batch = next(iterate_batches(data, [0], batch_size=4, seed=0, epoch=0))
+    gpu = _SmallGpu(loaded.model, rows=0)
+    with pytest.raises(TrainingError, match=r"policy\.gpu_max_vram_mb"):
+        MicroBatches(gpu)(batch)
+    assert gpu.seen == [4, 2, 1]
