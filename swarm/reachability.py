@@ -156,9 +156,8 @@ class _Checker:
         if self.record is None:
             return
         seen = read_checks(self.record)
-        label = {True: "public", False: "nat"}.get(reply.get("reachable"), "unknown")  # type: ignore[arg-type]
-        if reply.get("reachable") is True and reply.get("via") == MAPPED:
-            label = MAPPED
+        reachable = reply.get("reachable")
+        label = Reachability(reachable if isinstance(reachable, bool) else None, via=str(reply.get("via", ""))).label
         seen[peer] = {"reachability": label, "observed": reply.get("observed", ""),
                       "address": reply.get("address", ""), "at": time.time()}
         if len(seen) > 10_000:  # keep the newest

@@ -41,12 +41,59 @@ def fake_trainer_command() -> str:
     return f"{shlex.quote(sys.executable)} {shlex.quote(str(FAKE_TRAINER))}"
 
 
-def app_paths(root: Path) -> Any:
-    """The app's folders (essaim.client.config.Paths) under ``root``, as a fresh HOME would give."""
-    from essaim.client.config import Paths
-
+def app_paths(root: Path) -> Paths:
+    """The app's folders under ``root``, as a fresh HOME would give."""
     return Paths(config_file=root / "config.toml", data_dir=root / "data", runtime_dir=root / "run",
                  log_dir=root / "logs")
+
+
+class FakeIdle:
+    """An idle source whose user is away (``idle`` seconds without input) until a test says otherwise."""
+
+    name = "fake"
+
+    def __init__(self, idle: float = 3600.0) -> None:
+        self.idle = idle
+
+    def idle_seconds(self) -> float:
+        return self.idle
+
+    def close(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def supervisor_running(sup: Any) -> Iterator[Any]:
+    """``sup`` (an in-process essaim.client.supervisor.Supervisor) running on a thread of its own;
+    stopped, and its trainer with it, when the block ends."""
+    import threading
+
+    stop = threading.Event()
+    thread = threading.Thread(target=sup.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield sup
+    finally:
+        stop.set()
+        sup.wake()
+        thread.join(30)
+        assert not thread.is_alive()
+
+
+def wait_status(sup: Any, predicate: Callable[[dict[str, Any]], bool], what: str, timeout: float = 30.0) -> dict:
+    """The supervisor's first status that ``predicate`` accepts, polled every 0.05 s for ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        st = sup.status()
+        if predicate(st):
+            return st
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}: {json.dumps(sup.status(), indent=1, default=str)}")
+
+
+def training(st: dict[str, Any]) -> bool:
+    """A status of an app whose trainer runs."""
+    return st["state"] == "training" and st["trainer"]["state"] == "running"
 
 
 def write_job_file(path: Path, job_id: str = "local-1") -> Path:

@@ -5,29 +5,19 @@ the reading is back to normal. Also what ``essaim status`` says where no tempera
 
 from __future__ import annotations
 
+import contextlib
 import json
-import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from client_harness import FakeIdle, training, wait_status
 from essaim.client.cli import format_status
 from essaim.client.observe import Observer
 from essaim.client.supervisor import Supervisor
 
 pytestmark = pytest.mark.timeout(120)
 MB = 1024 * 1024
-
-
-class FakeIdle:
-    name = "fake"
-
-    def idle_seconds(self) -> float:
-        return 3600.0  # the user is away: only the sensor rules can stop training
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.fixture
@@ -42,7 +32,7 @@ def machine(client_kit: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
 @pytest.fixture
 def start(tmp_path: Any, client_kit: Any, machine: Any) -> Iterator[Callable[..., Supervisor]]:
     """Starts the supervisor (after ``machine`` is in place) on a local job with the fake trainer."""
-    running: list[tuple[Supervisor, threading.Event, threading.Thread]] = []
+    running = contextlib.ExitStack()
 
     def start(**policy: Any) -> Supervisor:
         paths = client_kit.app_paths(tmp_path)
@@ -63,39 +53,19 @@ def start(tmp_path: Any, client_kit: Any, machine: Any) -> Iterator[Callable[...
             paths=paths,
             flags=flags,
             env={},
-            idle_source=FakeIdle(),
+            idle_source=FakeIdle(),  # the user is away: only the sensor rules can stop training
             observer=Observer(sensor_interval=0.1),  # slow sensors read every tick, not every 5 s
         )
-        stop = threading.Event()
-        thread = threading.Thread(target=sup.run, args=(stop,), daemon=True)
-        thread.start()
-        running.append((sup, stop, thread))
-        return sup
+        return running.enter_context(client_kit.supervisor_running(sup))
 
-    try:
+    with running:
         yield start
-    finally:
-        for sup, stop, thread in running:
-            stop.set()
-            sup.wake()
-            thread.join(30)
-            assert not thread.is_alive()
 
 
 def wait(
     sup: Supervisor, predicate: Callable[[dict[str, Any]], bool], what: str, timeout: float = 20.0
 ) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        st = sup.status()
-        if predicate(st):
-            return st
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}: {json.dumps(sup.status(), indent=1, default=str)}")
-
-
-def training(st: dict[str, Any]) -> bool:
-    return st["state"] == "training" and st["trainer"]["state"] == "running"
+    return wait_status(sup, predicate, what, timeout)
 
 
 def paused_for(reason: str, *, trainer: tuple[str, ...] = ("paused",)) -> Callable[[dict[str, Any]], bool]:

@@ -5,11 +5,12 @@ and user activity pausing the trainer."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from dataclasses import dataclass, field
 
 import pytest
+from client_harness import FakeIdle, training
+from client_harness import wait_status as wait
 from essaim.client.supervisor import Supervisor
 from essaim.coordinator.keys import verify_registration
 from essaim.protocol.errors import Unavailable
@@ -89,19 +90,6 @@ class _Client(VolunteerCalls):
         pass
 
 
-class FakeIdle:
-    name = "fake"
-
-    def __init__(self):
-        self.idle = 3600.0
-
-    def idle_seconds(self):
-        return self.idle
-
-    def close(self):
-        pass
-
-
 @pytest.fixture
 def running(tmp_path, client_kit, monkeypatch):
     monkeypatch.setattr("essaim.client.link.RetryPolicy.delays", lambda self, rng=None: iter([0.2] * 1000))
@@ -117,30 +105,8 @@ def running(tmp_path, client_kit, monkeypatch):
         "policy.idle_minutes": 1.0,
     }
     sup = Supervisor(paths=paths, flags=flags, env={}, idle_source=idle, client_factory=coord.factory)
-    stop = threading.Event()
-    thread = threading.Thread(target=sup.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
+    with client_kit.supervisor_running(sup):
         yield sup, coord, idle
-    finally:
-        stop.set()
-        sup.wake()
-        thread.join(30)
-        assert not thread.is_alive()
-
-
-def wait(sup, predicate, what, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        st = sup.status()
-        if predicate(st):
-            return st
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}: {json.dumps(sup.status(), indent=1, default=str)}")
-
-
-def training(st):
-    return st["state"] == "training" and st["trainer"]["state"] == "running"
 
 
 def test_registers_trains_and_reports(running):

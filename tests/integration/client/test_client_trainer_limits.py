@@ -8,14 +8,12 @@ import base64
 import contextlib
 import json
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from essaim.client.config import Paths
 from essaim.client.netlimit import ENV_REMAINING, MB, DailyTraffic
 from essaim.client.supervisor import Supervisor
 from essaim.client.trainer_handle import default_trainer_command
@@ -137,23 +135,12 @@ def test_the_real_trainer_stops_itself_at_what_is_left_of_the_daily_limit(tmp_pa
     assert day.today_bytes() == stopped["bytes_sent"] + stopped["bytes_received"] >= 1
 
 
-class _Idle:
-    name = "test"
-
-    def idle_seconds(self) -> float:
-        return 3600.0
-
-    def close(self) -> None:
-        pass
-
-
 @pytest.mark.skipif(not hasattr(psutil.Process, "cpu_affinity"), reason="this OS has no CPU affinity (macOS)")
 def test_the_trainer_runs_on_the_cores_it_is_allowed(tmp_path: Path, client_kit: Any) -> None:
     mine = sorted(psutil.Process().cpu_affinity())
     if len(mine) < 2:
         pytest.skip("needs at least 2 CPUs to tell 1 core from all of them")
-    paths = Paths(config_file=tmp_path / "config.toml", data_dir=tmp_path / "data",
-                  runtime_dir=tmp_path / "run", log_dir=tmp_path / "logs")
+    paths = client_kit.app_paths(tmp_path)
     flags = {
         "volunteer.job_file": str(client_kit.write_job_file(tmp_path / "job.json")),
         "volunteer.trainer_command": client_kit.fake_trainer_command(),
@@ -162,11 +149,8 @@ def test_the_trainer_runs_on_the_cores_it_is_allowed(tmp_path: Path, client_kit:
         "policy.min_free_ram_mb": 0,
         "policy.cpu_temp_high_c": 0.0,
     }
-    sup = Supervisor(paths=paths, flags=flags, env={}, idle_source=_Idle())
-    stop = threading.Event()
-    thread = threading.Thread(target=sup.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
+    sup = Supervisor(paths=paths, flags=flags, env={}, idle_source=client_kit.FakeIdle())
+    with client_kit.supervisor_running(sup):
         deadline = time.monotonic() + 60
         affinity: list[int] = []
         while affinity != mine[:1]:
@@ -177,8 +161,3 @@ def test_the_trainer_runs_on_the_cores_it_is_allowed(tmp_path: Path, client_kit:
                     affinity = sorted(psutil.Process(pid).cpu_affinity())
             time.sleep(0.1)
         assert sup.status()["state"] == "training"
-    finally:
-        stop.set()
-        sup.wake()
-        thread.join(30)
-        assert not thread.is_alive()
