@@ -366,10 +366,13 @@ def _network_mode(a: TrainerAssignment) -> tuple[bool, list[str], list[str], Any
 
     Reachable only through a port its router mapped on request (UPnP, NAT-PMP), it joins in client
     mode for now, and says why. Others can dial such a peer (tests/integration/nat/test_upnp.py),
-    but in the NAT lab a full peer behind a mapping among NAT-ed ones left the demo job at a held-out
-    exact match of 0.09 and 0.235 where three NAT-ed ones reach 0.92-0.95: the full peer computed
-    1.6-1.9 times the samples of each other, its updates were clipped for many rounds. Most home
-    routers map ports, so full mode there waits until a swarm of mixed peers learns as well."""
+    but in the NAT lab (all peers on one 2-core machine) a full peer behind a mapping among NAT-ed
+    ones, beside busy processes, left the demo job at a held-out exact match of 0.09-0.56 where
+    three NAT-ed ones reached 0.695-0.95: the NAT-ed peers trained slower (107-123 samples per
+    compute second against 139-147 for the full one, and 131-144 each without it), and the full
+    peer's larger updates were clipped for many rounds; unloaded, 0.475-0.66 (three NAT-ed: 0.795-0.81).
+    Most home routers map ports, so full mode there waits until a swarm of mixed peers learns as
+    well under load."""
     from essaim.swarm.dht import decide_client_mode
     from essaim.swarm.reachability import MAPPED, check_reachability, is_local_address, pin_ports
 

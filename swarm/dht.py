@@ -36,6 +36,16 @@ logger = logging.getLogger(__name__)
 LOOPBACK_MADDRS = ("/ip4/127.0.0.1/tcp/0",)
 PUBLIC_MADDRS = ("/ip4/0.0.0.0/tcp/0",)
 DEFAULT_STARTUP_TIMEOUT_S = 60.0
+# What every libp2p daemon essaim starts is told. Circuit relay is off. With it on (hivemind's
+# default), a daemon that finds itself publicly reachable serves as a relay (circuit v2) for any peer
+# that asks: 128 reservations, 16 circuits per peer, 4 GiB and 30 minutes per relayed connection,
+# and hivemind's swarm authorizer guards DHT calls only. In the NAT lab a stranger behind one home
+# router reached a peer behind another through such a daemon on the "internet" (once the other's
+# auto-relay had reserved a slot there, about 4 minutes): that would be the coordinator's averaging
+# peers and every public volunteer. essaim needs no relay: NAT-ed volunteers average through the
+# averaging peers in client mode (a relay would carry the same bytes in and out again), and
+# hivemind's daemon offers no hole punching.
+P2P_OPTIONS: dict[str, Any] = {"use_relay": False}
 _WATCH_PERIOD_S = 0.5
 
 
@@ -223,6 +233,7 @@ def start_dht(
         record_validators=validators,
         startup_timeout=startup_timeout,
         wait_timeout=wait_timeout,
+        **P2P_OPTIONS,
     )
     if identity_path is not None:
         kwargs["identity_path"] = os.fspath(identity_path)

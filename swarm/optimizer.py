@@ -100,6 +100,7 @@ from hivemind.proto import averaging_pb2
 from hivemind.utils import get_dht_time
 from hivemind.utils.asyncio import achain, aiter_with_timeout, anext, as_aiter, azip, enter_asynchronously
 from hivemind.utils.streaming import combine_from_streaming
+from hivemind.utils.timed_storage import ValueWithExpiration
 
 logger = logging.getLogger(__name__)
 REPORT_EVERY_S = 0.5  # a peer's progress record in the DHT is at most this stale
@@ -597,7 +598,14 @@ class _Tracker(ProgressTracker):
     leaders: frozenset[str] | None = None
 
     def _parse_swarm_progress_data(self, metadata: Any) -> Any:
+        clients = None
+        if self.always_report and self.leaders is not None and isinstance(metadata, dict):
+            clients = sum(1 for v in metadata.values()
+                          if isinstance(getattr(v, "value", None), dict) and v.value.get("client_mode"))
+            metadata = self._followers_marked(metadata)
         progress = super()._parse_swarm_progress_data(metadata)
+        if clients is not None:
+            progress.num_clients = clients  # the NAT-ed ones, not the volunteers marked as following
         self._last_fetch = get_dht_time()
         if isinstance(metadata, dict):
             mine = self.local_progress.peer_id
@@ -612,6 +620,31 @@ class _Tracker(ProgressTracker):
             if self.always_report:
                 self._count_client_epochs(progress, others)
         return progress
+
+    def _followers_marked(self, metadata: dict[Any, Any]) -> dict[Any, Any]:
+        """``metadata`` with every record but the leaders' own marked as a client-mode peer's: what
+        the coordinator's averaging peer reads the swarm's epoch from.
+
+        hivemind takes the swarm's epoch as the highest any full peer reports. Where the averaging
+        peers lead every round (robust aggregation), a full-mode volunteer (a public host, a port
+        forward or mapping) then set the averaging peer's epoch alone: it led the round the moment
+        that one volunteer began it, before the NAT-ed volunteers' own view of the swarm said the
+        epoch had ended, and closed it without them (in the NAT lab, with a volunteer behind a UPnP
+        router as a full peer, it averaged the round of epoch 2 with that one alone in both runs,
+        and that of epoch 4 too in one); and one volunteer reporting a forged epoch dragged it
+        along. Marked so, every volunteer counts as a NAT-ed one does: the averaging peer follows
+        the volunteers' median epoch (:meth:`_count_client_epochs`) and counts every volunteer's
+        samples. Volunteers keep hivemind's rule: one that sees another begin the round begins its
+        own at once, which a volunteer that has just joined needs to be in time."""
+        leading = {id(record) for owner, record in self._records_by_owner(metadata) if owner in self.leaders}
+        marked = {}
+        for subkey, item in metadata.items():
+            record = getattr(item, "value", None)
+            if isinstance(record, dict) and id(record) not in leading and not record.get("client_mode"):
+                item = ValueWithExpiration({**record, "client_mode": True},
+                                           getattr(item, "expiration_time", math.inf))
+            marked[subkey] = item
+        return marked
 
     @staticmethod
     def _records_by_owner(metadata: dict[Any, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -635,7 +668,9 @@ class _Tracker(ProgressTracker):
         """hivemind takes the swarm's epoch from full peers only; in a swarm of NAT-ed volunteers
         the coordinator's averaging peer is the only one, so it would never see the volunteers move
         on without it (after a round it missed, it would wait forever). It takes their median epoch
-        instead: the epoch most of them are at, which no single volunteer can drag it past."""
+        instead: the epoch most of them are at, which no single volunteer of three or more can
+        drag it past. With the leaders known (robust aggregation) every volunteer counts here,
+        full-mode ones too (:meth:`_followers_marked`)."""
         epochs = sorted(int(r.get("epoch", 0)) for r in others if r.get("client_mode"))
         if not epochs:
             return

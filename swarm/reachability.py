@@ -120,6 +120,7 @@ class _ServeChecks:
         self.record = record
 
     async def __call__(self, _dht: Any, node: Any) -> None:
+        from essaim.swarm.dht import P2P_OPTIONS
         from hivemind.p2p import P2P
 
         # a DHT client, dialing from ports of its own: a volunteer's probe never learns of it nor
@@ -127,7 +128,7 @@ class _ServeChecks:
         # the prober's port would be dialed back through its own NAT's entry for that connection)
         with _env(LIBP2P_TCP_REUSEPORT="false", IPFS_REUSEPORT="false"):
             prober = await P2P.create(host_maddrs=[f"/ip4/{self.listen_host}/tcp/0"], auto_nat=False,
-                                      nat_port_map=False, conn_manager=False, dht_mode="client")
+                                      nat_port_map=False, conn_manager=False, dht_mode="client", **P2P_OPTIONS)
         checker = _Checker(prober, self.record)
         node.essaim_reachability = checker  # keeps the prober alive as long as the node
         await node.p2p.add_binary_stream_handler(PROTOCOL, checker.handle)
@@ -261,11 +262,13 @@ def check_reachability(initial_peers: Sequence[str], *, host_maddrs: Sequence[st
 
 
 async def _ask(initial_peers: list[str], host_maddrs: list[str], timeout: float) -> Reachability:
+    from essaim.swarm.dht import P2P_OPTIONS
     from hivemind.p2p import P2P
 
     ports = sorted({int(m.split("/")[m.split("/").index("tcp") + 1]) for m in host_maddrs if "/tcp/" in m})
     # nat_port_map: the probe asks the router for a mapping, as the DHT's daemon will
-    probe = await P2P.create(host_maddrs=host_maddrs, auto_nat=False, nat_port_map=True, dht_mode="client")
+    probe = await P2P.create(host_maddrs=host_maddrs, auto_nat=False, nat_port_map=True, dht_mode="client",
+                             **P2P_OPTIONS)
     started = time.monotonic()
     try:
         seen, answered, asked = await _request(probe, initial_peers, ports)

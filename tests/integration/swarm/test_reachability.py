@@ -74,3 +74,17 @@ def test_hostile_requests_get_bounded_answers(coordinator_peer: dict[str, Any]) 
     assert first["reachable"] is True and second["reachable"] is None and "too often" in second["reason"]
     [honest] = _client(coordinator_peer, "honest")  # still answering
     assert honest["reachable"] is True, honest
+
+
+@pytest.mark.timeout(60)
+def test_the_coordinator_peer_relays_nobody(coordinator_peer: dict[str, Any]) -> None:
+    """Its libp2p daemons (the DHT's and the reachability prober's) run with circuit relay off: on
+    a public address, hivemind's default would relay any stranger's connections through it
+    (essaim.swarm.dht.P2P_OPTIONS)."""
+    import psutil
+
+    daemons = [p for p in psutil.Process(coordinator_peer["proc"].pid).children(recursive=True)
+               if p.name() == "p2pd"]
+    assert len(daemons) == 2, [p.cmdline() for p in daemons]  # the DHT's and the prober's
+    for daemon in daemons:
+        assert "-relay=0" in daemon.cmdline(), daemon.cmdline()

@@ -4,6 +4,7 @@ another epoch's round, and a client-mode peer whose round's group is closed give
 from __future__ import annotations
 
 import asyncio
+import threading
 from types import SimpleNamespace
 from typing import Any
 
@@ -120,6 +121,7 @@ def test_the_leaders_epoch_is_read_from_their_own_signed_records_only(tmp_path: 
 
     leader, liar = (load_or_create_private_key(tmp_path / f"{n}.pem") for n in ("leader", "liar"))
     tracker = object.__new__(optimizer._Tracker)
+    threading.Thread.__init__(tracker, daemon=True)
     tracker.leaders = frozenset({peer_id_for_key(leader)})
     found = tracker._records_by_owner(dict([_record(leader, 4), _record(liar, 9, claims=leader), _record(liar, 7)]))
     assert [(owner, r["epoch"]) for owner, r in found] == [(peer_id_for_key(leader), 4), (peer_id_for_key(liar), 7)]
@@ -237,3 +239,52 @@ def test_a_tagged_round_whose_all_reduce_failed_is_not_tried_again() -> None:
 def test_an_untagged_round_is_retried_as_hivemind_does() -> None:
     attempts, error = _run_failing_rounds(None)  # until its deadline (2 s)
     assert attempts > 1 and isinstance(error, AllreduceException)
+
+
+def _tracker(leader_key: Any, *, local_epoch: int, always_report: bool = False) -> Any:
+    """A tracker that knows its leaders (robust aggregation), built without hivemind's threads."""
+    from essaim.swarm.identity import peer_id_for_key
+    from hivemind.optim.progress_tracker import LocalTrainingProgress
+    from hivemind.utils.performance_ema import PerformanceEMA
+
+    tracker = object.__new__(optimizer._Tracker)
+    threading.Thread.__init__(tracker, daemon=True)  # never started: hivemind's __del__ asks whether it runs
+    tracker.leaders = frozenset({peer_id_for_key(leader_key)})
+    tracker.always_report, tracker.target_batch_size, tracker.prefix = always_report, 4800, "job"
+    tracker.status_loglevel, tracker.performance_ema = 10, PerformanceEMA(alpha=0.1)
+    tracker.min_refresh_period, tracker.max_refresh_period, tracker.default_refresh_period = 0.5, 10.0, 3.0
+    tracker.expected_drift_peers, tracker.expected_drift_rate = 3, 0.2
+    tracker.local_progress = LocalTrainingProgress(peer_id=b"me", epoch=local_epoch, samples_accumulated=0,
+                                                   samples_per_second=1.0, time=0.0, client_mode=always_report)
+    return tracker
+
+
+def _progress(key: Any, epoch: int, samples: int, *, client_mode: bool) -> tuple[bytes, Any]:
+    from hivemind.utils import get_dht_time
+
+    subkey, item = _record(key, epoch)
+    item.value.update(samples_accumulated=samples, samples_per_second=100.0, time=get_dht_time(),
+                      client_mode=client_mode)
+    return subkey, item
+
+
+def test_the_averaging_peer_follows_the_volunteers_not_the_first_full_one(tmp_path: Any) -> None:
+    """Under robust aggregation the averaging peers lead every round: a full-mode volunteer moving
+    on (or claiming a forged epoch) does not move the averaging peer's epoch, which follows the
+    volunteers' median, full and NAT-ed alike, counting everyone's samples there. A volunteer still
+    moves on when it sees another full one begin the round (hivemind's rule)."""
+    from essaim.swarm.identity import load_or_create_private_key
+
+    leader, full, nat1, nat2 = (load_or_create_private_key(tmp_path / f"{n}.pem")
+                                for n in ("leader", "full", "nat1", "nat2"))
+    swarm = dict([_progress(leader, 2, 0, client_mode=False), _progress(full, 3, 900, client_mode=False),
+                  _progress(nat1, 2, 2000, client_mode=True), _progress(nat2, 2, 1500, client_mode=True)])
+    averaging_peer = _tracker(leader, local_epoch=2, always_report=True)._parse_swarm_progress_data(swarm)
+    assert (averaging_peer.epoch, averaging_peer.samples_accumulated, averaging_peer.num_clients) == (2, 3500, 2)
+    assert _tracker(leader, local_epoch=2)._parse_swarm_progress_data(swarm).epoch == 3  # a volunteer's view
+    swarm.update([_progress(full, 1_000_000, 1, client_mode=False)])  # a forged epoch
+    assert _tracker(leader, local_epoch=2, always_report=True)._parse_swarm_progress_data(swarm).epoch == 2
+    # the volunteers' median moved on: the averaging peer follows, and counts everyone's samples there
+    swarm.update([_progress(nat1, 3, 100, client_mode=True), _progress(full, 3, 900, client_mode=False)])
+    moved = _tracker(leader, local_epoch=2, always_report=True)._parse_swarm_progress_data(swarm)
+    assert (moved.epoch, moved.samples_accumulated) == (3, 1000)
