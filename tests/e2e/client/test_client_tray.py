@@ -198,11 +198,9 @@ def test_every_menu_item(tmp_path, tray_display, monkeypatch, client_kit):
     from essaim.client.supervisor import Supervisor
     from essaim.client.tray import Tray
 
-    job = client_kit.write_job_file(tmp_path / "job.json")
     paths = client_kit.app_paths(tmp_path)
     flags = {
-        "volunteer.job_file": str(job),
-        "volunteer.trainer_command": client_kit.fake_trainer_command(),
+        **client_kit.local_job_flags(tmp_path),
         "policy.other_cpu_pause_percent": 0,
         "policy.min_free_ram_mb": 0,
         "policy.cpu_temp_high_c": 0.0,

@@ -113,6 +113,12 @@ def write_job_file(path: Path, job_id: str = "local-1") -> Path:
     return path
 
 
+def local_job_flags(root: Path) -> dict[str, str]:
+    """The app's settings for a local job (no coordinator) run by the fake trainer."""
+    return {"volunteer.job_file": str(write_job_file(root / "job.json")),
+            "volunteer.trainer_command": fake_trainer_command()}
+
+
 def app_env(root: Path, *, display: str | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {
         k: v

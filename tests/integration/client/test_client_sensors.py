@@ -37,8 +37,7 @@ def start(tmp_path: Any, client_kit: Any, machine: Any) -> Iterator[Callable[...
     def start(**policy: Any) -> Supervisor:
         paths = client_kit.app_paths(tmp_path)
         flags = {
-            "volunteer.job_file": str(client_kit.write_job_file(tmp_path / "job.json")),
-            "volunteer.trainer_command": client_kit.fake_trainer_command(),
+            **client_kit.local_job_flags(tmp_path),
             "policy.idle_minutes": 1.0,
             "policy.other_cpu_pause_percent": 50,
             "policy.min_free_ram_mb": 1024,

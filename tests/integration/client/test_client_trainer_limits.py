@@ -142,8 +142,7 @@ def test_the_trainer_runs_on_the_cores_it_is_allowed(tmp_path: Path, client_kit:
         pytest.skip("needs at least 2 CPUs to tell 1 core from all of them")
     paths = client_kit.app_paths(tmp_path)
     flags = {
-        "volunteer.job_file": str(client_kit.write_job_file(tmp_path / "job.json")),
-        "volunteer.trainer_command": client_kit.fake_trainer_command(),
+        **client_kit.local_job_flags(tmp_path),
         "policy.cpu_max_cores": 1,
         "policy.other_cpu_pause_percent": 0,
         "policy.min_free_ram_mb": 0,
