@@ -101,7 +101,8 @@ def swarm_metrics(
     now: float | None = None,
 ) -> JobMetrics:
     """The job's metrics from its peers' latest records (live = updated in the last 45 s): the
-    samples are what the records claim (the job runner replaces them with the ledger's granted
+    epoch the averaging peer's, or that at least half of the records reached (:func:`reached_epoch`)
+    when further on; the samples are what the records claim (the job runner replaces them with the ledger's granted
     total), the throughput the live volunteers' reported rates, each capped at :func:`rate_cap`.
 
     ``live_peers`` counts the live volunteers whose updates the last averaging round averaged
@@ -111,7 +112,7 @@ def swarm_metrics(
     trusted = [r for r in reports.values() if not r.banned]
     live = [r for r in trusted if now - r.updated_at <= LIVE_RECORD_S]
     peers = len(live) if averaged is None else len({r.volunteer_id for r in live} & set(averaged))
-    epoch = max([r.epoch for r in trusted] + [swarm_epoch or 0, previous.epoch if previous else 0])
+    epoch = max(reached_epoch(trusted), swarm_epoch or 0, previous.epoch if previous else 0)
     cap = rate_cap(reports)
     rate = sum(min(r.samples_per_second, cap) for r in live)
     losses = [r.loss for r in live if r.loss is not None and math.isfinite(r.loss)]
@@ -131,6 +132,15 @@ def swarm_metrics(
         metrics.eval_metric = previous.eval_metric
         metrics.eval_metric_name = previous.eval_metric_name
     return metrics
+
+
+def reached_epoch(reports: Collection[PeerReport]) -> int:
+    """The epoch at least half of the volunteers' records say they reached (the lower median; a
+    record that went stale still says how far its volunteer got). An epoch is a volunteer's claim:
+    taking the highest let one volunteer's forged epoch set the job's, and the job runner then
+    caught its averaging peer up to it, completing the job at once."""
+    epochs = sorted(r.epoch for r in reports)
+    return epochs[(len(epochs) - 1) // 2] if epochs else 0
 
 
 def rate_cap(reports: Mapping[str, PeerReport]) -> float:

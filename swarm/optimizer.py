@@ -104,6 +104,7 @@ from hivemind.utils.timed_storage import ValueWithExpiration
 
 logger = logging.getLogger(__name__)
 REPORT_EVERY_S = 0.5  # a peer's progress record in the DHT is at most this stale
+AHEAD_WARNING_EVERY_S = 60.0  # how often a volunteer logs that it ignores records ahead of the leaders
 ROUNDS_KEPT = 64
 INNER_WARMUP_STEPS = 100  # a newcomer's inner learning rate ramps up over its first steps (see SwarmOptimizer.step)
 # a state asked of the averaging peer while its epoch's step is pending: how long it waits for the
@@ -597,7 +598,11 @@ class _Tracker(ProgressTracker):
     # only ones a volunteer's rounds follow); None: any full peer
     leaders: frozenset[str] | None = None
 
+    leaders_epoch = -1  # the highest epoch the leaders reported, last seen
+
     def _parse_swarm_progress_data(self, metadata: Any) -> Any:
+        if not self.always_report and self.leaders is not None and isinstance(metadata, dict):
+            metadata = self._ahead_dropped(metadata)
         clients = None
         if self.always_report and self.leaders is not None and isinstance(metadata, dict):
             clients = sum(1 for v in metadata.values()
@@ -646,6 +651,42 @@ class _Tracker(ProgressTracker):
             marked[subkey] = item
         return marked
 
+    def _ahead_dropped(self, metadata: dict[Any, Any]) -> dict[Any, Any]:
+        """``metadata`` less the records of other peers that claim an epoch more than one past the
+        leaders' (the coordinator's averaging peers): what a volunteer reads the swarm's epoch from.
+
+        A volunteer keeps hivemind's rule, the highest epoch a full peer reports, so that it begins
+        a round the moment another one does (:meth:`_followers_marked`). One full-mode volunteer
+        reporting a forged epoch then moved every other one: each reloaded the averaging peer's
+        state at every step (it was "out of sync"), then took up the forged epoch at its next round
+        and left the job as completed; the averaging peer, following their median, completed the
+        job too (a 12-epoch job ended after 4 rounds, each honest volunteer having reloaded the state
+        350 times). The leaders take part in every round, so no honest volunteer is more than the
+        one epoch ahead of them that beginning a round puts it. A volunteer that has not seen the
+        leaders yet believes every record, as hivemind does."""
+        leading = [int(r.get("epoch", 0)) for owner, r in self._records_by_owner(metadata) if owner in self.leaders]
+        if leading:
+            self.leaders_epoch = max(leading)  # a restarted averaging peer may come back behind
+        if self.leaders_epoch < 0:
+            return metadata
+        ceiling = self.leaders_epoch + 1
+        mine = self.local_progress.peer_id
+        kept = {}
+        for subkey, item in metadata.items():
+            record = getattr(item, "value", None)
+            if (isinstance(record, dict) and record.get("peer_id") != mine
+                    and int(record.get("epoch", 0)) > ceiling):
+                continue
+            kept[subkey] = item
+        if len(kept) < len(metadata) and time.monotonic() - self._last_ahead_warning > AHEAD_WARNING_EVERY_S:
+            self._last_ahead_warning = time.monotonic()
+            logger.warning("ignored %d progress record(s) claiming an epoch past %d: the job's averaging peers "
+                           "are at epoch %d, and no peer can be further on than the round they lead",
+                           len(metadata) - len(kept), ceiling, self.leaders_epoch)
+        return kept
+
+    _last_ahead_warning = -math.inf
+
     @staticmethod
     def _records_by_owner(metadata: dict[Any, Any]) -> list[tuple[str, dict[str, Any]]]:
         """(peer id of the key that signed it, record) for each record whose claimed peer id is that
@@ -670,11 +711,17 @@ class _Tracker(ProgressTracker):
         on without it (after a round it missed, it would wait forever). It takes their median epoch
         instead: the epoch most of them are at, which no single volunteer of three or more can
         drag it past. With the leaders known (robust aggregation) every volunteer counts here,
-        full-mode ones too (:meth:`_followers_marked`)."""
+        full-mode ones too (:meth:`_followers_marked`).
+
+        The upper median moves it at most one epoch on (in a pair, one volunteer beginning the
+        round begins it here too); further only the lower one, an epoch at least half of them
+        reached (a restarted averaging peer, behind them all). One of a pair claiming a forged
+        epoch moved it there, and the job was done."""
         epochs = sorted(int(r.get("epoch", 0)) for r in others if r.get("client_mode"))
         if not epochs:
             return
-        median = epochs[len(epochs) // 2]
+        upper, lower = epochs[len(epochs) // 2], epochs[(len(epochs) - 1) // 2]
+        median = max(min(upper, self.local_progress.epoch + 1), lower)
         if median > progress.epoch:
             progress.epoch = median
             progress.samples_accumulated = sum(int(r.get("samples_accumulated", 0)) for r in others

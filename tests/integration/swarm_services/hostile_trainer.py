@@ -11,7 +11,8 @@ own), ``none`` sends its honest update (``ESSAIM_TEST_ATTACKS_ONCE=1``: the atta
 each, then only honest updates) (``ESSAIM_TEST_HOLD_NAN_UNTIL=FILE``: ``sign`` instead of ``nan`` until FILE exists). It trains honestly otherwise, so it stays in the swarm. With
 ``ESSAIM_TEST_FORGE_STATE=1`` it also offers newcomers a forged state: the job's last epoch far
 behind it (epoch 1,000,000, hivemind's download priority the highest of the swarm) and weights
-that are finite garbage. With ``ESSAIM_TEST_JOIN_WHEN=FILE`` it joins the swarm only once FILE exists
+that are finite garbage. With ``ESSAIM_TEST_FORGE_EPOCH=K`` every progress record it publishes
+claims K epochs more than it has reached (its own trainer reads its records as they were). With ``ESSAIM_TEST_JOIN_WHEN=FILE`` it joins the swarm only once FILE exists
 (``waiting_trainer.py``). Used by the tests and by ``bench/adversary.py``.
 """
 
@@ -70,6 +71,8 @@ def main() -> int:
 
     if os.environ.get("ESSAIM_TEST_FORGE_STATE") == "1":
         forge_state()
+    if os.environ.get("ESSAIM_TEST_FORGE_EPOCH"):
+        forge_epoch(int(os.environ["ESSAIM_TEST_FORGE_EPOCH"]))
     if os.environ.get("ESSAIM_TEST_JOIN_WHEN"):
         from waiting_trainer import join_when  # beside this file
 
@@ -103,6 +106,36 @@ def forge_state() -> None:
 
     optimizer.build_optimizer = build  # type: ignore[assignment]
     optimizer._StateAverager.get_current_state = forged  # type: ignore[method-assign]
+
+
+def forge_epoch(ahead: int) -> None:
+    """Publish progress records that claim ``ahead`` epochs more than reached; read them back as
+    they were, so that her own trainer is not thrown off by her lie."""
+    import hivemind
+    from hivemind.utils import ValueWithExpiration
+
+    honest_store = hivemind.DHT.store
+    honest_parse = optimizer._Tracker._parse_swarm_progress_data
+
+    def store(self: hivemind.DHT, key: object, value: object, *args: object, **kwargs: object) -> object:
+        if isinstance(key, str) and key.endswith("_progress") and isinstance(value, dict) and "epoch" in value:
+            value = {**value, "epoch": int(value["epoch"]) + ahead}
+        return honest_store(self, key, value, *args, **kwargs)
+
+    def parse(self: optimizer._Tracker, metadata: object) -> object:
+        if isinstance(metadata, dict):
+            mine = self.local_progress.peer_id
+            metadata = {
+                key: ValueWithExpiration({**item.value, "epoch": int(item.value["epoch"]) - ahead},
+                                         item.expiration_time)
+                if isinstance(getattr(item, "value", None), dict) and item.value.get("peer_id") == mine
+                else item
+                for key, item in metadata.items()}
+        return honest_parse(self, metadata)
+
+    hivemind.DHT.store = store  # type: ignore[method-assign]
+    optimizer._Tracker._parse_swarm_progress_data = parse  # type: ignore[method-assign]
+    print(f"hostile trainer: its progress claims {ahead} epochs more than it reached", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

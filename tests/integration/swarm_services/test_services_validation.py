@@ -9,6 +9,11 @@ and noise remove no loss on her own data, and the replay is one it has seen. She
 the rounds once her failed checks outnumber her passed ones by three; the ledger holds what she
 claims from her first failure and refuses it once she is dropped. Alice's and bob's checks never
 fail.
+
+Her progress records also claim 1,000 epochs more than she reached. No one follows her: alice and
+bob ignore records further on than the averaging peer can be, the averaging peer follows the
+volunteers' median epoch, the job's epoch is the one most volunteers reached; the job runs all its
+rounds.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ pytestmark = pytest.mark.slow
 EPOCHS = 10
 TARGET_BATCH = 3200
 HOSTILE = Path(__file__).with_name("hostile_trainer.py")
+FORGED_AHEAD = 1000  # the epochs her progress records claim more than she reached
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +47,8 @@ def freeriding(harness: ModuleType, module_launcher: Any, tmp_path_factory: pyte
             swarm.volunteer(name).start()
         mallory = swarm.volunteer("mallory")
         mallory.start(command=[sys.executable, str(HOSTILE)],
-                      env={"ESSAIM_TEST_ATTACKS": "replay,zero,noise", "ESSAIM_TEST_JOIN_WHEN": str(may_join)})
+                      env={"ESSAIM_TEST_ATTACKS": "replay,zero,noise", "ESSAIM_TEST_JOIN_WHEN": str(may_join),
+                           "ESSAIM_TEST_FORGE_EPOCH": str(FORGED_AHEAD)})
         swarm.wait_averaged()
         may_join.touch()
         swarm.wait_ended()
@@ -94,3 +101,21 @@ def test_the_free_rider_is_refused_credit_and_the_honest_are_not(freeriding: Any
     # round, honest, of at most an epoch's samples
     granted = sum(e.samples for e in rows if e.volunteer_id == ids["mallory"])
     assert granted <= 2 * TARGET_BATCH, granted
+
+
+@pytest.mark.timeout(120)
+def test_her_forged_epoch_moves_no_one(freeriding: Any) -> None:
+    """Before, every volunteer followed the highest epoch a full peer reported: alice and bob
+    reloaded the state at every step (some 350 times each), then took her epoch up and left, and
+    the job completed after 4 of its rounds."""
+    job = freeriding.job()
+    assert job.status.value == "completed" and job.metrics.epoch == EPOCHS, job.metrics
+    assert sorted({r["epoch"] for r in freeriding.rounds()}) == list(range(EPOCHS)), freeriding.rounds()
+    for v in freeriding.volunteers:
+        if v.name == "mallory":
+            continue
+        stopped = v.wait_for(lambda e: e["event"] == "stopped", 60, "stopped")
+        assert stopped["reason"] == "completed" and stopped["epoch"] == EPOCHS, (v.name, stopped)
+        log = (v.work_dir / "trainer-stderr.log").read_text(errors="replace")
+        assert log.count("downloaded the state of epoch") <= 3, (v.name, v.tail())
+        assert "progress record(s) claiming an epoch past" in log, (v.name, v.tail())

@@ -53,11 +53,27 @@ def test_metrics_of_live_peers() -> None:
 def test_stale_records_count_for_the_epoch_but_not_as_live() -> None:
     m = swarm_metrics(
         reports(report("a", samples=100, epoch=4, rate=50.0, loss=9.0, age=LIVE_RECORD_S + 1),
-                report("b", samples=100, epoch=2, rate=5.0, loss=1.0)),
+                report("b", samples=100, epoch=2, rate=5.0, loss=1.0),
+                report("c", samples=0, epoch=4, rate=0.0, loss=None)),
         target_epochs=10, target_batch_size=TARGET, now=NOW,
     )
-    assert m.live_peers == 1 and m.epoch == 4 and m.samples == 200
+    assert m.live_peers == 2 and m.epoch == 4 and m.samples == 200
     assert m.samples_per_second == pytest.approx(5.0) and m.loss == pytest.approx(1.0)
+
+
+def test_one_volunteers_forged_epoch_does_not_move_the_job() -> None:
+    """The job's epoch is the one at least half of the volunteers reached: the job runner catches
+    its averaging peer up to it, which would complete the job on one volunteer's word."""
+    honest = [report("a", samples=100, epoch=2), report("b", samples=100, epoch=3)]
+    m = swarm_metrics(reports(*honest, report("mallory", samples=100, epoch=1_000_000)),
+                      target_epochs=10, target_batch_size=TARGET, swarm_epoch=2, now=NOW)
+    assert m.epoch == 3
+    m = swarm_metrics(reports(report("a", samples=100, epoch=2), report("mallory", samples=100, epoch=1_000_000)),
+                      target_epochs=10, target_batch_size=TARGET, swarm_epoch=2, now=NOW)
+    assert m.epoch == 2  # in a pair, the lower one
+    m = swarm_metrics(reports(report("a", samples=100, epoch=5), report("b", samples=100, epoch=5)),
+                      target_epochs=10, target_batch_size=TARGET, swarm_epoch=2, now=NOW)
+    assert m.epoch == 5  # the volunteers went on without the averaging peer (a restarted runner)
 
 
 def test_banned_records_do_not_count() -> None:

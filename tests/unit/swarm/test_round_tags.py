@@ -288,3 +288,41 @@ def test_the_averaging_peer_follows_the_volunteers_not_the_first_full_one(tmp_pa
     swarm.update([_progress(nat1, 3, 100, client_mode=True), _progress(full, 3, 900, client_mode=False)])
     moved = _tracker(leader, local_epoch=2, always_report=True)._parse_swarm_progress_data(swarm)
     assert (moved.epoch, moved.samples_accumulated) == (3, 1000)
+
+
+def test_a_volunteer_ignores_records_further_on_than_the_leaders_can_be(tmp_path: Any) -> None:
+    """A full-mode volunteer claiming a forged epoch moved every other volunteer (hivemind's global
+    epoch, the highest a full peer reports): each reloaded the state at every step, then took the
+    forged epoch up and left the job as done. No honest volunteer is more than one epoch past the
+    leaders, who take part in every round; one that is just so still moves the others on."""
+    from essaim.swarm.identity import load_or_create_private_key
+
+    leader, full, liar = (load_or_create_private_key(tmp_path / f"{n}.pem") for n in ("leader", "full", "liar"))
+    swarm = dict([_progress(leader, 2, 0, client_mode=False), _progress(full, 2, 900, client_mode=False),
+                  _progress(liar, 1_000_000, 4800, client_mode=False)])
+    volunteer = _tracker(leader, local_epoch=2)
+    seen = volunteer._parse_swarm_progress_data(swarm)
+    assert (seen.epoch, seen.samples_accumulated, seen.num_peers) == (2, 900, 2)
+    swarm.update([_progress(liar, 3, 4800, client_mode=False)])  # one past the leaders: as a peer that began the round
+    assert volunteer._parse_swarm_progress_data(swarm).epoch == 3
+    # the leaders' record expired: the epoch they were last seen at still bounds the others
+    del swarm[next(iter(dict([_progress(leader, 2, 0, client_mode=False)])))]
+    swarm.update([_progress(liar, 50, 4800, client_mode=False)])
+    assert volunteer._parse_swarm_progress_data(swarm).epoch == 2
+    # before the leaders were ever seen, hivemind's rule
+    assert _tracker(leader, local_epoch=2)._parse_swarm_progress_data(swarm).epoch == 50
+
+
+def test_one_of_a_pair_moves_the_averaging_peer_one_epoch_at_most(tmp_path: Any) -> None:
+    """In a pair the volunteers' upper median is one volunteer's word: it may begin the round
+    (one epoch on), not take the averaging peer to a forged epoch; both together may."""
+    from essaim.swarm.identity import load_or_create_private_key
+
+    leader, honest, liar = (load_or_create_private_key(tmp_path / f"{n}.pem") for n in ("leader", "honest", "liar"))
+    swarm = dict([_progress(leader, 2, 0, client_mode=False), _progress(honest, 2, 900, client_mode=True),
+                  _progress(liar, 1_000_000, 10, client_mode=True)])
+    seen = _tracker(leader, local_epoch=2, always_report=True)._parse_swarm_progress_data(swarm)
+    assert (seen.epoch, seen.samples_accumulated) == (3, 0)
+    swarm.update([_progress(honest, 9, 100, client_mode=True), _progress(liar, 9, 10, client_mode=True)])
+    seen = _tracker(leader, local_epoch=2, always_report=True)._parse_swarm_progress_data(swarm)
+    assert (seen.epoch, seen.samples_accumulated) == (9, 110)  # both went on without it (a restarted runner)
