@@ -2,6 +2,7 @@
 
     essaim coordinator volunteers [--online] [--json]    the swarm as a table
     essaim coordinator ban VOLUNTEER_ID [--reason R]     revoke a volunteer's access
+    essaim coordinator unban VOLUNTEER_ID [--reason R]   lift the ban
 
 :mod:`essaim.main` adds these commands to the ``coordinator`` group, next to the ones the
 coordinator package defines (``serve``, ``token create``, ``ledger verify``).
@@ -88,3 +89,21 @@ def ban(
         return
     output.notice(f"banned volunteer {output.escape(banned.name) or '-'} ({banned.id})")
     output.plain(banned.id)
+
+
+@app.command("unban")
+def unban(
+    volunteer_id: Annotated[str, typer.Argument(metavar="VOLUNTEER_ID", help="From `essaim coordinator volunteers`.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why; kept as the volunteer's reason.")] = "",
+    as_json: JsonOption = False,
+    coordinator: CoordinatorOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Lift a volunteer's ban: its app registers again by itself; what the ban refused stays refused."""
+    with client_from_options(coordinator, token) as client:
+        lifted = client.unban_volunteer(volunteer_id, reason)
+    if as_json:
+        output.print_json(lifted)
+        return
+    output.notice(f"lifted the ban on volunteer {output.escape(lifted.name) or '-'} ({lifted.id})")
+    output.plain(lifted.id)

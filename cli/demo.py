@@ -322,6 +322,10 @@ def run_demo(*, volunteers: int, output: Path, keep_running: bool, timeout: floa
         console.print(f"provenance: {output / 'provenance.json'}")
         console.print(f"dashboard:  {dashboard}jobs/{job.id}")
         if keep_running:
+            token_file = coordinator.data_dir / "admin-token"
+            console.print(f"coordinator: {coordinator.grpc} (gRPC), admin token in {token_file}:")
+            console.print(f"  ESSAIM_COORDINATOR={coordinator.grpc} ESSAIM_TOKEN=$(cat {token_file}) essaim job list",
+                          soft_wrap=True, highlight=False)
             console.print("the coordinator keeps running; press Ctrl-C to stop it")
             try:
                 coordinator.proc.wait()

@@ -21,12 +21,19 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from essaim import output
 from essaim.output import console
-from essaim.protocol.errors import FailedPrecondition, InvalidArgument, RecipeError, Unavailable
+from essaim.protocol.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    RecipeError,
+    Unavailable,
+)
 from essaim.protocol.types import FileKind, Job, JobStatus
 from essaim.remote import CoordinatorOption, TokenOption, client_from_options
 
 if TYPE_CHECKING:
     from essaim.protocol.client import CoordinatorClient
+    from essaim.protocol.recipe import Recipe
 
 app = typer.Typer(
     name="job",
@@ -121,7 +128,8 @@ def init(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite FILE if it exists.")] = False,
 ) -> None:
-    """Print the documented example recipe, a starting point that validates as is."""
+    """Print the documented example recipe: a starting point whose fields validate as is (`validate` then asks
+    for the data files it names, next to the recipe)."""
     from essaim.protocol.recipe import example_recipe_text  # pydantic: only for recipe commands
 
     text = example_recipe_text()
@@ -135,7 +143,8 @@ def init(
         output_file.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise InvalidArgument(f"cannot write {output_file}: {exc.strerror}") from None
-    output.notice(f"wrote {output_file}; edit it, then run `essaim job validate {output_file}`")
+    output.notice(f"wrote {output_file}; edit it, put the data files it names beside it, "
+                  f"then run `essaim job validate {output_file}`")
 
 
 @app.command("validate")
@@ -143,11 +152,13 @@ def validate(
     file: Annotated[Path, typer.Argument(metavar="FILE", help="The recipe (YAML) to check.")],
     as_json: JsonOption = False,
 ) -> None:
-    """Check a recipe: every problem is named with its field path, the value given and what is expected."""
+    """Check a recipe: every problem is named with its field path, the value given and what is expected;
+    the data and eval files it names must be there, next to it, as `submit` will upload them."""
     from essaim.protocol.recipe import load_recipe_file
 
     try:
         recipe = load_recipe_file(file)
+        _check_recipe_files(recipe, file)
     except RecipeError as err:
         if not as_json:
             raise
@@ -162,6 +173,25 @@ def validate(
         f"(job {output.escape(recipe.name)}, {len(files)} referenced file{'s' if len(files) != 1 else ''})",
         soft_wrap=True,
     )
+
+
+def _check_recipe_files(recipe: Recipe, file: Path) -> None:
+    """RecipeError naming each file the recipe references that is not a file beside it."""
+    from essaim.protocol.client import safe_relative_path
+    from essaim.protocol.errors import EssaimError
+
+    problems = []
+    for name in recipe.referenced_files():
+        try:
+            safe_relative_path(name, what="recipe file")
+        except EssaimError as err:
+            problems.append(str(err))
+            continue
+        local = file.parent / name
+        if not local.is_file():
+            problems.append(f"{name}: no such file next to the recipe ({local}); `submit` uploads it from there")
+    if problems:
+        raise RecipeError(problems, source=str(file))
 
 
 # ---- remote commands --------------------------------------------------------------------------
@@ -235,26 +265,39 @@ def status(
         bool, typer.Option("--follow", "-f", help="Follow the job live until it ends (exit 0 if it completed).")
     ] = False,
     interval: Annotated[float, typer.Option("--interval", min=0.1, help="Seconds between polls with --follow.")] = 2.0,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", min=0.0, metavar="SECONDS",
+                     help="With --follow: stop following after this long (exit 1 if the job has not ended); "
+                          "a coordinator unreachable this long (at most 300 s) ends it with exit 5."),
+    ] = None,
     coordinator: CoordinatorOption = None,
     token: TokenOption = None,
 ) -> None:
-    """Show one job; with --follow, a live progress bar of epochs with loss, throughput, eval, peers and ETA."""
+    """Show one job; with --follow, a live progress bar of epochs with loss, throughput, eval, peers and ETA
+    (exit 0 once it completed, 1 when it ended otherwise or --timeout passed, 5 when the coordinator is
+    unreachable for 300 s)."""
     with client_from_options(coordinator, token) as client:
         if not follow:
             job = client.get_job(job_id)
             output.print_json(job) if as_json else _show_job(job)
             return
         try:
-            job = _follow(client, job_id, interval=interval, as_json=as_json)
+            job = _follow(client, job_id, interval=interval, as_json=as_json, timeout=timeout)
         except KeyboardInterrupt:
             output.notice(f"stopped following; job {job_id} goes on")
             raise typer.Exit(130) from None
+    if not job.status.is_final:
+        output.notice(f"stopped following after {timeout:g} s; job {job.id} is {job.status.value} and goes on")
     if job.status != JobStatus.COMPLETED:
         raise typer.Exit(1)
 
 
-def _watch(client: CoordinatorClient, job_id: str, interval: float) -> Iterator[Job]:
-    """Each polled state of the job until it reaches a final status, riding out short outages."""
+def _watch(client: CoordinatorClient, job_id: str, interval: float, timeout: float | None = None) -> Iterator[Job]:
+    """Each polled state of the job until it reaches a final status or ``timeout`` seconds passed,
+    riding out outages shorter than the grace (``UNREACHABLE_GRACE_SECONDS``, or ``timeout``)."""
+    started = time.monotonic()
+    grace = UNREACHABLE_GRACE_SECONDS if timeout is None else min(timeout, UNREACHABLE_GRACE_SECONDS)
     unreachable_since: float | None = None
     while True:
         try:
@@ -263,26 +306,27 @@ def _watch(client: CoordinatorClient, job_id: str, interval: float) -> Iterator[
             now = time.monotonic()
             if unreachable_since is None:
                 unreachable_since = now
-                output.notice(f"[yellow]{output.escape(str(err))}; still trying[/]")
-            elif now - unreachable_since > UNREACHABLE_GRACE_SECONDS:
-                raise
-            time.sleep(interval)
+                output.notice(f"[yellow]{output.escape(str(err))}; still trying for {grace:g} s[/]")
+            if now - unreachable_since >= grace:
+                raise Unavailable(f"{err}; gave up after {now - unreachable_since:.0f} s") from None
+            time.sleep(min(interval, max(0.0, grace - (now - unreachable_since))))
             continue
         if unreachable_since is not None:
             output.notice("coordinator reachable again")
             unreachable_since = None
         yield job
-        if job.status.is_final:
+        if job.status.is_final or (timeout is not None and time.monotonic() - started >= timeout):
             return
         time.sleep(interval)
 
 
-def _follow(client: CoordinatorClient, job_id: str, *, interval: float, as_json: bool) -> Job:
+def _follow(client: CoordinatorClient, job_id: str, *, interval: float, as_json: bool,
+            timeout: float | None = None) -> Job:
     """Render the job's progress (JSON lines, a live bar, or a line per change) until it ends."""
     last_seen: object = None
     job: Job | None = None
     if as_json or not console.is_terminal:
-        for job in _watch(client, job_id, interval):
+        for job in _watch(client, job_id, interval, timeout):
             key = (job.status, job.metrics.epoch, job.status_reason) if not as_json else output.to_jsonable(job)
             if key != last_seen:
                 last_seen = key
@@ -295,14 +339,14 @@ def _follow(client: CoordinatorClient, job_id: str, *, interval: float, as_json:
                         soft_wrap=True,
                     )
     else:
-        job = _follow_live(client, job_id, interval)
+        job = _follow_live(client, job_id, interval, timeout)
     assert job is not None  # _watch yields at least once or raises
-    if not as_json:
+    if not as_json and job.status.is_final:
         _print_final(job)
     return job
 
 
-def _follow_live(client: CoordinatorClient, job_id: str, interval: float) -> Job:
+def _follow_live(client: CoordinatorClient, job_id: str, interval: float, timeout: float | None) -> Job:
     from rich.progress import BarColumn, Progress, TextColumn
 
     bar = Progress(
@@ -316,7 +360,7 @@ def _follow_live(client: CoordinatorClient, job_id: str, interval: float) -> Job
     job: Job | None = None
     with bar:
         task = bar.add_task("", total=None, epoch="", details="")
-        for job in _watch(client, job_id, interval):
+        for job in _watch(client, job_id, interval, timeout):
             m = job.metrics
             bar.update(
                 task,
@@ -384,20 +428,38 @@ def priority(
     _print_job(job, as_json, f"priority {job.priority} for")
 
 
+def _check_download_dir(dest: Path, *, force: bool) -> None:
+    """Refuse to mix a download into an earlier one (AlreadyExists, exit 2), unless ``force``:
+    then the earlier artifact folder and provenance are removed first, so none of their files stay."""
+    import shutil
+
+    earlier = [p for p in (dest / "artifact", dest / "provenance.json") if p.exists()]
+    if not earlier:
+        return
+    if not force:
+        raise AlreadyExists(f"{dest} already holds a download ({', '.join(p.name for p in earlier)}); "
+                            "pass --force to replace it, or --output DIR for another folder")
+    for p in earlier:
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
 @app.command("download")
 def download(
     job_id: JobIdArg,
     output_dir: Annotated[
         Path | None, typer.Option("--output", "-o", metavar="DIR", help="Where to put it (default: ./ID).")
     ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace a download already in DIR.")] = False,
     as_json: JsonOption = False,
     coordinator: CoordinatorOption = None,
     token: TokenOption = None,
 ) -> None:
     """Download a finished job's artifact into DIR/artifact and its provenance.json into DIR."""
-    dest = output_dir or Path(job_id)
     with client_from_options(coordinator, token) as client:
-        job = client.get_job(job_id)
+        job = client.get_job(job_id)  # ID may be the start of the job's id: the full one names DIR
+        job_id = job.id
+        dest = output_dir or Path(job_id)
+        _check_download_dir(dest, force=force)
         if not job.has_artifact:
             if job.status.is_final:
                 raise FailedPrecondition(f"job {job_id} is {job.status.value} and has no artifact to download")

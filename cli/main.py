@@ -61,6 +61,28 @@ class EssaimGroup(TyperGroup):
             raise typer.Exit(130) from None
 
 
+def plain_help() -> None:
+    """Help as a user reads it: typer (0.29) prints ``<bool>`` beside every flag, which reads as "takes
+    a value" (``--json true`` then fails), and ``{ID}`` for a required argument in the usage line.
+    Flags show no type, and usage lines name arguments as click does (``ID``). Where typer moved
+    these methods, its own help stays."""
+    from typer import core
+
+    option_type = getattr(core.TyperOption, "display_type_rich", None)
+    if option_type is not None and not getattr(option_type, "essaim_plain", False):
+        def display_type_rich(self: Any, ctx: Any) -> str | None:
+            return None if getattr(self, "is_flag", False) else option_type(self, ctx)
+
+        display_type_rich.essaim_plain = True  # type: ignore[attr-defined]
+        core.TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+    if hasattr(core.TyperArgument, "_usage_display_name"):
+        def usage_name(self: Any) -> str:
+            name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+            return name + ("..." if self.nargs != 1 else "")
+
+        core.TyperArgument._usage_display_name = usage_name  # type: ignore[method-assign]
+
+
 def optional_module(name: str) -> ModuleType | None:
     """Import ``name``; None only when that module (or its package) does not exist yet."""
     try:
@@ -117,6 +139,7 @@ def configure_logging(level: str) -> None:
 
 def build_app() -> typer.Typer:
     """The whole command tree, with whatever optional groups are installed."""
+    plain_help()
     client_cli = optional_module("essaim.client.cli")
     server_cli = optional_module("essaim.coordinator.cli")
     demo_module = optional_module("essaim.demo")

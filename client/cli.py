@@ -224,9 +224,12 @@ def config_show() -> None:
         typer.echo(render(settings))
 
 
-@config_app.command("set")
-def config_set(key: str, value: str) -> None:
-    """Change a setting in the config file (and in the running app)."""
+@config_app.command("set", context_settings={"ignore_unknown_options": True})
+def config_set(
+    key: Annotated[str, typer.Argument(metavar="KEY", help="A key `essaim config show` lists, e.g. policy.idle_minutes.")],
+    value: Annotated[str, typer.Argument(metavar="VALUE", help="Its new value (a negative number is a value too).")],
+) -> None:
+    """Change a setting in the config file (and in the running app); exit 2 when KEY or VALUE is not valid."""
     try:
         reply = _ask({"cmd": "config_set", "key": key, "value": value})
         typer.echo(f"{key} = {reply['value']!r}")

@@ -198,10 +198,12 @@ def write_file(path: Path, raw: dict[str, Any]) -> None:
 
 
 def render(settings: Settings) -> str:
-    """``essaim config show``: one line per key with its value and where it came from."""
+    """``essaim config show``: per key, what it does (a comment line), then its value and where the
+    value came from (file, env, flag; nothing when it is the default)."""
     lines = []
-    for key in SETTINGS:
+    for key, spec in SETTINGS.items():
         shown = tomli_w.dumps({"v": settings[key]}).split("=", 1)[1].strip()
         origin = settings.source(key)
+        lines.append(f"# {spec.help}")
         lines.append(f"{key} = {shown}" + (f"    # {origin}" if origin != "default" else ""))
     return "\n".join(lines)

@@ -248,7 +248,7 @@ class CoordinatorLink:
     def _register(self) -> None:
         key = keys.load_or_create_private_key(self.identity_file)
         peer_id = keys.peer_id_for(key)
-        name = self.name or f"volunteer-{peer_id[-6:]}"
+        name, _ = self._profile(peer_id)
         client = self._client_for(None)
         reg = client.register_with_key(
             sign=partial(keys.sign, key),
@@ -259,6 +259,9 @@ class CoordinatorLink:
             team=self.team,
         )
         self._token = reg.token
+        self._profile_sent = (name, self.team)
+        with self._lock:
+            self._status.banned = False  # registered: not banned (any more)
         self._interval = float(reg.heartbeat_interval_seconds or 30)
         self._hardware_sent = self._hardware
         with self._lock:
@@ -274,6 +277,7 @@ class CoordinatorLink:
             state, reason, progress = self._state, self._reason, list(self._progress)
             volunteer_id = self._status.volunteer_id
         hardware = self._hardware if self._hardware != self._hardware_sent else None
+        profile = self._profile()
         reply = self._client.heartbeat(
             volunteer_id=volunteer_id,
             state=state,
@@ -281,13 +285,32 @@ class CoordinatorLink:
             hardware=hardware,
             progress=progress,
             client_version=__version__,
+            profile=profile if profile != self._profile_sent else None,
         )
         self._hardware_sent = self._hardware
+        self._profile_sent = profile
         self._interval = float(reply.heartbeat_interval_seconds or self._interval)
         self._next_heartbeat = time.time() + self._interval
         with self._lock:
             self._status.stop_job_ids |= set(reply.stop_job_ids)
             self._status.banned = bool(reply.banned)
+
+    _profile_sent: tuple[str, str] | None = None  # what the coordinator was last told (None: since this start)
+    _peer_id = ""
+
+    def _profile(self, peer_id: str = "") -> tuple[str, str]:
+        """(pseudonym, team) as set now: ``volunteer.name``, or one made from the peer id."""
+        if self.name:
+            return self.name, self.team
+        if peer_id:
+            self._peer_id = peer_id
+        elif not self._peer_id:
+            self._peer_id = keys.peer_id_for(keys.load_or_create_private_key(self.identity_file))
+        return f"volunteer-{self._peer_id[-6:]}", self.team
+
+    def set_profile(self, name: str, team: str) -> None:
+        """A new pseudonym or team (``config set volunteer.name``): sent with the next heartbeat."""
+        self.name, self.team = name, team
 
     def _fetch_assignment(self) -> None:
         with self._lock:

@@ -158,6 +158,8 @@ class Supervisor:
                 client_factory=self._client_factory,
             )
             self.link.start()
+        elif self.link is not None:
+            self.link.set_profile(self.settings["volunteer.name"], self.settings["volunteer.team"])
 
     def shutdown(self) -> None:
         self.worker.shutdown()

@@ -55,6 +55,7 @@ RPC_ROLES: dict[str, frozenset[Role]] = {
     "SetJobPriority": frozenset({Role.ADMIN}),
     "ListVolunteers": frozenset({Role.ADMIN}),
     "BanVolunteer": frozenset({Role.ADMIN}),
+    "UnbanVolunteer": frozenset({Role.ADMIN}),
     "EraseVolunteer": frozenset({Role.VOLUNTEER, Role.ADMIN}),  # a volunteer: only itself
 }
 
@@ -180,6 +181,10 @@ class Authenticator:
         with self._lock:
             self._banned[volunteer_id] = reason
             self._cache = {h: v for h, v in self._cache.items() if v[0].subject != volunteer_id}
+
+    def unmark_banned(self, volunteer_id: str) -> None:
+        with self._lock:
+            self._banned.pop(volunteer_id, None)
 
     def forget_subject(self, subject: str) -> None:
         """Drop the cached tokens of ``subject`` (its tokens were revoked in this process)."""

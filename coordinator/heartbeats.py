@@ -48,11 +48,15 @@ class HeartbeatBuffer:
         return len(self._pending)
 
     def add(self, record: Any) -> None:
-        """Queue ``record`` (a store HeartbeatRecord); a newer record replaces an older one."""
+        """Queue ``record`` (a store HeartbeatRecord); a newer record replaces an older one, keeping
+        the hardware and the pseudonym the older one carried when it carries none."""
         old = self._pending.get(record.volunteer_id)
-        if old is not None and record.hardware is None and old.hardware is not None:
-            record = dataclasses.replace(record, hardware=old.hardware)
-        elif old is None and len(self._pending) >= MAX_PENDING:
+        if old is not None:
+            if record.hardware is None and old.hardware is not None:
+                record = dataclasses.replace(record, hardware=old.hardware)
+            if record.name is None and old.name is not None:
+                record = dataclasses.replace(record, name=old.name, team=old.team)
+        elif len(self._pending) >= MAX_PENDING:
             self.dropped += 1
             if self.dropped % 10_000 == 1:
                 logger.warning(

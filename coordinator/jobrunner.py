@@ -618,8 +618,10 @@ class JobRunner:
             ])
         # the job's public figure is what the ledger granted, never what the records claim
         metrics.samples = sum(a.samples for a in self.monitor.accepted.values())
-        changed = (metrics.epoch, metrics.live_peers, round(metrics.loss, 4), int(metrics.samples_per_second)) != (
-            job.metrics.epoch, job.metrics.live_peers, round(job.metrics.loss, 4), int(job.metrics.samples_per_second))
+        def shown(m: JobMetrics) -> tuple[Any, ...]:
+            return m.epoch, m.live_peers, None if m.loss is None else round(m.loss, 4), int(m.samples_per_second)
+
+        changed = shown(metrics) != shown(job.metrics)
         if changed or new:
             self.store.update_job_metrics(self.job_id, metrics)
         return metrics

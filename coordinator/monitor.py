@@ -116,7 +116,7 @@ def swarm_metrics(
     cap = rate_cap(reports)
     rate = sum(min(r.samples_per_second, cap) for r in live)
     losses = [r.loss for r in live if r.loss is not None and math.isfinite(r.loss)]
-    loss = sum(losses) / len(losses) if losses else (previous.loss if previous else 0.0)
+    loss = sum(losses) / len(losses) if losses else (previous.loss if previous else None)
     remaining = max(0, target_epochs - epoch) * target_batch_size
     eta = remaining / rate if rate > 0 else 0.0
     metrics = JobMetrics(

@@ -72,6 +72,21 @@ DEFAULT_VOLUNTEER_LIMIT, MAX_VOLUNTEER_LIMIT = 1000, 10_000
 MAX_NAME_CHARS = 64
 
 
+def checked_name(name: str) -> str:
+    """A volunteer's pseudonym as given at registration or changed since: 1-64 printable characters."""
+    stripped = name.strip()
+    if not stripped or len(stripped) > MAX_NAME_CHARS or not stripped.isprintable():
+        raise InvalidArgument(f"name: expected 1-{MAX_NAME_CHARS} printable characters; got {name!r}")
+    return stripped
+
+
+def checked_team(team: str) -> str:
+    """A volunteer's team: empty, or printable characters (cut to 64)."""
+    stripped = team.strip()
+    if not stripped.isprintable():
+        raise InvalidArgument(f"team: expected printable characters; got {team!r}")
+    return stripped[:MAX_NAME_CHARS]
+
 class SwarmGateway(Protocol):
     """What the coordinator needs from the swarm services of its jobs.
 
@@ -176,9 +191,7 @@ class CoordinatorService:
     def register(
         self, req: RegistrationRequest, principal: Principal | None, *, client_version: str = ""
     ) -> Registration:
-        name = req.name.strip()
-        if not name or len(name) > MAX_NAME_CHARS or not name.isprintable():
-            raise InvalidArgument(f"name: expected 1-{MAX_NAME_CHARS} printable characters; got {req.name!r}")
+        name = checked_name(req.name)
         if not req.peer_id or len(req.peer_id) > 128:
             raise InvalidArgument("peer_id: expected the volunteer's libp2p peer id (1-128 characters)")
         expires_at = self.challenges.check(req.nonce)
@@ -207,7 +220,7 @@ class CoordinatorService:
                 peer_id=req.peer_id,
                 public_key=req.public_key,
                 hardware=bounded_hardware(req.hardware),
-                team=req.team[:MAX_NAME_CHARS],
+                team=checked_team(req.team),
                 client_version=client_version,
             )
         )
@@ -222,6 +235,8 @@ class CoordinatorService:
     def heartbeat(self, report: HeartbeatReport, principal: Principal | None) -> HeartbeatReply:
         """Buffer a heartbeat (memory only: safe to call on the event loop)."""
         check_own_volunteer(principal, report.volunteer_id)
+        name = checked_name(report.name) if report.name is not None else None
+        team = checked_team(report.team) if report.name is not None else ""
         now = time.time()
         job_ids = [p.job_id for p in report.progress if p.job_id]
         self.heartbeats.add(
@@ -234,6 +249,8 @@ class CoordinatorService:
                 client_version=report.client_version[:64],
                 current_job_id=job_ids[0] if job_ids else "",
                 samples_per_second=sum(finite_rate(p.samples_per_second) for p in report.progress),
+                name=name,
+                team=team,
             )
         )
         stop = []
@@ -330,6 +347,18 @@ class CoordinatorService:
             for members in self._members.values():
                 members.pop(volunteer_id, None)
         logger.warning("volunteer %s banned: %s", volunteer_id, reason or "(no reason given)")
+        return self.store.get_volunteer(volunteer_id)
+
+    def unban_volunteer(self, volunteer_id: str, reason: str = "") -> Volunteer:
+        """Lift a ban: the volunteer may register again (its tokens stay revoked; its app registers
+        by itself) and its later contributions count. What the ban refused stays refused, and the
+        job runners take its key off the swarm's revocation list at their next look."""
+        volunteer = self.store.get_volunteer(volunteer_id)  # NotFound first
+        if volunteer.status != VolunteerStatus.BANNED:
+            raise FailedPrecondition(f"volunteer {volunteer_id} is {volunteer.status.value}, not banned")
+        self.store.set_volunteer_status(volunteer_id, VolunteerStatus.OFFLINE, reason or "ban lifted by an admin")
+        self.auth.unmark_banned(volunteer_id)
+        logger.warning("volunteer %s unbanned: %s", volunteer_id, reason or "(no reason given)")
         return self.store.get_volunteer(volunteer_id)
 
     def erase_volunteer(self, volunteer_id: str, principal: Principal | None) -> Volunteer:
@@ -430,9 +459,10 @@ class CoordinatorService:
         return self.store.list_jobs(statuses=wanted, limit=_limit(limit, DEFAULT_JOB_LIMIT, MAX_JOB_LIMIT))
 
     def get_job(self, job_id: str) -> Job:
-        return self.store.get_job(job_id)
+        return self.store.get_job(self.store.resolve_job_id(job_id))
 
     def cancel_job(self, job_id: str, reason: str, principal: Principal) -> Job:
+        job_id = self.store.resolve_job_id(job_id)
         job = self.store.get_job(job_id)
         if not principal.is_admin and job.owner != principal.subject:
             raise PermissionDenied(
@@ -449,6 +479,7 @@ class CoordinatorService:
         return self._set_live(job)
 
     def approve_job(self, job_id: str, *, reject: bool = False, reason: str = "") -> Job:
+        job_id = self.store.resolve_job_id(job_id)
         job = self.store.get_job(job_id)
         if job.status != JobStatus.AWAITING_APPROVAL:
             raise FailedPrecondition(
@@ -461,7 +492,7 @@ class CoordinatorService:
 
     def set_job_priority(self, job_id: str, priority: int) -> Job:
         check_priority(priority)
-        return self.store.set_job_priority(job_id, priority)
+        return self.store.set_job_priority(self.store.resolve_job_id(job_id), priority)
 
     # ---- files ----
 
@@ -485,7 +516,8 @@ class CoordinatorService:
         self, job_id: str, kind: FileKind, path: str, principal: Principal
     ) -> list[tuple[str, Path, str | None]]:
         """(name, file, sha256 or None) of each file a Download sends, in order."""
-        job = self.store.get_job(job_id)
+        job = self.store.get_job(self.store.resolve_job_id(job_id))
+        job_id = job.id
         if principal.role == Role.VOLUNTEER:
             if kind != FileKind.JOB_FILE:
                 raise PermissionDenied("volunteer tokens may download job files only")

@@ -231,6 +231,12 @@ class CoordinatorServicer:
 
         return await self._unary("BanVolunteer", request, context, handle)
 
+    async def UnbanVolunteer(self, request: Any, context: grpc.aio.ServicerContext) -> pb.Volunteer:
+        async def handle(req: pb.UnbanVolunteerRequest, _: Principal | None, __: str) -> pb.Volunteer:
+            return serde.volunteer_to_proto(await self._run(self.service.unban_volunteer, req.volunteer_id, req.reason))
+
+        return await self._unary("UnbanVolunteer", request, context, handle)
+
     async def EraseVolunteer(self, request: Any, context: grpc.aio.ServicerContext) -> pb.Volunteer:
         async def handle(req: pb.EraseVolunteerRequest, who: Principal | None, __: str) -> pb.Volunteer:
             return serde.volunteer_to_proto(await self._run(self.service.erase_volunteer, req.volunteer_id, who))

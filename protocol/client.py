@@ -279,6 +279,11 @@ class CoordinatorClient(VolunteerCalls):
         )
         return serde.volunteer_from_proto(self._unary("BanVolunteer", request))
 
+    def unban_volunteer(self, volunteer_id: str, reason: str = "") -> Volunteer:
+        """Lift a volunteer's ban; its app registers again by itself."""
+        request = pb.UnbanVolunteerRequest(header=serde.request_header(), volunteer_id=volunteer_id, reason=reason)
+        return serde.volunteer_from_proto(self._unary("UnbanVolunteer", request, idempotent=False))
+
     # ---- jobs ----
 
     def submit_job(self, recipe_yaml: str, *, priority: int = 0, files: Iterable[JobFile] = ()) -> Job:

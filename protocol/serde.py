@@ -188,6 +188,8 @@ def heartbeat_report_to_proto(r: HeartbeatReport) -> pb.HeartbeatRequest:
     )
     if r.hardware is not None:
         msg.hardware.CopyFrom(hardware_to_proto(r.hardware))
+    if r.name is not None:
+        msg.profile.CopyFrom(pb.VolunteerProfile(name=r.name, team=r.team))
     return msg
 
 
@@ -199,6 +201,8 @@ def heartbeat_report_from_proto(msg: pb.HeartbeatRequest) -> HeartbeatReport:
         hardware=hardware_from_proto(msg.hardware) if msg.HasField("hardware") else None,
         progress=[job_progress_from_proto(p) for p in msg.progress],
         client_version=msg.client_version,
+        name=msg.profile.name if msg.HasField("profile") else None,
+        team=msg.profile.team,
     )
 
 
@@ -288,7 +292,7 @@ def job_metrics_from_proto(msg: pb.JobMetrics) -> JobMetrics:
         target_epochs=msg.target_epochs,
         samples=msg.samples,
         samples_per_second=msg.samples_per_second,
-        loss=msg.loss,
+        loss=msg.loss if msg.HasField("loss") else None,
         eval_metric=msg.eval_metric,
         eval_metric_name=msg.eval_metric_name,
         live_peers=msg.live_peers,

@@ -108,7 +108,7 @@ class JobMetrics:
     target_epochs: int = 0
     samples: int = 0
     samples_per_second: float = 0.0
-    loss: float = 0.0
+    loss: float | None = None  # None until a volunteer reported one
     eval_metric: float = 0.0
     eval_metric_name: str = ""
     live_peers: int = 0
@@ -247,7 +247,8 @@ class RegistrationRequest:
 
 @dataclass(slots=True)
 class HeartbeatReport:
-    """What a volunteer's app sends every heartbeat interval. ``hardware`` is None when unchanged."""
+    """What a volunteer's app sends every heartbeat interval. ``hardware`` is None when unchanged;
+    ``name`` (with ``team``) is None unless the volunteer changed its pseudonym or team."""
 
     volunteer_id: str
     state: str = ""
@@ -255,3 +256,5 @@ class HeartbeatReport:
     hardware: Hardware | None = None
     progress: list[JobProgress] = field(default_factory=list)
     client_version: str = ""
+    name: str | None = None
+    team: str = ""

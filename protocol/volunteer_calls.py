@@ -95,7 +95,9 @@ class VolunteerCalls:
         hardware: Hardware | None = None,
         progress: Sequence[JobProgress] = (),
         client_version: str = "",
+        profile: tuple[str, str] | None = None,
     ) -> HeartbeatReply:
+        """``profile``: (pseudonym, team), when the volunteer changed either since it last sent them."""
         report = HeartbeatReport(
             volunteer_id=volunteer_id,
             state=state,
@@ -103,6 +105,8 @@ class VolunteerCalls:
             hardware=hardware,
             progress=list(progress),
             client_version=client_version,
+            name=profile[0] if profile is not None else None,
+            team=profile[1] if profile is not None else "",
         )
         reply = self._volunteer_call(
             "Heartbeat", serde.heartbeat_report_to_proto(report), pb.HeartbeatResponse

@@ -70,7 +70,7 @@ def progress_charts(progress: ProgressOut) -> dict[str, dict[str, Any]]:
     pts = progress.points
     waiting = "No progress reported yet"
     return {
-        "loss": time_chart("loss", [(p.at, p.loss) for p in pts if p.loss > 0], y_label="training loss", empty=waiting),
+        "loss": time_chart("loss", [(p.at, p.loss) for p in pts if p.loss], y_label="training loss", empty=waiting),
         "eval": time_chart(
             progress.eval_metric_name,
             [(p.at, p.eval_metric) for p in pts if p.eval_metric is not None],

@@ -72,7 +72,7 @@ class JobMetricsOut(_Out):
     target_epochs: int
     samples: int
     samples_per_second: float
-    loss: float
+    loss: float | None = Field(description="null until a volunteer reported one")
     eval_metric: float
     eval_metric_name: str
     live_peers: int
@@ -172,7 +172,7 @@ class ProgressPoint(_Out):
     epoch: int
     samples: int
     samples_per_second: float
-    loss: float
+    loss: float | None = Field(description="null where no loss was reported")
     eval_metric: float | None = Field(description="null where no evaluation was reported")
     live_peers: int
 

@@ -8,6 +8,7 @@ content-addressed blobs it receives.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 
 import sqlalchemy as sa
@@ -16,6 +17,9 @@ from essaim.coordinator.store.rows import job_from_row, job_values, to_json
 from essaim.coordinator.store.tables import blobs, jobs, progress
 from essaim.protocol.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from essaim.protocol.types import Job, JobMetrics, JobStatus
+
+MIN_ID_PREFIX = 4
+_ID_PREFIX = re.compile(r"[0-9a-z-]+")
 
 
 def _no_job(job_id: str) -> NotFound:
@@ -40,6 +44,25 @@ class JobsMixin(StoreBase):
     def get_job(self, job_id: str) -> Job:
         with self._read() as conn:
             return self._get_job(conn, job_id)
+
+    def resolve_job_id(self, ref: str) -> str:
+        """The id of the one job whose id is ``ref`` or starts with it (at least ``MIN_ID_PREFIX``
+        characters, as git takes a commit's): the short ids the demo and the dashboard show."""
+        ref = ref.strip().lower()
+        with self._read() as conn:
+            if conn.execute(sa.select(jobs.c.id).where(jobs.c.id == ref)).first() is not None:
+                return ref
+            if len(ref) < MIN_ID_PREFIX or not _ID_PREFIX.fullmatch(ref):
+                raise _no_job(ref)
+            found = [row.id for row in conn.execute(
+                sa.select(jobs.c.id).where(jobs.c.id.startswith(ref, autoescape=True)).order_by(jobs.c.id).limit(6))]
+        if not found:
+            raise _no_job(ref)
+        if len(found) > 1:
+            shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+            raise InvalidArgument(f"job id {ref!r} is the start of {'more than 5' if len(found) > 5 else len(found)} "
+                                  f"jobs' ids ({shown}); give more of it")
+        return found[0]
 
     def _get_job(self, conn: sa.Connection, job_id: str) -> Job:
         row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
@@ -116,7 +139,7 @@ class JobsMixin(StoreBase):
                         epoch=metrics.epoch,
                         samples=metrics.samples,
                         samples_per_second=metrics.samples_per_second,
-                        loss=metrics.loss,
+                        loss=metrics.loss if metrics.loss is not None else 0.0,  # 0.0: none reported
                         eval_metric=metrics.eval_metric,
                         live_peers=metrics.live_peers,
                     )
@@ -140,7 +163,7 @@ class JobsMixin(StoreBase):
                     epoch=row.epoch,
                     samples=row.samples,
                     samples_per_second=row.samples_per_second,
-                    loss=row.loss,
+                    loss=row.loss if row.loss > 0 else None,
                     eval_metric=row.eval_metric,
                     live_peers=row.live_peers,
                 ),

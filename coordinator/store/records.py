@@ -45,6 +45,8 @@ class HeartbeatRecord:
     client_version: str = ""
     current_job_id: str = ""
     samples_per_second: float = 0.0
+    name: str | None = None  # a new pseudonym (and team), when the volunteer changed them
+    team: str = ""
 
 
 @dataclass(slots=True, frozen=True)

@@ -175,13 +175,18 @@ class VolunteersMixin(StoreBase):
         """Apply a batch of heartbeats in one transaction (the latest per volunteer wins).
 
         Each sets ``last_seen``, state, reason, current job and throughput, the hardware when given,
-        and the status to online unless banned. Beats of unknown volunteers are ignored.
+        the pseudonym and team when given (by the latest beat that gave them), and the status to
+        online unless banned. Beats of unknown volunteers are ignored.
         """
         latest: dict[str, HeartbeatRecord] = {}
+        profiles: dict[str, HeartbeatRecord] = {}
         for beat in beats:
             kept = latest.get(beat.volunteer_id)
             if kept is None or beat.at >= kept.at:
                 latest[beat.volunteer_id] = beat
+            if beat.name is not None and (beat.volunteer_id not in profiles
+                                          or beat.at >= profiles[beat.volunteer_id].at):
+                profiles[beat.volunteer_id] = beat
         if not latest:
             return
         plain, with_hardware = [], []
@@ -205,6 +210,10 @@ class VolunteersMixin(StoreBase):
                 conn.execute(_HEARTBEAT, plain)
             if with_hardware:
                 conn.execute(_HEARTBEAT_WITH_HARDWARE, with_hardware)
+            for beat in profiles.values():  # rare: a volunteer renamed itself
+                conn.execute(sa.update(volunteers).where(volunteers.c.id == beat.volunteer_id,
+                                                         volunteers.c.status.not_in((ERASED,)))
+                             .values(name=beat.name, team=beat.team))
 
     def erase_volunteer(self, volunteer_id: str) -> Volunteer:
         """Forget what a volunteer told about itself: pseudonym, team, peer id, hardware, state,

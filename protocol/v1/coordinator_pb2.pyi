@@ -130,8 +130,16 @@ class JobProgress(_message.Message):
     loss: float
     def __init__(self, job_id: _Optional[str] = ..., epoch: _Optional[int] = ..., samples: _Optional[int] = ..., compute_seconds: _Optional[float] = ..., samples_per_second: _Optional[float] = ..., loss: _Optional[float] = ...) -> None: ...
 
+class VolunteerProfile(_message.Message):
+    __slots__ = ("name", "team")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TEAM_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    team: str
+    def __init__(self, name: _Optional[str] = ..., team: _Optional[str] = ...) -> None: ...
+
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("header", "volunteer_id", "state", "reason", "hardware", "progress", "client_version")
+    __slots__ = ("header", "volunteer_id", "state", "reason", "hardware", "progress", "client_version", "profile")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     VOLUNTEER_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +147,7 @@ class HeartbeatRequest(_message.Message):
     HARDWARE_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     CLIENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
     header: RequestHeader
     volunteer_id: str
     state: str
@@ -146,7 +155,8 @@ class HeartbeatRequest(_message.Message):
     hardware: Hardware
     progress: _containers.RepeatedCompositeFieldContainer[JobProgress]
     client_version: str
-    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., volunteer_id: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., progress: _Optional[_Iterable[_Union[JobProgress, _Mapping]]] = ..., client_version: _Optional[str] = ...) -> None: ...
+    profile: VolunteerProfile
+    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., volunteer_id: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., progress: _Optional[_Iterable[_Union[JobProgress, _Mapping]]] = ..., client_version: _Optional[str] = ..., profile: _Optional[_Union[VolunteerProfile, _Mapping]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("heartbeat_interval_seconds", "stop_job_ids", "banned")
@@ -249,6 +259,16 @@ class BanVolunteerRequest(_message.Message):
     reason: str
     undo: bool
     def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., volunteer_id: _Optional[str] = ..., reason: _Optional[str] = ..., undo: _Optional[bool] = ...) -> None: ...
+
+class UnbanVolunteerRequest(_message.Message):
+    __slots__ = ("header", "volunteer_id", "reason")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    VOLUNTEER_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    header: RequestHeader
+    volunteer_id: str
+    reason: str
+    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., volunteer_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class EraseVolunteerRequest(_message.Message):
     __slots__ = ("header", "volunteer_id")

@@ -95,6 +95,11 @@ class CoordinatorStub:
                 request_serializer=essaim_dot_protocol_dot_v1_dot_coordinator__pb2.BanVolunteerRequest.SerializeToString,
                 response_deserializer=essaim_dot_protocol_dot_v1_dot_coordinator__pb2.Volunteer.FromString,
                 _registered_method=True)
+        self.UnbanVolunteer = channel.unary_unary(
+                '/essaim.v1.Coordinator/UnbanVolunteer',
+                request_serializer=essaim_dot_protocol_dot_v1_dot_coordinator__pb2.UnbanVolunteerRequest.SerializeToString,
+                response_deserializer=essaim_dot_protocol_dot_v1_dot_coordinator__pb2.Volunteer.FromString,
+                _registered_method=True)
         self.EraseVolunteer = channel.unary_unary(
                 '/essaim.v1.Coordinator/EraseVolunteer',
                 request_serializer=essaim_dot_protocol_dot_v1_dot_coordinator__pb2.EraseVolunteerRequest.SerializeToString,
@@ -187,6 +192,12 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UnbanVolunteer(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def EraseVolunteer(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -266,6 +277,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
             'BanVolunteer': grpc.unary_unary_rpc_method_handler(
                     servicer.BanVolunteer,
                     request_deserializer=essaim_dot_protocol_dot_v1_dot_coordinator__pb2.BanVolunteerRequest.FromString,
+                    response_serializer=essaim_dot_protocol_dot_v1_dot_coordinator__pb2.Volunteer.SerializeToString,
+            ),
+            'UnbanVolunteer': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnbanVolunteer,
+                    request_deserializer=essaim_dot_protocol_dot_v1_dot_coordinator__pb2.UnbanVolunteerRequest.FromString,
                     response_serializer=essaim_dot_protocol_dot_v1_dot_coordinator__pb2.Volunteer.SerializeToString,
             ),
             'EraseVolunteer': grpc.unary_unary_rpc_method_handler(
@@ -607,6 +623,33 @@ class Coordinator:
             target,
             '/essaim.v1.Coordinator/BanVolunteer',
             essaim_dot_protocol_dot_v1_dot_coordinator__pb2.BanVolunteerRequest.SerializeToString,
+            essaim_dot_protocol_dot_v1_dot_coordinator__pb2.Volunteer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnbanVolunteer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/essaim.v1.Coordinator/UnbanVolunteer',
+            essaim_dot_protocol_dot_v1_dot_coordinator__pb2.UnbanVolunteerRequest.SerializeToString,
             essaim_dot_protocol_dot_v1_dot_coordinator__pb2.Volunteer.FromString,
             options,
             channel_credentials,

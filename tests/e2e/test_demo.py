@@ -1,5 +1,6 @@
 """``essaim demo`` from the command line, as the README's first command runs it: a coordinator and two
-volunteer trainers on this machine train the built-in job; the demo exits 0 and leaves a loadable
+volunteer trainers on this machine train the built-in job (``--keep-running``: its coordinator then
+stays up where it says, until Ctrl-C); the demo exits 0 and leaves a loadable
 model and its provenance, with the held-out accuracy before and after training. While it trains,
 the dashboard it prints shows the live swarm: its JSON API has the job's curve, and (where Debian's
 chromium is installed) the job page drawn in headless Chromium has a point per progress report;
@@ -120,6 +121,7 @@ class DemoRun:
     out: Path
     work: Path
     live: dict
+    kept: dict
 
 
 @pytest.fixture(scope="module")
@@ -132,12 +134,14 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
     log = (tmp_path / "demo.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "essaim", "demo", "--volunteers", "2", "--output", str(out), "--timeout", "600",
-         "--workdir", str(work)],
+         "--workdir", str(work), "--keep-running"],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
     )
+    kept: dict = {}
     try:
         live = _watch_the_live_dashboard(proc, tmp_path / "demo.log", tmp_path)
-        code = proc.wait(780)
+        kept = _use_the_kept_coordinator(proc, tmp_path / "demo.log", env, deadline=time.monotonic() + 780)
+        code = proc.wait(120)
     except subprocess.TimeoutExpired:
         code = None
     finally:
@@ -147,7 +151,28 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
         log.close()
-    return DemoRun(code, (tmp_path / "demo.log").read_text(errors="replace"), out, work, live)
+    return DemoRun(code, (tmp_path / "demo.log").read_text(errors="replace"), out, work, live, kept)
+
+
+KEPT = re.compile(r"coordinator: (\S+) \(gRPC\), admin token in (\S+):")
+
+
+def _use_the_kept_coordinator(proc: subprocess.Popen, log_path: Path, env: dict, deadline: float) -> dict:
+    """With --keep-running, once the demo is done: its coordinator answers at the address it printed,
+    with the admin token in the file it printed; Ctrl-C then ends the demo."""
+    found = None
+    while found is None and proc.poll() is None and time.monotonic() < deadline:
+        text = " ".join(log_path.read_text(errors="replace").split())
+        found = KEPT.search(text) if "press Ctrl-C to stop it" in text else None
+        time.sleep(0.5)
+    if found is None:
+        return {}
+    address, token_file = found.groups()
+    listed = subprocess.run([sys.executable, "-m", "essaim", "job", "list", "--json"], capture_output=True, text=True,
+                            timeout=60, env={**env, "ESSAIM_COORDINATOR": address,
+                                             "ESSAIM_TOKEN": Path(token_file).read_text().strip()})
+    os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in its terminal
+    return {"address": address, "listed": listed}
 
 
 @pytest.mark.slow
@@ -155,6 +180,10 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
 def test_essaim_demo_trains_a_model_with_two_volunteers(demo_run: DemoRun) -> None:
     text, out, live = demo_run.text, demo_run.out, demo_run.live
     assert demo_run.code == 0, f"essaim demo exited with {demo_run.code}:\n{text[-4000:]}"
+    # --keep-running: the coordinator stayed up where it said, until Ctrl-C
+    listed = demo_run.kept["listed"]
+    assert listed.returncode == 0, listed.stderr
+    assert [j["status"] for j in json.loads(listed.stdout)] == ["completed"], listed.stdout
     assert not _runners_in(demo_run.work), "the demo left its job runner behind"
     assert live["api_points"] >= 2, live
 

@@ -39,6 +39,7 @@ def test_submit_list_status_cancel(coordinator, researcher_token, recipe_factory
     job = json.loads(shown.stdout)
     assert job["name"] == "submit-me"
     assert job["metrics"]["target_epochs"] == 2
+    assert job["metrics"]["loss"] is None  # no volunteer reported one yet: not 0.0
     expected = {
         p: hashlib.sha256((recipe.parent / p).read_bytes()).hexdigest()
         for p in ("data/train.txt", "data/eval.jsonl")
@@ -47,6 +48,12 @@ def test_submit_list_status_cancel(coordinator, researcher_token, recipe_factory
 
     human = coordinator.essaim("job", "status", job_id, token=researcher_token)
     assert human.returncode == 0 and job_id in human.stdout and "queued" in human.stdout
+    # the short ids the demo and the dashboard show (the start of the id, as git takes a commit's)
+    short = coordinator.essaim("job", "status", job_id[:8], "--json", token=researcher_token)
+    assert short.returncode == 0 and json.loads(short.stdout)["id"] == job_id, short.stderr
+    unknown = coordinator.essaim("job", "status", "0" * 8 if not job_id.startswith("0") else "f" * 8,
+                                 token=researcher_token)
+    assert unknown.returncode == 3 and "no job with id" in unknown.stderr
 
     cancelled = coordinator.essaim("job", "cancel", job_id, "--reason", "changed my mind", token=researcher_token)
     assert cancelled.returncode == 0, cancelled.stderr
@@ -178,16 +185,27 @@ def test_volunteers_and_ban(coordinator, researcher_token) -> None:
     after = json.loads(coordinator.essaim("coordinator", "volunteers", "--json", token=coordinator.admin_token).stdout)
     assert {v["id"]: v["status"] for v in after}[volunteer_id] == "banned"
 
+    assert coordinator.essaim("coordinator", "unban", volunteer_id, token=researcher_token).returncode == 4
+    lifted = coordinator.essaim("coordinator", "unban", volunteer_id, "--reason", "appeal upheld",
+                                token=coordinator.admin_token)
+    assert lifted.returncode == 0 and lifted.stdout.strip() == volunteer_id, lifted.stderr
+    again = coordinator.essaim("coordinator", "unban", volunteer_id, token=coordinator.admin_token)
+    assert again.returncode == 2 and "not banned" in again.stderr
+    after = json.loads(coordinator.essaim("coordinator", "volunteers", "--json", token=coordinator.admin_token).stdout)
+    assert {v["id"]: v["status"] for v in after}[volunteer_id] == "offline"
+
 
 def test_init_output_submits_once_its_data_exists(coordinator, researcher_token, tmp_path: Path) -> None:
     """`job init` writes the documented example; with its data files present it validates and submits."""
     recipe = tmp_path / "recipe.yaml"
     assert coordinator.essaim("job", "init", "--output", str(recipe)).returncode == 0
-    assert coordinator.essaim("job", "validate", str(recipe)).returncode == 0
+    missing = coordinator.essaim("job", "validate", str(recipe))
+    assert missing.returncode == 2 and "no such file next to the recipe" in missing.stderr, missing.stderr
     for name in load_recipe_file(recipe).referenced_files():
         target = tmp_path / name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text('{"text": "one", "prompt": "1+1=", "answer": "2"}\n')
+    assert coordinator.essaim("job", "validate", str(recipe)).returncode == 0
     proc = coordinator.essaim("job", "submit", str(recipe), token=researcher_token)
     assert proc.returncode == 0, proc.stderr
     job = json.loads(coordinator.essaim("job", "status", proc.stdout.split()[-1], "--json", token=researcher_token).stdout)

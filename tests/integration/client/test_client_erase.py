@@ -1,4 +1,5 @@
-"""A volunteer erases its account from its own machine: ``essaim erase-account`` against a real
+"""A volunteer renames itself (``essaim config set volunteer.name``: the coordinator learns it from
+the next heartbeat), then erases its account from its own machine: ``essaim erase-account`` against a real
 coordinator forgets its pseudonym, team and machine there, stops its token, and forgets the
 account here; its ledger rows stay, under its id, and the ledger still verifies."""
 
@@ -28,6 +29,15 @@ def test_a_volunteer_erases_its_account(tmp_path, launch_app, launch_coordinator
             assert time.monotonic() < deadline, me
             time.sleep(0.2)
     assert me.name == "ada" and me.team == "lyon"
+    # a new pseudonym and team reach the coordinator with the app's next heartbeat
+    app.cli("config", "set", "volunteer.name", "Ada L.")
+    app.cli("config", "set", "volunteer.team", "paris")
+    with coord.client(coord.admin_token) as admin:
+        deadline = time.monotonic() + 30
+        while ((me := next(v for v in admin.list_volunteers() if v.id == volunteer_id)).name, me.team) != (
+                "Ada L.", "paris"):
+            assert time.monotonic() < deadline, me
+            time.sleep(0.2)
     store = open_store(sqlite_url(coord.data_dir / "coordinator.db"))
     try:  # what the job runner's accounting writes as it trains
         store.append_ledger([LedgerDraft(job_id="job-1", volunteer_id=volunteer_id, epoch=e, samples=64,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from essaim.protocol.errors import PermissionDenied, Unauthenticated
+from essaim.protocol.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unauthenticated
 from essaim.protocol.types import JobProgress, JobStatus, VolunteerStatus
 
 pytestmark = pytest.mark.timeout(120)
@@ -49,6 +49,27 @@ def test_register_heartbeat_then_offline_after_timeout(coord, kit) -> None:
     with coord.client(coord.admin_token) as admin:
         (mine,) = [v for v in admin.list_volunteers() if v.id == reg.volunteer_id]
     assert mine.name == "alice" and mine.hardware.ram_bytes == kit.HARDWARE.ram_bytes
+
+
+def test_a_heartbeat_renames_its_own_volunteer_only_to_a_printable_name(coord, kit) -> None:
+    with coord.client() as anon:
+        reg = kit.Identity().register(anon, "old-name")
+    with coord.client(reg.token) as client:
+        client.heartbeat(volunteer_id=reg.volunteer_id, state="idle", profile=("  Ada L. ", "lyon"))
+        for bad in ("", "a" * 65, "bell\x07"):
+            with pytest.raises(InvalidArgument, match="name: expected 1-64 printable characters"):
+                client.heartbeat(volunteer_id=reg.volunteer_id, state="idle", profile=(bad, ""))
+        with pytest.raises(InvalidArgument, match="team: expected printable"):
+            client.heartbeat(volunteer_id=reg.volunteer_id, state="idle", profile=("ok", "tab\tteam"))
+        client.heartbeat(volunteer_id=reg.volunteer_id, state="idle")  # no profile: unchanged
+    deadline = time.monotonic() + 10
+    while True:
+        with coord.client(coord.admin_token) as admin:
+            (mine,) = [v for v in admin.list_volunteers() if v.id == reg.volunteer_id]
+        if (mine.name, mine.team) == ("Ada L.", "lyon") or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert (mine.name, mine.team) == ("Ada L.", "lyon")
 
 
 def test_a_volunteer_token_acts_only_for_its_volunteer(coord, kit) -> None:
@@ -112,3 +133,17 @@ def test_banned_volunteer_cannot_heartbeat_or_register_again(coord, kit) -> None
     assert info.value.exit_code == 4
     with coord.client() as anon, pytest.raises(PermissionDenied, match="banned"):
         me.register(anon, "mallory")
+    # an admin lifts the ban: the same key registers again (same volunteer, a new token); the old
+    # token stays revoked
+    with coord.client(coord.admin_token) as admin:
+        lifted = admin.unban_volunteer(reg.volunteer_id, "appeal upheld")
+        assert (lifted.status, lifted.reason) == (VolunteerStatus.OFFLINE, "appeal upheld")
+        with pytest.raises(FailedPrecondition, match="not banned"):
+            admin.unban_volunteer(reg.volunteer_id)
+    with coord.client(reg.token) as client, pytest.raises(Unauthenticated):
+        client.heartbeat(volunteer_id=reg.volunteer_id, state="idle")
+    with coord.client() as anon:
+        again = me.register(anon, "mallory")
+    assert again.volunteer_id == reg.volunteer_id and again.token != reg.token
+    with coord.client(again.token) as client:
+        assert not client.heartbeat(volunteer_id=reg.volunteer_id, state="idle").banned

@@ -44,6 +44,15 @@ def test_init_writes_a_file_and_refuses_to_overwrite(runner: CliRunner, tmp_path
     assert again.exit_code == 2
     assert "--force" in again.stderr
     assert runner.invoke(app, ["job", "init", "-o", str(out), "--force"]).exit_code == 0
+    # its fields are valid; the data files it names must be there too, as `submit` uploads them
+    missing = runner.invoke(app, ["job", "validate", str(out)])
+    assert missing.exit_code == 2, missing.output
+    assert "(2 problem(s))" in missing.stderr and "data/train.jsonl: no such file next to the recipe" in missing.stderr
+    shown = runner.invoke(app, ["job", "validate", str(out), "--json"])
+    assert json.loads(shown.stdout)["problems"][1].startswith("data/eval.jsonl: no such file")
+    for name in ("train.jsonl", "eval.jsonl"):
+        (out.parent / "data").mkdir(exist_ok=True)
+        (out.parent / "data" / name).write_text('{"text": "hello"}\n')
     assert runner.invoke(app, ["job", "validate", str(out)]).exit_code == 0
 
 
@@ -230,6 +239,50 @@ def test_follow_rides_out_a_coordinator_outage(runner: CliRunner, fake_client, j
     assert "job job-1 completed" in result.stdout
 
 
+def _fake_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The polls' sleeps move a clock on (the fixture makes them return at once)."""
+    clock = [1000.0]
+    monkeypatch.setattr("essaim.job.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("essaim.job.time.sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+
+
+def test_follow_stops_at_its_timeout(runner: CliRunner, fake_client, job_factory,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_clock(monkeypatch)
+    original_init = fake_client.__init__
+
+    def init(self, *a, **kw):  # type: ignore[no-untyped-def]
+        original_init(self, *a, **kw)
+        self.job_states = [job_factory(status=JobStatus.RUNNING, epoch=1)] * 1000
+
+    fake_client.__init__ = init
+    try:
+        result = runner.invoke(app, ["job", "status", "job-1", "-f", "--interval", "0.1", "--timeout", "0.5", *AUTH])
+        assert result.exit_code == 1, result.output
+        assert len([c for c in fake_client.instances[-1].calls if c[0] == "get_job"]) in (5, 6, 7)
+        assert "stopped following after 0.5 s; job job-1 is running and goes on" in result.stderr
+    finally:
+        fake_client.__init__ = original_init
+
+
+def test_follow_gives_up_on_an_unreachable_coordinator(runner: CliRunner, fake_client, job_factory,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_clock(monkeypatch)
+    original_init = fake_client.__init__
+
+    def init(self, *a, **kw):  # type: ignore[no-untyped-def]
+        original_init(self, *a, **kw)
+        self.job_states = [Unavailable("cannot reach the coordinator at 127.0.0.1:9")] * 1000
+
+    fake_client.__init__ = init
+    try:
+        result = runner.invoke(app, ["job", "status", "job-1", "-f", "--interval", "0.1", "--timeout", "0.5", *AUTH])
+    finally:
+        fake_client.__init__ = original_init
+    assert result.exit_code == 5, result.output
+    assert "still trying for 0.5 s" in result.stderr and "gave up after" in result.stderr
+
+
 def test_download(runner: CliRunner, fake_client, job_factory, tmp_path: Path) -> None:
     fake_client_done = job_factory(status=JobStatus.COMPLETED)
     fake_client_done.has_artifact = True
@@ -254,9 +307,15 @@ def test_download(runner: CliRunner, fake_client, job_factory, tmp_path: Path) -
         )
         downloads = [c[1] for c in fake_client.instances[-1].calls if c[0] == "download"]
         assert downloads == [("job-1", FileKind.ARTIFACT, out)]  # one tree: artifact/ and provenance.json
-        human = runner.invoke(app, ["job", "download", "job-1", "-o", str(out), *AUTH])
+        # a second download never mixes into the first without --force, which replaces it whole
+        (out / "artifact" / "stale.bin").write_bytes(b"from an earlier download")
+        again = runner.invoke(app, ["job", "download", "job-1", "-o", str(out), *AUTH])
+        assert again.exit_code == 2 and "already holds a download" in again.stderr and "--force" in again.stderr
+        human = runner.invoke(app, ["job", "download", "job-1", "-o", str(out), "--force", *AUTH])
+        assert human.exit_code == 0, human.output
         assert human.stdout.strip() == str(out)
         assert "downloaded 2 artifact files" in human.stderr
+        assert not (out / "artifact" / "stale.bin").exists()
     finally:
         fake_client.__init__ = original_init
 

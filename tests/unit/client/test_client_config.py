@@ -130,6 +130,9 @@ def test_render_marks_sources(paths):
     text = render(load_settings(paths, env={}, flags={"policy.intensity": "light"}))
     assert 'policy.intensity = "light"    # flag' in text
     assert "policy.idle_minutes = 3.0" in text
+    # each key says what it does, on the line above it
+    lines = text.splitlines()
+    assert lines[lines.index("policy.idle_minutes = 3.0") - 1] == f"# {SETTINGS['policy.idle_minutes'].help}"
 
 
 def test_durations():

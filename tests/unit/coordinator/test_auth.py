@@ -93,7 +93,7 @@ def test_role_table() -> None:
     for rpc in ("SubmitJob", "ListJobs", "GetJob", "CancelJob", "UploadFile", "Download"):
         check_access(rpc, researcher, open_registration=True)
         check_access(rpc, admin, open_registration=True)
-    for rpc in ("ApproveJob", "SetJobPriority", "ListVolunteers", "BanVolunteer"):
+    for rpc in ("ApproveJob", "SetJobPriority", "ListVolunteers", "BanVolunteer", "UnbanVolunteer"):
         check_access(rpc, admin, open_registration=True)
         with pytest.raises(PermissionDenied, match="needs an admin token; yours is a researcher"):
             check_access(rpc, researcher, open_registration=True)

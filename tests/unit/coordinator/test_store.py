@@ -220,6 +220,16 @@ class TestStore:
         assert (got_b.state, got_b.reason, got_b.client_version) == ("paused", "on battery", "0.3.0")
         assert got_b.hardware.cpu_cores == 2
         assert got_c.status == VolunteerStatus.OFFLINE
+        # a new pseudonym and team: from the latest beat of the batch that gave them
+        store.record_heartbeats([
+            HeartbeatRecord(volunteer_id=a.id, at=t, name="first", team="x"),
+            HeartbeatRecord(volunteer_id=a.id, at=t + 0.5, name="Ada", team="lyon"),
+            HeartbeatRecord(volunteer_id=a.id, at=t + 1, state="training"),
+        ])
+        got_a = store.get_volunteer(a.id)
+        assert (got_a.name, got_a.team, got_a.last_seen) == ("Ada", "lyon", t + 1)
+        assert store.get_volunteer(b.id).name == "vol-2"
+        t = t + 1
         assert store.mark_offline(last_seen_before=t - 1) == 0
         assert store.mark_offline(last_seen_before=t + 1) == 2
         assert store.list_volunteers(status=VolunteerStatus.ONLINE) == []
@@ -278,6 +288,20 @@ class TestStore:
         ):
             with pytest.raises(NotFound):
                 missing_call()
+
+    def test_a_job_is_found_by_the_start_of_its_id(self, store: Store) -> None:
+        """The demo and the dashboard show short ids; the CLI takes them, as git takes a commit's."""
+        for suffix in ("1111", "2222"):
+            store.create_job(Job(id=f"abcd{suffix}" + "0" * 24, name=suffix, status=JobStatus.QUEUED, recipe_yaml=""))
+        full = "abcd1111" + "0" * 24
+        assert store.resolve_job_id(full) == full
+        assert store.resolve_job_id("abcd1") == full
+        assert store.resolve_job_id(" ABCD2 ") == "abcd2222" + "0" * 24
+        with pytest.raises(InvalidArgument, match=r"'abcd' is the start of 2 jobs' ids .*give more of it"):
+            store.resolve_job_id("abcd")
+        for missing in ("abc", "abcd3", "ab%", "abcd_", ""):  # too short, no such job, not an id
+            with pytest.raises(NotFound, match="no job with id"):
+                store.resolve_job_id(missing)
 
     def test_job_metrics_and_progress(self, store: Store) -> None:
         j = store.create_job(job())
