@@ -17,6 +17,8 @@ yet). The coordinator's averaging peers publish their tokens as volunteers do.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -36,6 +38,7 @@ REFUSED_RECHECK_S = 2.0  # a caller not admitted is looked up in the DHT again a
 PUBLISH_EVERY_S = 5.0  # how often a peer looks whether its token changed (and republishes it)
 REPUBLISH_S = 60.0  # a peer republishes its unchanged token this often (DHT records can be lost)
 LOOKUP_TIMEOUT_S = 5.0
+REFUSED_READ_MESSAGES, REFUSED_READ_S = 64, 2.0  # what a refused caller's part stream is read of
 
 
 def members_key(job_id: str) -> str:
@@ -144,6 +147,22 @@ class Admission:
                 self._refused.pop(owner, None)
 
 
+async def _drained(stream: typing.AsyncIterator[Any]) -> None:
+    """Read what a refused caller sends (``REFUSED_READ_MESSAGES`` messages and ``REFUSED_READ_S``
+    at most) before answering it. hivemind closes a stream when its handler returns; closed while
+    the caller still writes, the stream is reset and the refusal written into it can be lost (the
+    caller saw an empty answer, now and then, under load)."""
+    async def read() -> None:
+        count = 0
+        async for _ in stream:
+            count += 1
+            if count >= REFUSED_READ_MESSAGES:
+                return
+
+    with contextlib.suppress(Exception):  # a timeout, a broken stream: answer anyway
+        await asyncio.wait_for(read(), REFUSED_READ_S)
+
+
 class AdmittedServicer:
     """A mixin for hivemind averagers: their streams answer admitted peers only (``admission``
     None: anyone, as hivemind does). Set ``admission`` before the averager's process starts."""
@@ -167,6 +186,7 @@ class AdmittedServicer:
         self, stream: typing.AsyncIterator[averaging_pb2.AveragingData], context: P2PContext,
     ) -> typing.AsyncIterator[averaging_pb2.AveragingData]:
         if not await self._admitted(context):
+            await _drained(stream)
             yield averaging_pb2.AveragingData(code=averaging_pb2.PROTOCOL_VIOLATION)
             return
         async for message in super().rpc_aggregate_part(stream, context):  # type: ignore[misc]
