@@ -216,6 +216,7 @@ class DashboardQueries:
     def _job_fields(self, job: Job, volunteers_online: int, recipe: Recipe | None) -> dict[str, Any]:
         m = job.metrics
         eval_name = m.eval_metric_name or (recipe.eval.metric if recipe and recipe.eval else "")
+        ended = job.status.is_final  # its last throughput and peers are history, not the present
         return {
             "id": job.id,
             "name": job.name,
@@ -230,11 +231,11 @@ class DashboardQueries:
                 epoch=m.epoch,
                 target_epochs=m.target_epochs or (recipe.training.epochs if recipe else 0),
                 samples=m.samples,
-                samples_per_second=m.samples_per_second,
+                samples_per_second=0.0 if ended else m.samples_per_second,
                 loss=m.loss,
                 eval_metric=m.eval_metric,
                 eval_metric_name=eval_name,
-                live_peers=m.live_peers,
+                live_peers=0 if ended else m.live_peers,
                 eta_seconds=eta_seconds(job, recipe),
             ),
             "volunteers_online": volunteers_online,

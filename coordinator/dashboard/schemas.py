@@ -68,6 +68,8 @@ class OnlineSeries(_Out):
 
 
 class JobMetricsOut(_Out):
+    """A job's figures now; a job that ended shows no throughput and no peers."""
+
     epoch: int
     target_epochs: int
     samples: int

@@ -17,7 +17,7 @@ from essaim.coordinator.store.ledger import SignedHead, head_signature_ok, verif
 from essaim.coordinator.swarm_keys import SWARM_KEY, load_or_create_swarm_key, public_key_der
 from essaim.protocol.errors import EssaimError
 from essaim.protocol.recipe import load_recipe
-from essaim.protocol.types import JobStatus, LedgerEntry, VolunteerStatus
+from essaim.protocol.types import JobMetrics, JobStatus, LedgerEntry, VolunteerStatus
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -229,10 +229,19 @@ def test_admin_actions_with_an_admin_bearer_token(swarm, demo):
     with swarm.coord.client(swarm.coord.admin_token) as client:
         seen = client.get_job(job)
         assert seen.status == JobStatus.QUEUED and seen.priority == 7
+    store = swarm.open_store()
+    try:  # what its runner would have written while it trained
+        store.update_job_metrics(job, JobMetrics(epoch=1, samples=640, samples_per_second=9.0, loss=2.0, live_peers=2))
+    finally:
+        store.close()
+    live = demo.get_json(f"{swarm.url}/api/v1/jobs/{job}")["metrics"]
+    assert (live["samples_per_second"], live["live_peers"], live["loss"]) == (9.0, 2, 2.0)
     cancelled = demo.request(
         "POST", f"{swarm.url}/api/v1/jobs/{job}/cancel", headers=admin, json_body={"reason": "duplicate of demo-llama"}
     )
     assert cancelled.status == 200 and cancelled.json()["status_reason"] == "duplicate of demo-llama"
+    ended = demo.get_json(f"{swarm.url}/api/v1/jobs/{job}")["metrics"]  # no throughput, no peers: it ended
+    assert (ended["samples_per_second"], ended["live_peers"], ended["loss"], ended["epoch"]) == (0.0, 0, 2.0, 1)
     with swarm.coord.client(swarm.coord.admin_token) as client:
         assert client.get_job(job).status == JobStatus.CANCELLED
     assert demo.request("POST", f"{swarm.url}/api/v1/jobs/nope/cancel", headers=admin).status == 404

@@ -239,46 +239,35 @@ def test_follow_rides_out_a_coordinator_outage(runner: CliRunner, fake_client, j
     assert "job job-1 completed" in result.stdout
 
 
-def _fake_clock(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The polls' sleeps move a clock on (the fixture makes them return at once)."""
+def _follow_for_half_a_second(runner: CliRunner, fake_client, monkeypatch: pytest.MonkeyPatch,
+                              state: object) -> object:
+    """``job status -f --timeout 0.5`` polling every 0.1 s a coordinator that answers ``state``
+    (a job, or an error it raises) every time; the polls' sleeps move a fake clock on."""
     clock = [1000.0]
     monkeypatch.setattr("essaim.job.time.monotonic", lambda: clock[0])
     monkeypatch.setattr("essaim.job.time.sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    original_init = fake_client.__init__
+
+    def init(self, *a, **kw):  # type: ignore[no-untyped-def]
+        original_init(self, *a, **kw)
+        self.job_states = [state] * 1000
+
+    monkeypatch.setattr(fake_client, "__init__", init)
+    return runner.invoke(app, ["job", "status", "job-1", "-f", "--interval", "0.1", "--timeout", "0.5", *AUTH])
 
 
 def test_follow_stops_at_its_timeout(runner: CliRunner, fake_client, job_factory,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_clock(monkeypatch)
-    original_init = fake_client.__init__
-
-    def init(self, *a, **kw):  # type: ignore[no-untyped-def]
-        original_init(self, *a, **kw)
-        self.job_states = [job_factory(status=JobStatus.RUNNING, epoch=1)] * 1000
-
-    fake_client.__init__ = init
-    try:
-        result = runner.invoke(app, ["job", "status", "job-1", "-f", "--interval", "0.1", "--timeout", "0.5", *AUTH])
-        assert result.exit_code == 1, result.output
-        assert len([c for c in fake_client.instances[-1].calls if c[0] == "get_job"]) in (5, 6, 7)
-        assert "stopped following after 0.5 s; job job-1 is running and goes on" in result.stderr
-    finally:
-        fake_client.__init__ = original_init
+    result = _follow_for_half_a_second(runner, fake_client, monkeypatch, job_factory(status=JobStatus.RUNNING, epoch=1))
+    assert result.exit_code == 1, result.output
+    assert len([c for c in fake_client.instances[-1].calls if c[0] == "get_job"]) in (5, 6, 7)
+    assert "stopped following after 0.5 s; job job-1 is running and goes on" in result.stderr
 
 
-def test_follow_gives_up_on_an_unreachable_coordinator(runner: CliRunner, fake_client, job_factory,
+def test_follow_gives_up_on_an_unreachable_coordinator(runner: CliRunner, fake_client,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_clock(monkeypatch)
-    original_init = fake_client.__init__
-
-    def init(self, *a, **kw):  # type: ignore[no-untyped-def]
-        original_init(self, *a, **kw)
-        self.job_states = [Unavailable("cannot reach the coordinator at 127.0.0.1:9")] * 1000
-
-    fake_client.__init__ = init
-    try:
-        result = runner.invoke(app, ["job", "status", "job-1", "-f", "--interval", "0.1", "--timeout", "0.5", *AUTH])
-    finally:
-        fake_client.__init__ = original_init
+    result = _follow_for_half_a_second(runner, fake_client, monkeypatch,
+                                       Unavailable("cannot reach the coordinator at 127.0.0.1:9"))
     assert result.exit_code == 5, result.output
     assert "still trying for 0.5 s" in result.stderr and "gave up after" in result.stderr
 
