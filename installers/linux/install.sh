@@ -765,6 +765,10 @@ main() {
   install_essaim
   verify_essaim
   put_link "$VENV/bin/essaim" "$BIN_DIR/essaim"
+  # the folders the app writes its cache and its log to, made here so that the parents this makes
+  # (~/.local/state on a fresh account) are recorded, and removed with essaim when left empty
+  ensure_dir "$CACHE_DIR"
+  ensure_dir "$STATE_DIR"
   local uninstaller="uninstall.sh from where you got this installer"
   if [[ -n "$SCRIPT_DIR" && -f "$SCRIPT_DIR/uninstall.sh" ]]; then
     put_copy 755 "$SCRIPT_DIR/uninstall.sh" "$DATA_DIR/uninstall.sh"

@@ -111,8 +111,10 @@ def test_uninstall_keeps_data_when_asked_then_leaves_home_as_it_was(
     # what the app itself would have made by now
     (data / "identity").mkdir()
     (data / "identity/key.pem").write_text("secret\n")
-    (home / ".cache/essaim").mkdir(parents=True)
+    (home / ".cache/essaim").mkdir(parents=True, exist_ok=True)
     (home / ".cache/essaim/shard.bin").write_bytes(b"\0" * 16)
+    (home / ".local/state/essaim").mkdir(parents=True, exist_ok=True)  # its log: ~/.local/state too
+    (home / ".local/state/essaim/essaim.log").write_text("started\n")
 
     kept = installed_home.uninstall("--keep-data")
     assert kept.returncode == 0, kept.stderr

@@ -34,12 +34,20 @@ def coordinator_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[
         proc.wait(10)
 
 
-def _client(peer: dict[str, Any], mode: str) -> list[dict[str, Any]]:
-    done = subprocess.run([sys.executable, str(HERE / "reachability_client.py"), "--peer", peer["maddr"],
-                           "--mode", mode], capture_output=True, text=True, timeout=120, cwd=ROOT)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    assert lines, done.stderr[-3000:]
-    return json.loads(lines[-1])["replies"]
+def _client(peer: dict[str, Any], mode: str, *, tries: int = 2) -> list[dict[str, Any]]:
+    """The replies a fresh client process got. A reply lost on the way (the stream closed with no
+    line: once, beside two busy processes, for an answer the peer had recorded) is asked again by
+    a new client, once; a volunteer's own check asks again the same way (CHECK_ATTEMPTS)."""
+    replies: list[dict[str, Any]] = []
+    for _ in range(tries):
+        done = subprocess.run([sys.executable, str(HERE / "reachability_client.py"), "--peer", peer["maddr"],
+                               "--mode", mode], capture_output=True, text=True, timeout=120, cwd=ROOT)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        assert lines, done.stderr[-3000:]
+        replies = json.loads(lines[-1])["replies"]
+        if all(set(r) - {"seconds"} for r in replies):
+            break
+    return replies
 
 
 @pytest.mark.timeout(120)

@@ -26,6 +26,7 @@ EPOCHS = 6
 UNDO_EPOCHS = 12  # long enough that the volunteers are still training when the undo comes
 TARGET_BATCH = 3200
 HOSTILE = Path(__file__).with_name("hostile_trainer.py")
+WAITING = Path(__file__).with_name("waiting_trainer.py")
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +83,17 @@ def undone(harness: ModuleType, module_launcher: Any, tmp_path_factory: pytest.T
     recipe = harness.make_job(root / "job", epochs=UNDO_EPOCHS, target_batch_size=TARGET_BATCH, adapter="full",
                               averaging="local", checkpoint_every_epochs=1, eval_size=100, matchmaking_time=2.5)
     swarm = harness.ServiceSwarm.start(module_launcher, root / "coord", recipe)
+    may_join = root / "mallory-may-join"
     try:
         for name in ("alice", "bob"):
             swarm.volunteer(name).start()
-        harness.wait_until(lambda: swarm.keeper_record().get("checkpoint_epoch", 0) >= 2, 300, "two checkpoints", interval=1.0)
+        # mallory gets ready meanwhile (a minute on a busy machine) and joins at once when told:
+        # started only then, she joined at epoch 9 of 12 beside two busy processes, and the job
+        # ended before the volunteers saw the undo
         mallory = swarm.volunteer("mallory")
-        mallory.start()
+        mallory.start(command=[sys.executable, str(WAITING)], env={"ESSAIM_TEST_JOIN_WHEN": str(may_join)})
+        harness.wait_until(lambda: swarm.keeper_record().get("checkpoint_epoch", 0) >= 2, 300, "two checkpoints", interval=1.0)
+        may_join.touch()
         harness.wait_until(lambda: any(mallory.volunteer_id in r["volunteers"] for r in swarm.rounds()), 240,
                            "a round of mallory's", interval=0.5)
         swarm.first_round = min(r["epoch"] for r in swarm.rounds() if mallory.volunteer_id in r["volunteers"])
