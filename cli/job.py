@@ -176,20 +176,11 @@ def validate(
 
 
 def _check_recipe_files(recipe: Recipe, file: Path) -> None:
-    """RecipeError naming each file the recipe references that is not a file beside it."""
-    from essaim.protocol.client import safe_relative_path
-    from essaim.protocol.errors import EssaimError
+    """RecipeError naming each file the recipe references that is not a file beside it, as `submit`
+    would refuse it."""
+    from essaim.protocol.client import recipe_file_problems
 
-    problems = []
-    for name in recipe.referenced_files():
-        try:
-            safe_relative_path(name, what="recipe file")
-        except EssaimError as err:
-            problems.append(str(err))
-            continue
-        local = file.parent / name
-        if not local.is_file():
-            problems.append(f"{name}: no such file next to the recipe ({local}); `submit` uploads it from there")
+    problems = recipe_file_problems(recipe, file.parent)
     if problems:
         raise RecipeError(problems, source=str(file))
 

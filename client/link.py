@@ -248,7 +248,7 @@ class CoordinatorLink:
     def _register(self) -> None:
         key = keys.load_or_create_private_key(self.identity_file)
         peer_id = keys.peer_id_for(key)
-        name, _ = self._profile(peer_id)
+        profile = name, team = self._profile(peer_id)
         client = self._client_for(None)
         reg = client.register_with_key(
             sign=partial(keys.sign, key),
@@ -256,15 +256,14 @@ class CoordinatorLink:
             peer_id=peer_id,
             name=name,
             hardware=self._hardware or Hardware(),
-            team=self.team,
+            team=team,
         )
         self._token = reg.token
-        self._profile_sent = (name, self.team)
-        with self._lock:
-            self._status.banned = False  # registered: not banned (any more)
+        self._profile_sent = profile
         self._interval = float(reg.heartbeat_interval_seconds or 30)
         self._hardware_sent = self._hardware
         with self._lock:
+            self._status.banned = False  # registered: not banned (any more)
             self._status.volunteer_id = reg.volunteer_id
         self._client_for(self._token)
         self._save_registration(reg.volunteer_id)

@@ -459,11 +459,11 @@ class CoordinatorService:
         return self.store.list_jobs(statuses=wanted, limit=_limit(limit, DEFAULT_JOB_LIMIT, MAX_JOB_LIMIT))
 
     def get_job(self, job_id: str) -> Job:
-        return self.store.get_job(self.store.resolve_job_id(job_id))
+        return self.store.find_job(job_id)
 
     def cancel_job(self, job_id: str, reason: str, principal: Principal) -> Job:
-        job_id = self.store.resolve_job_id(job_id)
-        job = self.store.get_job(job_id)
+        job = self.store.find_job(job_id)
+        job_id = job.id
         if not principal.is_admin and job.owner != principal.subject:
             raise PermissionDenied(
                 f"job {job_id} belongs to {job.owner}; only its owner or an admin may cancel it"
@@ -479,8 +479,8 @@ class CoordinatorService:
         return self._set_live(job)
 
     def approve_job(self, job_id: str, *, reject: bool = False, reason: str = "") -> Job:
-        job_id = self.store.resolve_job_id(job_id)
-        job = self.store.get_job(job_id)
+        job = self.store.find_job(job_id)
+        job_id = job.id
         if job.status != JobStatus.AWAITING_APPROVAL:
             raise FailedPrecondition(
                 f"job {job_id} is {job.status}, not awaiting approval; only jobs awaiting approval can be "
@@ -492,7 +492,7 @@ class CoordinatorService:
 
     def set_job_priority(self, job_id: str, priority: int) -> Job:
         check_priority(priority)
-        return self.store.set_job_priority(self.store.resolve_job_id(job_id), priority)
+        return self.store.set_job_priority(self.store.find_job(job_id).id, priority)
 
     # ---- files ----
 
@@ -516,7 +516,7 @@ class CoordinatorService:
         self, job_id: str, kind: FileKind, path: str, principal: Principal
     ) -> list[tuple[str, Path, str | None]]:
         """(name, file, sha256 or None) of each file a Download sends, in order."""
-        job = self.store.get_job(self.store.resolve_job_id(job_id))
+        job = self.store.find_job(job_id)
         job_id = job.id
         if principal.role == Role.VOLUNTEER:
             if kind != FileKind.JOB_FILE:

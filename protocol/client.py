@@ -110,15 +110,27 @@ def safe_relative_path(path: str, *, what: str = "path") -> PurePosixPath:
     return rel
 
 
+def recipe_file_problems(recipe: Recipe, base_dir: Path) -> list[str]:
+    """One line for each data or eval file the recipe names that is not a file under ``base_dir``
+    (or names no relative path inside the job): what ``job validate`` lists and ``submit`` refuses."""
+    problems = []
+    for name in recipe.referenced_files():
+        try:
+            safe_relative_path(name, what="recipe file")
+        except InvalidArgument as err:
+            problems.append(str(err))
+            continue
+        if not (base_dir / name).is_file():
+            problems.append(f"the recipe names {name!r} but {base_dir / name} is not a file; fix the path")
+    return problems
+
+
 def local_files_of_recipe(recipe: Recipe, base_dir: Path) -> list[tuple[str, Path]]:
     """(path as the recipe names it, local file) for every local file a recipe needs uploaded."""
-    out: dict[str, Path] = {}
-    for name in recipe.referenced_files():
-        safe_relative_path(name, what="recipe file")
-        local = base_dir / name
-        if not local.is_file():
-            raise InvalidArgument(f"the recipe names {name!r} but {local} is not a file; fix the path")
-        out.setdefault(name, local)
+    problems = recipe_file_problems(recipe, base_dir)
+    if problems:
+        raise InvalidArgument(problems[0])
+    out: dict[str, Path] = {name: base_dir / name for name in recipe.referenced_files()}
     for value in (recipe.model.name_or_path, recipe.model.tokenizer):
         if not value or not (base_dir / value).is_dir():
             continue

@@ -601,13 +601,16 @@ class _Tracker(ProgressTracker):
     leaders_epoch = -1  # the highest epoch the leaders reported, last seen
 
     def _parse_swarm_progress_data(self, metadata: Any) -> Any:
-        if not self.always_report and self.leaders is not None and isinstance(metadata, dict):
-            metadata = self._ahead_dropped(metadata)
         clients = None
-        if self.always_report and self.leaders is not None and isinstance(metadata, dict):
-            clients = sum(1 for v in metadata.values()
-                          if isinstance(getattr(v, "value", None), dict) and v.value.get("client_mode"))
-            metadata = self._followers_marked(metadata)
+        leading = None  # the leaders' own records, when the leaders are known (robust aggregation)
+        if self.leaders is not None and isinstance(metadata, dict):
+            leading = [r for owner, r in self._records_by_owner(metadata) if owner in self.leaders]
+            if self.always_report:
+                clients = sum(1 for v in metadata.values()
+                              if isinstance(getattr(v, "value", None), dict) and v.value.get("client_mode"))
+                metadata = self._followers_marked(metadata, leading)
+            else:
+                metadata = self._ahead_dropped(metadata, leading)
         progress = super()._parse_swarm_progress_data(metadata)
         if clients is not None:
             progress.num_clients = clients  # the NAT-ed ones, not the volunteers marked as following
@@ -618,16 +621,16 @@ class _Tracker(ProgressTracker):
             others = [r for r in records if r.get("peer_id") != mine]
             self.max_peer_epoch = max([int(r.get("epoch", 0)) for r in records] + [progress.epoch])
             self.newest_report = max([float(r.get("time", -math.inf)) for r in others], default=-math.inf)
-            leading = ([r for subkey, r in self._records_by_owner(metadata) if subkey in self.leaders]
-                       if self.leaders is not None else [r for r in others if not r.get("client_mode")])
+            if leading is None:  # any full peer may lead
+                leading = [r for r in others if not r.get("client_mode")]
             self.full_peer_epoch = max([int(r.get("epoch", 0)) for r in leading if r.get("peer_id") != mine],
                                        default=-1)
             if self.always_report:
                 self._count_client_epochs(progress, others)
         return progress
 
-    def _followers_marked(self, metadata: dict[Any, Any]) -> dict[Any, Any]:
-        """``metadata`` with every record but the leaders' own marked as a client-mode peer's: what
+    def _followers_marked(self, metadata: dict[Any, Any], leading: list[dict[str, Any]]) -> dict[Any, Any]:
+        """``metadata`` with every record but the leaders' own (``leading``) marked as a client-mode peer's: what
         the coordinator's averaging peer reads the swarm's epoch from.
 
         hivemind takes the swarm's epoch as the highest any full peer reports. Where the averaging
@@ -641,19 +644,20 @@ class _Tracker(ProgressTracker):
         the volunteers' median epoch (:meth:`_count_client_epochs`) and counts every volunteer's
         samples. Volunteers keep hivemind's rule: one that sees another begin the round begins its
         own at once, which a volunteer that has just joined needs to be in time."""
-        leading = {id(record) for owner, record in self._records_by_owner(metadata) if owner in self.leaders}
+        theirs = {id(record) for record in leading}
         marked = {}
         for subkey, item in metadata.items():
             record = getattr(item, "value", None)
-            if isinstance(record, dict) and id(record) not in leading and not record.get("client_mode"):
+            if isinstance(record, dict) and id(record) not in theirs and not record.get("client_mode"):
                 item = ValueWithExpiration({**record, "client_mode": True},
                                            getattr(item, "expiration_time", math.inf))
             marked[subkey] = item
         return marked
 
-    def _ahead_dropped(self, metadata: dict[Any, Any]) -> dict[Any, Any]:
+    def _ahead_dropped(self, metadata: dict[Any, Any], leading: list[dict[str, Any]]) -> dict[Any, Any]:
         """``metadata`` less the records of other peers that claim an epoch more than one past the
-        leaders' (the coordinator's averaging peers): what a volunteer reads the swarm's epoch from.
+        leaders' (the coordinator's averaging peers; ``leading``, their records in it): what a
+        volunteer reads the swarm's epoch from.
 
         A volunteer keeps hivemind's rule, the highest epoch a full peer reports, so that it begins
         a round the moment another one does (:meth:`_followers_marked`). One full-mode volunteer
@@ -664,9 +668,8 @@ class _Tracker(ProgressTracker):
         350 times). The leaders take part in every round, so no honest volunteer is more than the
         one epoch ahead of them that beginning a round puts it. A volunteer that has not seen the
         leaders yet believes every record, as hivemind does."""
-        leading = [int(r.get("epoch", 0)) for owner, r in self._records_by_owner(metadata) if owner in self.leaders]
-        if leading:
-            self.leaders_epoch = max(leading)  # a restarted averaging peer may come back behind
+        if leading:  # a restarted averaging peer may come back behind
+            self.leaders_epoch = max(int(r.get("epoch", 0)) for r in leading)
         if self.leaders_epoch < 0:
             return metadata
         ceiling = self.leaders_epoch + 1

@@ -45,24 +45,25 @@ class JobsMixin(StoreBase):
         with self._read() as conn:
             return self._get_job(conn, job_id)
 
-    def resolve_job_id(self, ref: str) -> str:
-        """The id of the one job whose id is ``ref`` or starts with it (at least ``MIN_ID_PREFIX``
-        characters, as git takes a commit's): the short ids the demo and the dashboard show."""
+    def find_job(self, ref: str) -> Job:
+        """The one job whose id is ``ref`` or starts with it (at least ``MIN_ID_PREFIX`` characters,
+        as git takes a commit's): the short ids the demo and the dashboard show. A full id costs
+        one read, as :meth:`get_job` does."""
         ref = ref.strip().lower()
         with self._read() as conn:
-            if conn.execute(sa.select(jobs.c.id).where(jobs.c.id == ref)).first() is not None:
-                return ref
-            if len(ref) < MIN_ID_PREFIX or not _ID_PREFIX.fullmatch(ref):
-                raise _no_job(ref)
-            found = [row.id for row in conn.execute(
-                sa.select(jobs.c.id).where(jobs.c.id.startswith(ref, autoescape=True)).order_by(jobs.c.id).limit(6))]
-        if not found:
+            row = conn.execute(sa.select(jobs).where(jobs.c.id == ref)).first()
+            if row is None and len(ref) >= MIN_ID_PREFIX and _ID_PREFIX.fullmatch(ref):
+                found = conn.execute(sa.select(jobs).where(jobs.c.id.startswith(ref, autoescape=True))
+                                     .order_by(jobs.c.id).limit(6)).all()
+                if len(found) > 1:
+                    ids = [r.id for r in found]
+                    shown = ", ".join(ids[:5]) + (", ..." if len(ids) > 5 else "")
+                    raise InvalidArgument(f"job id {ref!r} is the start of {'more than 5' if len(ids) > 5 else len(ids)} "
+                                          f"jobs' ids ({shown}); give more of it")
+                row = found[0] if found else None
+        if row is None:
             raise _no_job(ref)
-        if len(found) > 1:
-            shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
-            raise InvalidArgument(f"job id {ref!r} is the start of {'more than 5' if len(found) > 5 else len(found)} "
-                                  f"jobs' ids ({shown}); give more of it")
-        return found[0]
+        return job_from_row(row)
 
     def _get_job(self, conn: sa.Connection, job_id: str) -> Job:
         row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()

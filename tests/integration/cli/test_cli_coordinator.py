@@ -200,7 +200,7 @@ def test_init_output_submits_once_its_data_exists(coordinator, researcher_token,
     recipe = tmp_path / "recipe.yaml"
     assert coordinator.essaim("job", "init", "--output", str(recipe)).returncode == 0
     missing = coordinator.essaim("job", "validate", str(recipe))
-    assert missing.returncode == 2 and "no such file next to the recipe" in missing.stderr, missing.stderr
+    assert missing.returncode == 2 and "data/train.jsonl' but" in missing.stderr and "is not a file" in missing.stderr, missing.stderr
     for name in load_recipe_file(recipe).referenced_files():
         target = tmp_path / name
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -47,9 +47,9 @@ def test_init_writes_a_file_and_refuses_to_overwrite(runner: CliRunner, tmp_path
     # its fields are valid; the data files it names must be there too, as `submit` uploads them
     missing = runner.invoke(app, ["job", "validate", str(out)])
     assert missing.exit_code == 2, missing.output
-    assert "(2 problem(s))" in missing.stderr and "data/train.jsonl: no such file next to the recipe" in missing.stderr
+    assert "(2 problem(s))" in missing.stderr and "the recipe names 'data/train.jsonl' but" in missing.stderr
     shown = runner.invoke(app, ["job", "validate", str(out), "--json"])
-    assert json.loads(shown.stdout)["problems"][1].startswith("data/eval.jsonl: no such file")
+    assert json.loads(shown.stdout)["problems"][1].startswith("the recipe names 'data/eval.jsonl' but")
     for name in ("train.jsonl", "eval.jsonl"):
         (out.parent / "data").mkdir(exist_ok=True)
         (out.parent / "data" / name).write_text('{"text": "hello"}\n')

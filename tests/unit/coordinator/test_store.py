@@ -294,14 +294,14 @@ class TestStore:
         for suffix in ("1111", "2222"):
             store.create_job(Job(id=f"abcd{suffix}" + "0" * 24, name=suffix, status=JobStatus.QUEUED, recipe_yaml=""))
         full = "abcd1111" + "0" * 24
-        assert store.resolve_job_id(full) == full
-        assert store.resolve_job_id("abcd1") == full
-        assert store.resolve_job_id(" ABCD2 ") == "abcd2222" + "0" * 24
+        assert store.find_job(full) == store.get_job(full)
+        assert store.find_job("abcd1").id == full
+        assert store.find_job(" ABCD2 ").id == "abcd2222" + "0" * 24
         with pytest.raises(InvalidArgument, match=r"'abcd' is the start of 2 jobs' ids .*give more of it"):
-            store.resolve_job_id("abcd")
+            store.find_job("abcd")
         for missing in ("abc", "abcd3", "ab%", "abcd_", ""):  # too short, no such job, not an id
             with pytest.raises(NotFound, match="no job with id"):
-                store.resolve_job_id(missing)
+                store.find_job(missing)
 
     def test_job_metrics_and_progress(self, store: Store) -> None:
         j = store.create_job(job())
