@@ -36,7 +36,9 @@ APP = "essaim"
 
 @dataclass(frozen=True, slots=True)
 class Paths:
-    """Where the app keeps things. ``ESSAIM_CONFIG`` and ``ESSAIM_DATA_DIR`` override two of them."""
+    """Where the app keeps things. ``ESSAIM_CONFIG`` and ``ESSAIM_DATA_DIR`` override two of them; with
+    ``ESSAIM_DATA_DIR`` set, the logs and the control endpoint live in it too, so several volunteers
+    can run on one machine, each with its own pair (``ESSAIM_RUNTIME_DIR`` moves the endpoint)."""
 
     config_file: Path
     data_dir: Path
@@ -48,7 +50,10 @@ class Paths:
         env = os.environ if env is None else env
         config = env.get("ESSAIM_CONFIG") or os.path.join(platformdirs.user_config_dir(APP), "config.toml")
         data = Path(env.get("ESSAIM_DATA_DIR") or platformdirs.user_data_dir(APP))
-        runtime = Path(env["ESSAIM_RUNTIME_DIR"]) if env.get("ESSAIM_RUNTIME_DIR") else _runtime_dir(data)
+        if env.get("ESSAIM_RUNTIME_DIR"):
+            runtime = Path(env["ESSAIM_RUNTIME_DIR"])
+        else:  # another data dir is another volunteer: not the default one's control socket
+            runtime = data / "run" if env.get("ESSAIM_DATA_DIR") else _runtime_dir(data)
         logs = data / "logs" if env.get("ESSAIM_DATA_DIR") else Path(platformdirs.user_log_dir(APP))
         return cls(config_file=Path(config), data_dir=data, runtime_dir=runtime, log_dir=logs)
 

@@ -5,8 +5,10 @@
     sample = observer.sample(trainer_pids={1234}) # SystemSample: other programs' CPU, RAM, battery, temps, GPU
 
 CPU use of *other* programs is the whole machine's busy time (``/proc/stat`` via psutil) minus the
-trainer's processes and this app's own, so it costs a few file reads rather than a scan of every
-process. Sensors that are slow to read (temperatures, battery) are sampled every few seconds and
+trainer's processes, this app's own and every other essaim process on the machine (another
+volunteer's app and trainer, a coordinator's job runner, and their children such as hivemind's
+``p2pd``), so it costs a few file reads a second; the scan that finds essaim's processes runs
+every few seconds. Sensors that are slow to read (temperatures, battery) are sampled every few seconds and
 cached. NVIDIA GPUs are read through NVML (``pip install 'essaim[gpu]'``, module ``pynvml``) when
 present; "another program uses the GPU" means another *compute* process, since the desktop itself
 always draws on the GPU. Used by the supervisor, which turns a sample into policy Observations.
@@ -109,6 +111,8 @@ class Observer:
         self._last: tuple[float, float, float, dict[int, float]] | None = None
         self._sensors_at = 0.0
         self._sensors: tuple[bool, float | None, float | None, float | None] = (False, None, None, None)
+        self._kin: frozenset[int] = frozenset()  # other essaim processes (essaim_processes), rescanned
+        self._kin_at = 0.0
 
     def hardware(self) -> Hardware:
         name, vram, count = self.gpu.describe()
@@ -143,23 +147,30 @@ class Observer:
                 continue
         return out
 
+    def _essaim_pids(self, now: float) -> frozenset[int]:
+        if not self._kin_at or now - self._kin_at >= self.sensor_interval:
+            self._kin_at = now
+            self._kin = essaim_processes(exclude=os.getpid())
+        return self._kin
+
     def sample(self, trainer_pids: set[int] | frozenset[int] = frozenset()) -> SystemSample:
         now = time.monotonic()
         busy = self._busy()
         own = sum(self._me.cpu_times()[:2])
-        trainer = self._cpu_of(set(trainer_pids))
+        ours = set(trainer_pids) | self._essaim_pids(now)  # not "other programs"
+        trainer = self._cpu_of(ours)
         other_pct = trainer_pct = 0.0
         if self._last is not None:
             t0, busy0, own0, trainer0 = self._last
             elapsed = max(now - t0, 1e-3)
-            trainer_delta = sum(max(v - trainer0.get(pid, v), 0.0) for pid, v in trainer.items())
-            other = max(busy - busy0 - (own - own0) - trainer_delta, 0.0)
+            delta = {pid: max(v - trainer0.get(pid, v), 0.0) for pid, v in trainer.items()}
+            other = max(busy - busy0 - (own - own0) - sum(delta.values()), 0.0)
             other_pct = min(100.0 * other / (elapsed * self._cpus), 100.0)
-            trainer_pct = 100.0 * trainer_delta / elapsed
+            trainer_pct = 100.0 * sum(d for pid, d in delta.items() if pid in trainer_pids) / elapsed
         self._last = (now, busy, own, trainer)
         on_battery, battery, cpu_temp, gpu_temp = self._slow_sensors(now)
         gpu_procs = self.gpu.compute_processes() if self.gpu.present else {}
-        others = [pid for pid in gpu_procs if pid not in trainer_pids and pid != os.getpid()]
+        others = [pid for pid in gpu_procs if pid not in ours and pid != os.getpid()]
         return SystemSample(
             other_cpu_percent=other_pct,
             available_ram_bytes=int(psutil.virtual_memory().available),
@@ -188,6 +199,59 @@ class Observer:
             percent = None if battery.percent is None else float(battery.percent)
         self._sensors = (on_battery, percent, cpu_temperature(), self.gpu.temperature())
         return self._sensors
+
+
+def is_essaim_command(cmdline: list[str]) -> bool:
+    """Whether a command line runs essaim: the ``essaim`` command (the app, another volunteer's app on
+    the same machine, a coordinator), an interpreter running it, or ``python -m essaim...`` (the
+    trainer, a coordinator's job runners)."""
+    if not cmdline:
+        return False
+    if _program(cmdline[0]) in _ESSAIM_PROGRAMS:
+        return True
+    for i, arg in enumerate(cmdline[1:], start=1):  # the interpreter's options, then what it runs
+        if arg == "-m":
+            return i + 1 < len(cmdline) and cmdline[i + 1].split(".")[0] == "essaim"
+        if arg == "-c":
+            return False
+        if not arg.startswith("-"):
+            return _program(arg) in _ESSAIM_PROGRAMS
+    return False
+
+
+_ESSAIM_PROGRAMS = ("essaim", "essaim.exe", "essaim-script.py")
+
+
+def _program(path: str) -> str:
+    return path.replace("\\", "/").rsplit("/", 1)[-1].lower()  # a Windows path too
+
+
+def essaim_processes(*, exclude: int | None = None) -> frozenset[int]:
+    """Every process on this machine that is essaim's (:func:`is_essaim_command`), with all their
+    descendants (hivemind's ``p2pd`` daemons and helpers), and the descendants of ``exclude`` (this
+    app), except ``exclude`` itself. Processes this
+    user may not read are not essaim's; a scan of every process, so call it every few seconds at most."""
+    roots: set[int] = set()
+    children: dict[int, list[int]] = {}
+    for proc in psutil.process_iter(["pid", "ppid", "cmdline"]):
+        info = proc.info
+        pid, ppid = info.get("pid"), info.get("ppid")
+        if pid is None:
+            continue
+        if ppid is not None:
+            children.setdefault(ppid, []).append(pid)
+        cmdline = info.get("cmdline")
+        if pid == exclude or (isinstance(cmdline, list) and is_essaim_command(cmdline)):
+            roots.add(pid)
+    found: set[int] = set()
+    todo = list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid in found:
+            continue
+        found.add(pid)
+        todo.extend(children.get(pid, ()))
+    return frozenset(found - {exclude})
 
 
 def cpu_temperature() -> float | None:

@@ -48,6 +48,7 @@ TICK = 1.0
 FAST_TICK = 0.2
 CONFIRM_TICK = 0.05
 BAD_ASSIGNMENT_RETRY = 60.0
+COMPLETED_RETRY = 60.0  # a job that completed here, offered again: ask again this much later
 
 
 def _first_line(exc: BaseException) -> str:
@@ -267,6 +268,12 @@ class Supervisor:
             w.drop_assignment()  # its swarm token has expired: ask for a fresh assignment
         refresh = w.running and w.token_expires_at and w.token_expires_at < now + 300
         assignment = self.link.take_assignment()
+        if (assignment is not None and assignment.job is not None and w.assignment is None
+                and w.saw_complete(assignment.job.id, now)):
+            logger.info("the coordinator offers job %s, which completed here; asking again in %.0fs",
+                        assignment.job.id, COMPLETED_RETRY)
+            self.link.defer_assignment(COMPLETED_RETRY)
+            assignment = None
         if assignment is not None and assignment.job is not None:
             if w.assignment is None:
                 try:
@@ -342,6 +349,9 @@ class Supervisor:
         if w.assignment is None and self.assignment_problem:
             return "error", f"error: {self.assignment_problem}"
         if w.assignment is None:
+            done = [j for j in w.completed if w.saw_complete(j, self._clock())]
+            if done:
+                return "waiting", f"waiting: job {done[-1][:8]} completed; asking the coordinator for the next one"
             return "waiting", "waiting: no job to train right now; asking the coordinator again soon"
         return "training", "starting the trainer"
 

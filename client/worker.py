@@ -30,6 +30,10 @@ from essaim.protocol.types import JobProgress
 logger = logging.getLogger(__name__)
 STABLE_SECONDS = 600.0
 """A trainer that ran this long before crashing resets the restart backoff."""
+COMPLETED = "completed"
+"""The reason a trainer gives (its "stopped" event) when its swarm reached the job's last epoch."""
+COMPLETED_MEMORY_S = 600.0
+"""How long an offer of a job this app saw complete is declined (its runner may still be publishing)."""
 
 
 @dataclass(slots=True)
@@ -80,6 +84,10 @@ class Worker:
         self.restart_at = 0.0
         self.last_error = ""
         self.stop_reason = ""  # the running trainer's, from its "stopped" event
+        # jobs this app's trainers saw complete, newest last: the coordinator may offer one again
+        # until its runner has published the result, and a trainer started for it would load the
+        # whole model only to find the job done
+        self.completed: dict[str, float] = {}  # job id -> when (the caller's clock)
         self.progress: JobProgress | None = None
         self.swarm: dict[str, Any] = {}  # reachability and the last averaging round (see swarm_line)
         self.token_expires_at = 0.0
@@ -99,6 +107,10 @@ class Worker:
         self.crashes, self.restart_at, self.last_error = 0, 0.0, ""
         self.finished = False
         self.progress = JobProgress(job_id=self.job_id)
+
+    def saw_complete(self, job_id: str, now: float) -> bool:
+        """Whether a trainer of this app saw ``job_id`` complete in the last ``COMPLETED_MEMORY_S``."""
+        return now - self.completed.get(job_id, -COMPLETED_MEMORY_S) < COMPLETED_MEMORY_S
 
     def drop_assignment(self) -> None:
         self.assignment = None
@@ -291,11 +303,19 @@ class Worker:
         assert self.handle is not None
         ran = time.monotonic() - self.handle.started_at
         at_limit = self.stop_reason == NETWORK_LIMIT  # it stopped itself; the policy keeps it stopped
+        completed = self.stop_reason == COMPLETED and returncode == 0
         wanted = self.trainer_state == "stopping" or self.finishing or at_limit
         self.handle.kill()  # reaps leftovers of its process group
         self.handle = None
         state, self.trainer_state = self.trainer_state, "none"
-        if self.finishing and returncode == 0:
+        if completed:  # the swarm reached the job's last epoch: nothing to restart
+            logger.info("job %s (%s) completed; this volunteer's trainer has left its swarm", self.job_name,
+                        self.job_id)
+            self.completed = {j: t for j, t in self.completed.items() if now - t < COMPLETED_MEMORY_S}
+            self.completed[self.job_id] = now
+            self.crashes, self.last_error = 0, ""
+            self.drop_assignment()
+        elif self.finishing and returncode == 0:
             self.finished = True
             logger.info("trainer finished its epoch and stopped")
         elif at_limit and returncode == 0:

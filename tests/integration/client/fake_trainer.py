@@ -5,6 +5,7 @@ without torch; the real trainer is tested with the swarm. Knobs, from the enviro
 
     FAKE_TRAINER_CRASH_AFTER=2.5      exit with code 3 (after an "error" event) this long after start
     FAKE_TRAINER_CRASH_ONCE_FILE=p    crash only if file p does not exist yet (it is created)
+    FAKE_TRAINER_COMPLETE_AFTER=1.0   say the job completed ("stopped", reason "completed") and exit 0 then
     FAKE_TRAINER_IGNORE_PAUSE=1       never confirm a pause (the app must suspend the process)
     FAKE_TRAINER_BYTES_PER_SECOND=n   report n bytes sent per second of training (traffic accounting)
     FAKE_TRAINER_PROGRESS_SECONDS=1   how often progress events are written
@@ -80,6 +81,7 @@ def main() -> int:
             crash_after = 0
         else:
             open(crash_file, "w").close()
+    complete_after = float(os.environ.get("FAKE_TRAINER_COMPLETE_AFTER", "0") or 0)
     bytes_rate = int(os.environ.get("FAKE_TRAINER_BYTES_PER_SECOND", "0") or 0)
     every = float(os.environ.get("FAKE_TRAINER_PROGRESS_SECONDS", "1") or 1)
     emit("started", job_id=job_id, pid=os.getpid())
@@ -90,6 +92,9 @@ def main() -> int:
         if crash_after and now - start > crash_after:
             emit("error", message="simulated crash")
             return 3
+        if complete_after and now - start > complete_after:
+            emit("stopped", reason="completed", samples=samples, compute_seconds=compute)
+            return 0
         if paused.is_set():
             time.sleep(0.02)
             continue

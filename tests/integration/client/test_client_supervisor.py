@@ -28,6 +28,7 @@ class FakeCoordinator:
     registrations: list[dict] = field(default_factory=list)
     heartbeats: list[dict] = field(default_factory=list)
     assignments: int = 0
+    same_job: bool = False  # offer job-1 every time (a job still running at the coordinator)
 
     def factory(self, address, *, token=None):
         return _Client(self, token)
@@ -72,7 +73,7 @@ class _Client(VolunteerCalls):
         self._check()
         self.coord.assignments += 1
         job = Job(
-            id=f"job-{self.coord.assignments}",
+            id="job-1" if self.coord.same_job else f"job-{self.coord.assignments}",
             name="tiny",
             status=JobStatus.RUNNING,
             recipe_yaml="version: 1\n",
@@ -127,6 +128,34 @@ def test_registers_trains_and_reports(running):
     while not any(h["state"] == "training" and h["progress"] for h in coord.heartbeats):
         assert time.monotonic() < deadline, coord.heartbeats[-3:]
         time.sleep(0.1)
+
+
+@pytest.fixture
+def _trainers_complete(monkeypatch):
+    monkeypatch.setenv("FAKE_TRAINER_COMPLETE_AFTER", "1.0")
+
+
+def test_a_job_that_completed_is_not_a_crash(_trainers_complete, running):
+    """The trainer says its swarm reached the job's last epoch and exits 0: no restart, no crash.
+    The coordinator offers the same job again (its runner is still publishing the result), and
+    the app declines it for a while instead of starting a trainer that would load the model to
+    find the job done."""
+    sup, coord, _ = running
+    coord.same_job = True
+    st = wait(sup, lambda s: "completed" in s["reason"], "the completion to show", timeout=60)
+    assert st["state"] == "waiting" and "job job-1 completed" in st["reason"], st["reason"]
+    journal = sup.paths.data_dir / "jobs" / "job-1" / "fake_trainer.jsonl"
+    starts = [line for line in journal.read_text().splitlines() if '"argv"' in line]
+    assert len(starts) == 1
+    deadline = time.monotonic() + 4
+    while time.monotonic() < deadline:
+        st = sup.status()
+        assert st["state"] != "error", st["reason"]
+        assert not st.get("trainer_pid"), "a trainer started again for the completed job"
+        time.sleep(0.1)
+    assert [line for line in journal.read_text().splitlines() if '"argv"' in line] == starts
+    assert sup.worker.crashes == 0 and sup.worker.last_error == ""
+    assert 1 <= coord.assignments <= 2  # offered once more at most, then asked again a minute later
 
 
 def test_training_goes_on_through_an_outage(running):

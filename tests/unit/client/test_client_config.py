@@ -148,6 +148,17 @@ def test_durations():
         parse_duration("soon")
 
 
+def test_two_data_dirs_are_two_volunteers(tmp_path, monkeypatch):
+    """Each data dir has its own control endpoint, key and logs, even where the desktop gives the
+    user one runtime dir (XDG_RUNTIME_DIR): a second volunteer on the machine is not the first."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg"))
+    a = Paths.default({"ESSAIM_DATA_DIR": str(tmp_path / "a"), "ESSAIM_CONFIG": str(tmp_path / "a.toml")})
+    b = Paths.default({"ESSAIM_DATA_DIR": str(tmp_path / "b"), "ESSAIM_CONFIG": str(tmp_path / "b.toml")})
+    assert a.control_address != b.control_address
+    assert a.control_address.parent == tmp_path / "a" / "run"
+    assert a.identity_file != b.identity_file and a.log_dir != b.log_dir
+
+
 def test_paths_follow_the_environment(tmp_path):
     p = Paths.default(
         {
