@@ -419,12 +419,58 @@ def priority(
     _print_job(job, as_json, f"priority {job.priority} for")
 
 
+BASE_DIR = "base"  # download --base: the job's shipped base model, under DIR/base/<its recipe path>
+
+
+def _fetch_base(client: CoordinatorClient, job_id: str, dest: Path, provenance: Path | None) -> Path | None:
+    """The base model of a downloaded adapter, when it was shipped with the job: its files (each
+    checked against provenance's sha256) under ``dest/base/``, and the adapter pointed at them, so
+    ``AutoPeftModelForCausalLM.from_pretrained(DIR/artifact)`` loads from anywhere. Returns the base's
+    folder; None, with a notice, where there is nothing to fetch (a hub model, a coordinator's folder)."""
+    import json
+
+    from essaim.protocol.client import hash_file
+
+    try:
+        record = json.loads(provenance.read_text()).get("base") if provenance else None
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict) or not record.get("source"):
+        output.notice("this job's provenance does not describe its base model (a coordinator older than this "
+                      "client); nothing more to fetch")
+        return None
+    name, path = str(record.get("name", "")), str(record.get("path", ""))
+    if record["source"] == "hub":
+        revision = record.get("commit") or record.get("revision") or "main"
+        output.notice(f"the base model is on the hub: {name} (revision {revision}); nothing more to fetch")
+        return None
+    if record["source"] != "shipped":
+        output.notice(f"the base model ({name}) is a folder on the coordinator, which it does not serve; "
+                      "provenance.json lists the sha256 of its files")
+        return None
+    wanted = {str(f["file"]): str(f["sha256"]) for f in record.get("files", []) if isinstance(f, dict)}
+    root = dest / BASE_DIR
+    with output.transfer_progress("downloading the base model") as progress:
+        for file, sha256 in wanted.items():
+            (got,) = client.download(job_id, FileKind.JOB_FILE, root, path=file, progress=progress)
+            if hash_file(got)[0] != sha256:
+                raise FailedPrecondition(f"the coordinator served {file} with another content than provenance.json "
+                                         "records; the base model cannot be trusted")
+    base = (root / path).resolve()
+    config = dest / "artifact" / "adapter_config.json"
+    if config.is_file():
+        adapter = json.loads(config.read_text())
+        adapter["base_model_name_or_path"] = str(base)
+        config.write_text(json.dumps(adapter, indent=2) + "\n")
+    return base
+
+
 def _check_download_dir(dest: Path, *, force: bool) -> None:
     """Refuse to mix a download into an earlier one (AlreadyExists, exit 2), unless ``force``:
     then the earlier artifact folder and provenance are removed first, so none of their files stay."""
     import shutil
 
-    earlier = [p for p in (dest / "artifact", dest / "provenance.json") if p.exists()]
+    earlier = [p for p in (dest / "artifact", dest / "provenance.json", dest / BASE_DIR) if p.exists()]
     if not earlier:
         return
     if not force:
@@ -441,6 +487,9 @@ def download(
         Path | None, typer.Option("--output", "-o", metavar="DIR", help="Where to put it (default: ./ID).")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace a download already in DIR.")] = False,
+    base: Annotated[bool, typer.Option(
+        "--base", help="Also fetch the base model when the job shipped it (into DIR/base) and point the "
+        "adapter at it.")] = False,
     as_json: JsonOption = False,
     coordinator: CoordinatorOption = None,
     token: TokenOption = None,
@@ -464,6 +513,7 @@ def download(
         root = dest.resolve()
         provenance = [p for p in files if p == root / "provenance.json"]
         artifact = [p for p in files if p not in provenance]
+        base_dir = _fetch_base(client, job_id, dest, provenance[0] if provenance else None) if base else None
     if as_json:
         output.print_json(
             {
@@ -471,6 +521,7 @@ def download(
                 "artifact_dir": dest / "artifact",
                 "artifact_files": artifact,
                 "provenance": provenance[0] if provenance else None,
+                "base_dir": base_dir,
             }
         )
         return
@@ -479,5 +530,6 @@ def download(
         f"downloaded {len(artifact)} artifact file{'s' if len(artifact) != 1 else ''} "
         f"({output.human_bytes(size)}) to {output.escape(str(dest / 'artifact'))}"
         + (f" and {output.escape(str(provenance[0]))}" if provenance else "")
+        + (f"; the base model to {output.escape(str(base_dir))}" if base_dir else "")
     )
     output.plain(str(dest))

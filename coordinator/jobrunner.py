@@ -636,6 +636,7 @@ class JobRunner:
             EvalSummary,
             Provenance,
             Rollback,
+            base_model_record,
             write_artifact,
         )
 
@@ -645,9 +646,13 @@ class JobRunner:
             record.curve, key=lambda p: p["epoch"])]
         head = self.store.ledger_head()
         signer = getattr(self, "_coordinator_key", None)  # set once the runner's swarm services run
+        local = self._files(job)
+        base = base_model_record(recipe, {f.path: (f.sha256, local[f.path]) for f in job.files},
+                                 loaded=keeper.loaded, local_dirs=self.model_dirs)
         provenance = Provenance(
             job_id=job.id,
-            base_model=recipe.model.name_or_path,
+            base_model=base.name,
+            base=base,
             recipe=recipe.model_dump(mode="json"),
             dataset=[DataFile(file=f.path, sha256=f.sha256) for f in job.files
                      if f.path in recipe.referenced_files()],

@@ -48,6 +48,11 @@ class ModelSpec(_Section):
     trust_remote_code: bool = Field(
         default=False, description="refused unless the coordinator's admin allows remote code"
     )
+    origin: str | None = Field(
+        default=None, max_length=512,
+        description="shipped models: where the files come from (a hub id or a URL), for the model card "
+        "and provenance; a claim of the researcher's, beside the sha256 of every file",
+    )
 
 
 class DatasetSpec(_Section):

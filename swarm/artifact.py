@@ -16,20 +16,22 @@ Used by the coordinator's checkpoint keeper when a job completes; ``essaim job d
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import logging
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
-from essaim.protocol.recipe import Recipe
+from essaim.protocol.recipe import Recipe, is_hub_id, refuse_local_source
 from essaim.protocol.types import JobFile
 from essaim.protocol.version import __version__
 from essaim.swarm.errors import ArtifactError
-from essaim.swarm.model import LoadedModel, quiet_progress
+from essaim.swarm.model import LoadedModel, normalize_path, quiet_progress
 from pydantic import BaseModel, ConfigDict, Field
 
 logger = logging.getLogger(__name__)
@@ -92,11 +94,25 @@ class AggregationSummary(_Record):
     suspects: list[Suspect] = Field(default_factory=list)
 
 
+class BaseModelRecord(_Record):
+    """The base model: what it is called, where it came from, and the sha256 of every file of it
+    that is known (shipped with the job, or in a folder on the coordinator)."""
+
+    name: str  # the model card's base_model
+    source: str = "hub"  # hub: a hub id; shipped: files sent with the job; local: a folder on the coordinator
+    path: str = ""  # the recipe's model.name_or_path
+    revision: str = ""  # hub: the revision the recipe names
+    commit: str = ""  # hub: the commit that revision resolved to, when known
+    origin: str = ""  # shipped or local: the recipe's model.origin (declared, not checked)
+    files: list[DataFile] = Field(default_factory=list)
+
+
 class Provenance(_Record):
     """What a model was trained on, how, and by whom; written as provenance.json."""
 
     job_id: str
     base_model: str
+    base: BaseModelRecord | None = None
     recipe: dict[str, Any]
     dataset: list[DataFile] = Field(default_factory=list)
     code_version: str = __version__
@@ -129,6 +145,67 @@ def data_files(recipe: Recipe, job_files: Sequence[JobFile]) -> list[DataFile]:
     return [DataFile(file=p, sha256=by_path[p]) for p in recipe.referenced_files()]
 
 
+def _hub_like(name: object) -> bool:
+    return isinstance(name, str) and is_hub_id(name) and "/" in name and not Path(name).is_absolute()
+
+
+def _declared_name(config: Path | None) -> str:
+    """The hub id a model's config.json says it was saved from (``_name_or_path``), if it is one."""
+    if config is None:
+        return ""
+    try:
+        name = json.loads(config.read_text()).get("_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return name if _hub_like(name) else ""
+
+
+def hash_tree(directory: Path) -> list[DataFile]:
+    """``file`` (relative, forward slashes) and sha256 of every file under ``directory``, sorted;
+    hidden files and folders (``.cache``, ``.git``) are left out."""
+    out = []
+    for path in sorted(Path(directory).rglob("*")):
+        rel = path.relative_to(directory)
+        if path.is_file() and not any(part.startswith(".") for part in rel.parts):
+            digest = hashlib.sha256()
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            out.append(DataFile(file=rel.as_posix(), sha256=digest.hexdigest()))
+    return out
+
+
+def base_model_record(recipe: Recipe, job_files: Mapping[str, tuple[str, Path]], *, loaded: Any = None,
+                      local_dirs: Sequence[Path] = ()) -> BaseModelRecord:
+    """What provenance says of the base model. ``job_files``: recipe path -> (sha256, local file) of
+    the job's files. A model shipped with the job is named by ``model.origin``, else by the hub id
+    its config.json was saved from, else by its folder; its files are the job's. A folder on the
+    coordinator (one of ``local_dirs``) is hashed now. A hub model is its id, revision and commit."""
+    spec = recipe.model
+    prefix = normalize_path(spec.name_or_path)
+    shipped = {k[len(prefix) + 1:]: v for k, v in ((normalize_path(k), v) for k, v in job_files.items())
+               if prefix and k.startswith(prefix + "/")}
+    origin = spec.origin or ""
+    if shipped:
+        config = shipped.get("config.json")
+        return BaseModelRecord(
+            name=origin or _declared_name(config[1] if config else None) or spec.name_or_path,
+            source="shipped", path=spec.name_or_path, origin=origin,
+            files=[DataFile(file=f"{prefix}/{rel}", sha256=sha) for rel, (sha, _) in sorted(shipped.items())],
+        )
+    local = Path(spec.name_or_path).expanduser()
+    if local.is_dir() and refuse_local_source("model.name_or_path", spec.name_or_path,
+                                                                      local_dirs) is None:
+        return BaseModelRecord(
+            name=origin or _declared_name(local / "config.json") or local.name, source="local",
+            path=spec.name_or_path, origin=origin, files=hash_tree(local),
+        )
+    config = getattr(getattr(loaded, "model", None), "config", None)
+    commit = getattr(config, "_commit_hash", None) if config is not None else None
+    return BaseModelRecord(name=spec.name_or_path, source="hub", path=spec.name_or_path, revision=spec.revision,
+                           commit=commit if isinstance(commit, str) else "")
+
+
 def _when(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if ts else "unknown"
 
@@ -143,7 +220,9 @@ def model_card(provenance: Provenance, *, adapter: str) -> str:
     recipe_name = p.recipe.get("name", p.job_id)
     lines = [
         "---",
-        f"base_model: {p.base_model}",
+        # the hub's metadata names a hub id: a shipped model's folder name is none
+        *([f"base_model: {p.base_model}"] if p.base is None or p.base.source == "hub" or _hub_like(p.base_model)
+          else []),
         f"library_name: {'peft' if adapter == 'lora' else 'transformers'}",
         "tags: [essaim, volunteer-computing" + (", lora]" if adapter == "lora" else "]"),
         "---",
@@ -167,6 +246,7 @@ def model_card(provenance: Provenance, *, adapter: str) -> str:
             lines.append("")
     else:
         lines += ["The recipe defines no eval set.", ""]
+    lines += _base_section(p.base)
     lines += ["## Training data", "", "| file | sha256 |", "|---|---|"]
     lines += [f"| `{d.file}` | `{d.sha256}` |" for d in p.dataset] or ["| (hub dataset) | |"]
     lines += ["", "## Contributors", "", "| volunteer | samples | compute (hours) |", "|---|---|---|"]
@@ -191,7 +271,7 @@ def model_card(provenance: Provenance, *, adapter: str) -> str:
             "from peft import PeftModel",
             "from transformers import AutoModelForCausalLM, AutoTokenizer",
             "",
-            f'base = AutoModelForCausalLM.from_pretrained("{p.base_model}")',
+            *_base_loading(p),
             'model = PeftModel.from_pretrained(base, "path/to/artifact")',
             'tokenizer = AutoTokenizer.from_pretrained("path/to/artifact")',
         ]
@@ -204,6 +284,36 @@ def model_card(provenance: Provenance, *, adapter: str) -> str:
         ]
     lines += ["```", "", "`provenance.json` beside this file holds the same record in machine-readable form.", ""]
     return "\n".join(lines)
+
+
+def _base_section(base: BaseModelRecord | None) -> list[str]:
+    if base is None:
+        return []
+    where = {
+        "hub": f"the hub id `{base.path}`, revision `{base.revision or 'main'}`"
+               + (f" (commit `{base.commit}`)" if base.commit else ""),
+        "shipped": f"files shipped with the job (`{base.path}/`)",
+        "local": f"a folder on the coordinator (`{base.path}`)",
+    }.get(base.source, base.source)
+    lines = ["## Base model", "", f"`{base.name}`, from {where}."]
+    if base.origin:
+        lines.append(f"The researcher says these files come from `{base.origin}`; the sha256 below pin what was "
+                     "trained.")
+    lines.append("")
+    if base.files:
+        lines += ["| file | sha256 |", "|---|---|", *[f"| `{f.file}` | `{f.sha256}` |" for f in base.files], ""]
+    return lines
+
+
+def _base_loading(p: Provenance) -> list[str]:
+    """The line of the model card's example that loads the base model."""
+    if p.base is None or p.base.source == "hub":
+        return [f'base = AutoModelForCausalLM.from_pretrained("{p.base.path if p.base else p.base_model}")']
+    if p.base.source == "shipped":
+        return [f"# the base was shipped with the job: `essaim job download {p.job_id} --base` fetches it",
+                f'base = AutoModelForCausalLM.from_pretrained("path/to/download/base/{p.base.path}")']
+    return [f"# the base is a folder on the coordinator ({p.base.path}); its files are listed above",
+            'base = AutoModelForCausalLM.from_pretrained("path/to/base")']
 
 
 def _save_weights(loaded: LoadedModel, directory: Path, base_model: str) -> None:
@@ -249,7 +359,8 @@ def write_artifact(out_dir: Path, loaded: LoadedModel, provenance: Provenance) -
     text = provenance.to_json()
     try:
         tmp.mkdir()
-        _save_weights(loaded, tmp, provenance.base_model)
+        # the adapter names its base as the recipe does; `essaim job download --base` points it at a download
+        _save_weights(loaded, tmp, provenance.base.path if provenance.base else provenance.base_model)
         (tmp / "README.md").write_text(model_card(provenance, adapter=loaded.adapter))
         (tmp / PROVENANCE_FILE).write_text(text)
         if final.exists():

@@ -8,6 +8,7 @@ This job is a LoRA adapter trained in synchronous (gradient averaging) mode; the
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -60,6 +61,9 @@ def test_provenance_tells_what_was_trained_on_and_by_whom(done: Any) -> None:
     assert provenance["recipe"]["training"]["epochs"] == EPOCHS
     files = {f.path: f.sha256 for f in job.files}
     assert provenance["dataset"] and all(files[d["file"]] == d["sha256"] for d in provenance["dataset"])
+    base = provenance["base"]  # the demo's model is shipped with the job: pinned by its files' sha256
+    assert (base["source"], base["path"]) == ("shipped", "model")
+    assert {f["file"]: f["sha256"] for f in base["files"]} == {p: h for p, h in files.items() if p.startswith("model/")}
     assert {d["file"] for d in provenance["dataset"]} >= {"data/train.txt", "data/eval.jsonl"}
     ev = provenance["eval"]
     assert ev["metric"] == "exact_match" and ev["before"] is not None and ev["after"] is not None
@@ -146,3 +150,21 @@ def test_essaim_job_download_fetches_the_artifact_and_provenance(done: Any, harn
                                                                         for p in out.rglob("*"))
     assert (out / "artifact" / "adapter_model.safetensors").read_bytes() == (
         served / "artifact" / "adapter_model.safetensors").read_bytes()
+
+    # the base was shipped with the job: --base fetches it and points the adapter at it, so the
+    # adapter loads from anywhere, not only beside the recipe
+    again = harness.essaim("job", "download", done.job_id, "--output", str(out), "--base", "--json", env=env)
+    assert again.returncode == 2 and "--force" in again.stderr  # an earlier download is not mixed into
+    again = harness.essaim("job", "download", done.job_id[:8], "--output", str(out), "--base", "--force", "--json",
+                           env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    base_dir = Path(json.loads(again.stdout)["base_dir"])
+    assert base_dir == (out / "base" / "model").resolve() and (base_dir / "config.json").is_file()
+    assert json.loads((out / "artifact" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(
+        base_dir)
+    loads = subprocess.run(
+        [sys.executable, "-c", "import sys; from peft import AutoPeftModelForCausalLM; "
+         "m = AutoPeftModelForCausalLM.from_pretrained(sys.argv[1]); print(type(m).__name__)",
+         str(out / "artifact")], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    assert loads.returncode == 0 and "Peft" in loads.stdout, loads.stderr[-2000:]

@@ -305,6 +305,8 @@ def test_download(runner: CliRunner, fake_client, job_factory, tmp_path: Path) -
         assert human.stdout.strip() == str(out)
         assert "downloaded 2 artifact files" in human.stderr
         assert not (out / "artifact" / "stale.bin").exists()
+        older = runner.invoke(app, ["job", "download", "job-1", "-o", str(out), "--force", "--base", *AUTH])
+        assert older.exit_code == 0 and "does not describe its base model" in older.stderr, older.output
     finally:
         fake_client.__init__ = original_init
 

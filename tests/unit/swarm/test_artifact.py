@@ -101,3 +101,44 @@ def test_provenance_lists_every_data_file_with_its_hash(demo_recipe: Recipe, dem
     assert all(len(e.sha256) == 64 for e in entries)
     with pytest.raises(ArtifactError, match="no sha256 known"):
         data_files(demo_recipe, [])
+
+
+def test_provenance_names_the_base_model_and_pins_its_files(
+    demo_recipe: Recipe, demo_files: dict[str, Path], demo_job_dir: Path, recipe_with, tmp_path: Path
+) -> None:
+    """A shipped base is named by the recipe's model.origin (else the hub id its config was saved
+    from, else its folder) and pinned by the sha256 of each file; a folder on the coordinator is
+    hashed; a hub model is its id and revision. The model card says so and claims no hub id it lacks."""
+    from essaim.swarm.artifact import base_model_record, hash_tree, model_card
+
+    files = {f.path: (f.sha256, demo_files[f.path]) for f in job_files(demo_files)}
+    on_disk = {f"model/{d.file}": d.sha256 for d in hash_tree(demo_job_dir / "model")}
+    assert on_disk and all(k.startswith("model/") for k in on_disk)
+
+    shipped = base_model_record(demo_recipe, files)
+    assert (shipped.source, shipped.name, shipped.path) == ("shipped", "model", "model")
+    assert {f.file: f.sha256 for f in shipped.files} == on_disk
+    card = model_card(_provenance(demo_recipe, shipped.name).model_copy(update={"base": shipped}), adapter="lora")
+    assert "base_model:" not in card.split("---")[1]  # "model" is no hub id
+    assert "essaim job download job-42 --base" in card and next(iter(on_disk.values())) in card
+
+    declared = recipe_with(demo_recipe, model={"origin": "HuggingFaceTB/SmolLM2-135M-Instruct"})
+    named = base_model_record(declared, files)
+    assert (named.name, named.origin, named.source) == ("HuggingFaceTB/SmolLM2-135M-Instruct",) * 2 + ("shipped",)
+    card = model_card(_provenance(declared, named.name).model_copy(update={"base": named}), adapter="lora")
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and "The researcher says" in card
+
+    folder = recipe_with(demo_recipe, model={"name_or_path": str(demo_job_dir / "model")})
+    local = base_model_record(folder, {}, local_dirs=[demo_job_dir])
+    assert (local.source, local.name) == ("local", "model")
+    assert {f"model/{f.file}": f.sha256 for f in local.files} == on_disk
+
+    hub = base_model_record(recipe_with(demo_recipe, model={"name_or_path": "org/tiny", "revision": "v2"}), {})
+    assert (hub.source, hub.name, hub.revision, hub.files) == ("hub", "org/tiny", "v2", [])
+
+    loaded = load_model(recipe_with(demo_recipe, adapter=LORA), files=demo_files, device="cpu")
+    provenance = _provenance(declared, named.name).model_copy(update={"base": named})
+    artifact = write_artifact(tmp_path / "out", loaded, provenance)
+    # the adapter names its base as the recipe does (download --base points it at the downloaded copy)
+    assert json.loads((artifact / "adapter_config.json").read_text())["base_model_name_or_path"] == "model"
+    assert Provenance.from_json((artifact / "provenance.json").read_text()).base == named
