@@ -195,21 +195,43 @@ class JobRunner:
     def _start_validation(self, optimizer: Any, loaded: Any, recipe: Recipe, files: Any) -> None:
         """Give the averaging peer a validator of volunteers' updates (essaim.swarm.validation),
         when it keeps updates to check (robust aggregation, local averaging)."""
-        from essaim.swarm.data import build_train_dataset
         from essaim.swarm.validation import Validator
 
         if not getattr(optimizer.hv.grad_averager, "validating", False):
             return
         try:
-            dataset = build_train_dataset(recipe, loaded.tokenizer, files=files, local_dirs=self.model_dirs)
+            dataset = self._dataset(recipe, loaded, files)
             optimizer.hv.validator = Validator.for_job(loaded, dataset, partial(self._shards_of, dataset.num_shards))
             self._validating = True
         except EssaimError as exc:
             logger.warning("job %s: volunteers' updates will not be validated: %s", self.job_id, exc)
 
+    def _dataset(self, recipe: Recipe, loaded: Any, files: Any) -> Any:
+        """The job's training data as the volunteers pack it; notes and logs how many sequences it holds
+        (how many passes over it the job's epochs make: an epoch is target_batch_size samples)."""
+        from essaim.swarm.data import build_train_dataset
+
+        dataset = build_train_dataset(recipe, loaded.tokenizer, files=files, local_dirs=self.model_dirs)
+        self._sequences = len(dataset)
+        t = recipe.training
+        logger.info("job %s: the data holds %d sequences of %d tokens; an epoch is %d samples (%.2f passes over the "
+                    "data), the job's %d epochs %.2f passes", self.job_id, len(dataset), dataset.sequence_length,
+                    t.target_batch_size, t.target_batch_size / max(len(dataset), 1), t.epochs,
+                    t.epochs * t.target_batch_size / max(len(dataset), 1))
+        return dataset
+
+    def _sequences_of(self, recipe: Recipe, keeper: Any, job: Job) -> int | None:
+        if self._sequences is None:
+            try:
+                self._dataset(recipe, keeper.loaded, self._files(job))
+            except EssaimError as exc:
+                logger.warning("job %s: cannot count the data's sequences: %s", self.job_id, exc)
+        return self._sequences
+
     _slots: dict[str, list[int]] = {}
     _slots_at = 0.0
     _validating = False  # the averaging peer checks volunteers' updates (credit waits for a passed check)
+    _sequences: int | None = None  # the job's training sequences, where the runner built its dataset
 
     def _shards_of(self, num_shards: int, peer_id: str) -> list[int] | None:
         """The shards assigned to the volunteer behind ``peer_id`` (None: not known), from the
@@ -327,7 +349,7 @@ class JobRunner:
         saving: Future[Any] | None = None
         scoring: Future[Any] | None = None
         rolling: Future[Any] | None = None
-        self._scoring = ThreadPoolExecutor(max_workers=1, thread_name_prefix="essaim-eval")
+        self._scoring = evaluation_executor()
         while not self.stop_event.wait(POLL_S):
             job = self.store.get_job(self.job_id)
             if job.status in FINAL_JOB_STATUSES:
@@ -632,6 +654,7 @@ class JobRunner:
         from essaim.swarm.artifact import (
             Contributor,
             DataFile,
+            DataSummary,
             EvalPoint,
             EvalSummary,
             Provenance,
@@ -649,6 +672,8 @@ class JobRunner:
         local = self._files(job)
         base = base_model_record(recipe, {f.path: (f.sha256, local[f.path]) for f in job.files},
                                  loaded=keeper.loaded, local_dirs=self.model_dirs)
+        contributions = self.store.contributions(job_id=job.id)
+        sequences = self._sequences_of(recipe, keeper, job)
         provenance = Provenance(
             job_id=job.id,
             base_model=base.name,
@@ -661,9 +686,11 @@ class JobRunner:
             eval=EvalSummary(metric=record.eval_metric or (recipe.eval.metric if recipe.eval else ""),
                              before=record.eval_before, after=curve[-1].value if curve else None,
                              curve=curve) if recipe.eval else None,
+            data=DataSummary(sequences=sequences, samples=sum(c.samples for c in contributions),
+                             passes=round(sum(c.samples for c in contributions) / sequences, 3)) if sequences else None,
             contributors=[Contributor(volunteer=c.volunteer_name or c.volunteer_id, samples=c.samples,
                                       compute_seconds=round(c.compute_seconds, 3))
-                          for c in self.store.contributions(job_id=job.id)],
+                          for c in contributions],
             aggregation=self._aggregation_summary(recipe),
             rollbacks=[Rollback(epoch=int(r["epoch"]), to_epoch=int(r["to_epoch"]), reason=str(r["reason"]),
                                 value=r.get("value") if isinstance(r.get("value"), float) and math.isfinite(r["value"])
@@ -688,6 +715,28 @@ class JobRunner:
             expect=[JobStatus.RUNNING, JobStatus.PAUSED],
         )
         logger.info("job %s completed; artifact in %s", job.id, self.data_dir / "artifacts" / job.id)
+
+
+EVAL_NICE = 10
+"""How much lower than the runner's other threads the keeper's evaluations run (Linux nice)."""
+
+
+def evaluation_executor() -> ThreadPoolExecutor:
+    """The thread the keeper evaluates checkpoints on, at a lower priority (``EVAL_NICE``) on Linux,
+    where a thread's priority is its own and the threads it starts inherit it (torch's OpenMP
+    workers for that thread's work): an evaluation then takes the CPU the averaging peer's rounds
+    and, on a host shared with volunteers, their training leave."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="essaim-eval", initializer=_lower_priority)
+
+
+def _lower_priority() -> None:
+    if not sys.platform.startswith("linux"):
+        return  # elsewhere a thread id is no process id: setpriority would renice the whole runner, or fail
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(),
+                       min(os.getpriority(os.PRIO_PROCESS, 0) + EVAL_NICE, 19))
+    except OSError as exc:
+        logger.debug("cannot lower the evaluation thread's priority: %s", exc)
 
 
 async def _connected_peers(_dht: Any, node: Any) -> list[str]:

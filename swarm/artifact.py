@@ -61,6 +61,15 @@ class EvalSummary(_Record):
     curve: list[EvalPoint] = Field(default_factory=list)
 
 
+class DataSummary(_Record):
+    """How much of the data the swarm trained on: its samples (granted, as the ledger counts them)
+    over the sequences of the dataset. An epoch is ``target_batch_size`` samples, not a pass."""
+
+    sequences: int
+    samples: int = 0
+    passes: float = 0.0
+
+
 class Contributor(_Record):
     volunteer: str
     samples: int = 0
@@ -118,6 +127,7 @@ class Provenance(_Record):
     code_version: str = __version__
     epochs: int = 0
     eval: EvalSummary | None = None
+    data: DataSummary | None = None
     contributors: list[Contributor] = Field(default_factory=list)
     aggregation: AggregationSummary | None = None
     rollbacks: list[Rollback] = Field(default_factory=list)
@@ -247,7 +257,11 @@ def model_card(provenance: Provenance, *, adapter: str) -> str:
     else:
         lines += ["The recipe defines no eval set.", ""]
     lines += _base_section(p.base)
-    lines += ["## Training data", "", "| file | sha256 |", "|---|---|"]
+    lines += ["## Training data", ""]
+    if p.data is not None:
+        lines += [f"{p.data.samples} samples trained over {p.data.sequences} sequences: {p.data.passes:.2f} "
+                  "passes over the data.", ""]
+    lines += ["| file | sha256 |", "|---|---|"]
     lines += [f"| `{d.file}` | `{d.sha256}` |" for d in p.dataset] or ["| (hub dataset) | |"]
     lines += ["", "## Contributors", "", "| volunteer | samples | compute (hours) |", "|---|---|---|"]
     lines += [f"| {c.volunteer} | {c.samples} | {c.compute_seconds / 3600:.3f} |" for c in p.contributors]

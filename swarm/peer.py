@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import hivemind
+import psutil
 import torch
 from essaim.protocol.recipe import Recipe
 from essaim.swarm.data import PackedDataset, iterate_batches
@@ -153,6 +154,14 @@ class MicroBatches:
         return total
 
 
+def _process_age() -> float:
+    """Seconds since this process started (model loading, the swarm's DHT and state download included)."""
+    try:
+        return time.time() - psutil.Process().create_time()
+    except psutil.Error:
+        return float("nan")
+
+
 class TrainingPeer:
     """The loop of one peer on one job (see the module docstring). Build on the main thread."""
 
@@ -175,6 +184,7 @@ class TrainingPeer:
         join_swarm: bool = True,
         pacer: Callable[[], float] | None = None,
         coordinator_peers: Sequence[str] = (),
+        log_every_s: float = 60.0,
     ) -> None:
         self.job_id, self.recipe, self.loaded, self.dataset = job_id, recipe, loaded, dataset
         self.shard_ids = list(shard_ids)
@@ -203,6 +213,10 @@ class TrainingPeer:
         self.last_loss: float | None = None
         self._rate_mark = (time.monotonic(), self.counters.samples)
         self.samples_per_second = 0.0
+        self.log_every_s = log_every_s
+        self._joined_at = time.monotonic()
+        self._steps = 0  # micro-batches since this trainer started
+        self._logged_at = 0.0
 
     # ---- controls (any thread) ----
     def stop(self, timeout: float = 1.0) -> bool:
@@ -273,6 +287,7 @@ class TrainingPeer:
             if self.optimizer.join() > before:
                 source = "peers"
         self._rate_mark = (time.monotonic(), self.counters.samples)
+        self._joined_at = time.monotonic()
         self._emit("joined", epoch=self.optimizer.local_epoch, source=source)
 
     def _train(self) -> str:
@@ -284,8 +299,10 @@ class TrainingPeer:
         if reason is not None:
             return reason
         data_pass = 0
-        last_progress = last_publish = last_save = time.monotonic()
+        last_progress = last_publish = last_save = self._logged_at = time.monotonic()
+        shard_rows = sum(len(self.dataset.shard_rows(i)) for i in self.shard_ids) or 1
         while True:
+            pass_rows = 0  # rows of this peer's shards trained in this pass over them
             for batch in iterate_batches(
                 self.dataset, self.shard_ids, batch_size=batch_size, seed=self.recipe.training.seed, epoch=data_pass
             ):
@@ -306,6 +323,11 @@ class TrainingPeer:
                     self.counters.samples += n
                     self._add_loss(loss)
                 now = time.monotonic()
+                self._steps += 1
+                pass_rows += n
+                if self._steps == 1 or now - self._logged_at >= self.log_every_s:
+                    self._log_step(n, spent, data_pass + pass_rows / shard_rows)
+                    self._logged_at = now
                 if result.new_epoch:
                     self._close_epoch()
                     last_progress = last_publish = now
@@ -324,6 +346,21 @@ class TrainingPeer:
                 self._duty_sleep(spent)
                 self._pace()
             data_pass += 1
+
+    def _log_step(self, rows: int, spent: float, passes: float) -> None:
+        """The first micro-batch (how long the trainer took to get there), then one line every
+        ``log_every_s``: epoch, samples, loss, rate and passes over this peer's shards."""
+        loss = self.current_loss()
+        shown = f"{loss:.4f}" if loss is not None else "n/a"
+        if self._steps == 1:
+            logger.info("first micro-batch: %d sequences of %d tokens in %.2f s, loss %s; %.1f s after this "
+                        "process started (%.1f s after joining the swarm)", rows, self.dataset.sequence_length,
+                        spent, shown, _process_age(), time.monotonic() - self._joined_at)
+            return
+        self._update_rate()
+        logger.info("epoch %d of %d: %d samples here, loss %s, %.2f samples/s, %.2f passes over this "
+                    "volunteer's %d shard(s)", self.optimizer.local_epoch, self.recipe.training.epochs,
+                    self.counters.samples, shown, self.samples_per_second, passes, len(self.shard_ids))
 
     def _should_end(self, epoch: int) -> str | None:
         if epoch >= self.recipe.training.epochs:

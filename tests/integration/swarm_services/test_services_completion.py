@@ -61,6 +61,9 @@ def test_provenance_tells_what_was_trained_on_and_by_whom(done: Any) -> None:
     assert provenance["recipe"]["training"]["epochs"] == EPOCHS
     files = {f.path: f.sha256 for f in job.files}
     assert provenance["dataset"] and all(files[d["file"]] == d["sha256"] for d in provenance["dataset"])
+    data = provenance["data"]  # an epoch is target_batch_size samples: how many passes they made is said
+    assert data["sequences"] > 0 and data["samples"] == sum(c["samples"] for c in provenance["contributors"])
+    assert data["passes"] == pytest.approx(data["samples"] / data["sequences"], abs=1e-3)
     base = provenance["base"]  # the demo's model is shipped with the job: pinned by its files' sha256
     assert (base["source"], base["path"]) == ("shipped", "model")
     assert {f["file"]: f["sha256"] for f in base["files"]} == {p: h for p, h in files.items() if p.startswith("model/")}

@@ -6,6 +6,7 @@ the way a GPU under the volunteer's memory cap does, for batches of more rows th
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +125,28 @@ def test_when_even_one_row_does_not_fit_it_says_what_to_change(demo_recipe: Reci
     with pytest.raises(TrainingError, match=r"policy\.gpu_max_vram_mb"):
         MicroBatches(gpu)(batch)
     assert gpu.seen == [4, 2, 1]
+
+
+@pytest.mark.timeout(120)
+def test_the_loop_logs_its_first_step_and_then_its_progress(demo_recipe: Recipe, demo_files: dict[str, Path],
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """A researcher reads from the trainer's log when it first computed and how far it went: epoch,
+    samples, loss, rate and the passes over its shards (an epoch is target_batch_size samples, not
+    a pass over the data)."""
+    loaded = load_model(demo_recipe, files=demo_files, device="cpu")
+    data = build_train_dataset(demo_recipe, loaded.tokenizer, files=demo_files)
+    shards = [0]
+    optimizer = _Optimizer(loaded.model, steps=3)
+    peer = TrainingPeer(job_id="job", recipe=demo_recipe, loaded=loaded, dataset=data, shard_ids=shards,
+                        optimizer=optimizer, dht=None, volunteer_id="v", join_swarm=False,  # type: ignore[arg-type]
+                        log_every_s=0.0)
+    optimizer.peer = peer
+    with caplog.at_level(logging.INFO, logger="essaim.swarm.peer"):
+        assert peer._train() == "stopped"
+    lines = [r.getMessage() for r in caplog.records if r.name == "essaim.swarm.peer"]
+    bs, rows = demo_recipe.training.batch_size, len(data.shard_rows(0))
+    assert lines[0].startswith(f"first micro-batch: {bs} sequences of {data.sequence_length} tokens in ")
+    assert "after this process started" in lines[0]
+    assert len(lines) == 3, lines
+    assert lines[-1].startswith(f"epoch 0 of {demo_recipe.training.epochs}: {3 * bs} samples here, loss ")
+    assert f"{3 * bs / rows:.2f} passes over this volunteer's 1 shard(s)" in lines[-1], (lines[-1], rows)
