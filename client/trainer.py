@@ -60,6 +60,7 @@ HARD_EXIT_S = 15.0
 HAND_OVER_S = 60.0  # after the last epoch, how long to wait for the keeper to take the final state
 TOKEN_FILE = "swarm_token"
 REVOKED_FILE = "revoked.json"  # the swarm's newest revocation list, re-read by the DHT's authorizer
+ENV_MIN_FREE_RAM_MB = "ESSAIM_MIN_FREE_RAM_MB"  # the volunteer's free-memory floor, set by the app
 ENV_MAX_VRAM_MB = "ESSAIM_GPU_MAX_VRAM_MB"  # the volunteer's cap on GPU memory, set by the app
 BUDGET_CHECK_S = 0.25
 """How often the trainer reads its traffic against what is left of the daily network limit: the
@@ -268,7 +269,7 @@ class Trainer:
                                 shard_ids=shard_ids, optimizer=optimizer, dht=dht, volunteer_id=a.volunteer_id,
                                 on_event=self._on_event, state_dir=self.work_dir,
                                 pacer=pacer if pacer.active else None,
-                                coordinator_peers=peer_ids(a.initial_peers))
+                                coordinator_peers=peer_ids(a.initial_peers), ram_budget=_ram_budget())
             peer.throttle(threads=a.threads, duty_cycle=a.duty_cycle)
             if a.paused:
                 peer.pause()
@@ -559,6 +560,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="DHT client mode (outgoing connections only); default: the assignment's")
     parser.add_argument("--verbose", action="store_true", help="log hivemind's averaging rounds")
     return parser.parse_args(argv)
+
+
+def _ram_budget() -> int | None:
+    """How far this process may grow while it trains on the CPU: what it holds now and what the
+    machine has free beyond the volunteer's free-memory floor (``ESSAIM_MIN_FREE_RAM_MB``, which the
+    app sets; without it, no budget: micro-batches are computed whole)."""
+    import psutil
+    from essaim.swarm.hardware import resident_memory
+
+    raw = os.environ.get(ENV_MIN_FREE_RAM_MB)
+    now = resident_memory()
+    if raw is None or now is None:
+        return None
+    try:
+        floor = max(int(raw), 0) * 2**20
+    except ValueError:
+        logger.warning("ignoring %s=%r: not a number of MB", ENV_MIN_FREE_RAM_MB, raw)
+        return None
+    return now + max(int(psutil.virtual_memory().available) - floor, 0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,8 @@
     job = pick_job([Candidate(job, needs), ...], hardware)      # None: nothing fits
     slots = assign_slots(volunteer_id, active_volunteer_ids)
 
-A job fits a machine when its RAM, GPU and VRAM needs are met. Among the fitting jobs the highest
+A job fits a machine when its RAM, GPU and VRAM needs are met; the RAM it needs is what its recipe
+declares or what its shipped model weighs (:class:`ModelSize`), the larger. Among the fitting jobs the highest
 priority wins; at equal priority a running job (its swarm already has peers to learn from) beats a
 queued one, then the oldest. Slots spread ``range(SHARD_SLOTS)`` round-robin over the job's active
 volunteers, ordered by id, so every volunteer computes the same split. Used by the service's
@@ -24,18 +25,62 @@ GIB = 1024**3
 ASSIGNABLE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
 
 
+RUNTIME_GIB = 1.5
+"""What a trainer holds beside its model's weights: Python, torch, hivemind's forked helpers and its
+``p2pd``, the data, and one row of activations (bench/real_model.py: 2.1 GB in all for a 135M model
+trained on the CPU one row at a time, 0.54 GB of it the float32 weights)."""
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSize:
+    """What a job's model weighs, from the files it ships (hub models are not weighed)."""
+
+    parameters: int  # estimated from the weight files' bytes and their stored dtype
+    stored_bytes: int
+    full: bool  # a full fine-tune: gradients and Adam's two moments beside the weights
+
+    def ram_gb(self, hardware: Hardware) -> float:
+        """The least RAM a machine needs to train it: on a GPU the weights pass through RAM as stored;
+        on the CPU they are held in float32 (and, for a full fine-tune, 3 more copies: gradients and
+        Adam's moments); plus ``RUNTIME_GIB``. Micro-batches are computed a row at a time when the
+        RAM is short (essaim.swarm.peer.MicroBatches), so that is what one row needs."""
+        weights = self.stored_bytes if hardware.has_gpu else self.parameters * 4 * (4 if self.full else 1)
+        return weights / GIB + RUNTIME_GIB
+
+    @classmethod
+    def of(cls, recipe: Recipe, files: Sequence[tuple[str, int]], config: dict[str, object] | None) -> ModelSize | None:
+        """From the job's files (recipe path, size) and the shipped config.json, or None when the
+        recipe names a hub model or ships no weights."""
+        prefix = recipe.model.name_or_path.strip("/").removeprefix("./") + "/"
+        stored = sum(size for path, size in files if path.startswith(prefix) and path.endswith(_WEIGHT_SUFFIXES))
+        if not stored:
+            return None
+        dtype = str((config or {}).get("torch_dtype") or (config or {}).get("dtype") or "float32")
+        return cls(parameters=stored // _DTYPE_BYTES.get(dtype, 4), stored_bytes=stored,
+                   full=recipe.adapter.type == "full")
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
 @dataclass(frozen=True, slots=True)
 class JobNeeds:
-    """A job's hardware needs, from its recipe's ``hardware`` section."""
+    """A job's hardware needs: its recipe's ``hardware`` section, and the RAM its model takes when
+    the coordinator can weigh it (``model``): the larger of the two is needed."""
 
     min_ram_gb: float = 0.0
     gpu: Literal["none", "optional", "required"] = "optional"
     min_vram_gb: float = 0.0
+    model: ModelSize | None = None
 
     @classmethod
-    def of(cls, recipe: Recipe) -> JobNeeds:
+    def of(cls, recipe: Recipe, model: ModelSize | None = None) -> JobNeeds:
         hw = recipe.hardware
-        return cls(min_ram_gb=hw.min_ram_gb, gpu=hw.gpu, min_vram_gb=hw.min_vram_gb)
+        return cls(min_ram_gb=hw.min_ram_gb, gpu=hw.gpu, min_vram_gb=hw.min_vram_gb, model=model)
+
+    def ram_gb(self, hardware: Hardware) -> float:
+        return max(self.min_ram_gb, self.model.ram_gb(hardware) if self.model is not None else 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +91,12 @@ class Candidate:
 
 def unfit_reason(hardware: Hardware, needs: JobNeeds) -> str | None:
     """Why a machine cannot run a job, or None when it can."""
-    if hardware.ram_bytes < needs.min_ram_gb * GIB:
-        return f"needs {needs.min_ram_gb:g} GB of RAM, this machine has {hardware.ram_bytes / GIB:.1f}"
+    ram = needs.ram_gb(hardware)
+    if hardware.ram_bytes < ram * GIB:
+        why = "" if ram == needs.min_ram_gb or needs.model is None else (
+            f" (its model: about {needs.model.parameters / 1e6:,.0f}M parameters, "
+            f"{'on a GPU' if hardware.has_gpu else 'trained on the CPU in float32'})")
+        return f"needs {ram:.1f} GB of RAM{why}, this machine has {hardware.ram_bytes / GIB:.1f}"
     if needs.gpu == "required" and not hardware.has_gpu:
         return "needs a GPU"
     if needs.min_vram_gb > 0:

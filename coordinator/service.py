@@ -13,6 +13,7 @@ process never imports torch or hivemind; without one, assignments carry no peers
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import threading
 import time
@@ -45,7 +46,7 @@ from essaim.coordinator.signup import Challenges, bounded_hardware, finite_rate,
 from essaim.coordinator.store import HeartbeatRecord
 from essaim.protocol.auth_metadata import REGISTRATION_MAX_SKEW_SECONDS
 from essaim.protocol.client import safe_relative_path
-from essaim.protocol.recipe import load_recipe, paths_named, under_allowed_dir
+from essaim.protocol.recipe import Recipe, load_recipe, paths_named, under_allowed_dir
 from essaim.protocol.types import (
     FINAL_JOB_STATUSES,
     Assignment,
@@ -313,9 +314,23 @@ class CoordinatorService:
     def _needs_of(self, job: Job) -> scheduler.JobNeeds:
         needs = self._needs.get(job.id)
         if needs is None:
-            needs = scheduler.JobNeeds.of(load_recipe(job.recipe_yaml, source=f"job {job.id}"))
+            recipe = load_recipe(job.recipe_yaml, source=f"job {job.id}")
+            needs = scheduler.JobNeeds.of(recipe, scheduler.ModelSize.of(
+                recipe, [(f.path, f.size) for f in job.files], self._model_config(recipe, job)))
             self._needs[job.id] = needs
         return needs
+
+    def _model_config(self, recipe: Recipe, job: Job) -> dict[str, Any] | None:
+        """The config.json of the model a job ships (at most 1 MB), or None."""
+        path = recipe.model.name_or_path.strip("/").removeprefix("./") + "/config.json"
+        entry = next((f for f in job.files if f.path == path and f.size <= 2**20), None)
+        if entry is None:
+            return None
+        try:
+            config = json.loads(self.blobs.path(entry.sha256).read_text())
+        except (OSError, ValueError):
+            return None
+        return config if isinstance(config, dict) else None
 
     def _start(self, job: Job) -> Job:
         try:

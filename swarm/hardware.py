@@ -99,3 +99,43 @@ def pick_dtype(device: str, requested: str = "auto") -> torch.dtype:
 def dtype_name(dtype: torch.dtype) -> str:
     """``torch.bfloat16`` -> ``"bfloat16"``, for logs, metadata and model cards."""
     return str(dtype).removeprefix("torch.")
+
+
+# ---- this process's memory (Linux: the kernel's own peak, which can be reset) ----
+_STATUS = "/proc/self/status"
+
+
+def reset_peak_memory() -> bool:
+    """Start measuring this process's peak resident memory afresh (Linux: ``clear_refs`` 5 resets
+    VmHWM); False where that cannot be done (other systems, or a kernel that refuses)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return peak_memory() is not None
+    except OSError:
+        return False
+
+
+def peak_memory() -> int | None:
+    """This process's peak resident memory in bytes since the last :func:`reset_peak_memory`
+    (Linux's VmHWM); None where it is not known."""
+    try:
+        with open(_STATUS) as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def resident_memory() -> int | None:
+    """This process's resident memory in bytes now (Linux's VmRSS); None where it is not known."""
+    try:
+        with open(_STATUS) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -41,6 +41,7 @@ import torch
 from essaim.protocol.recipe import Recipe
 from essaim.swarm.data import PackedDataset, iterate_batches
 from essaim.swarm.errors import DHTError, StateError, TrainingError
+from essaim.swarm.hardware import peak_memory, reset_peak_memory, resident_memory
 from essaim.swarm.optimizer import SwarmOptimizer
 from essaim.swarm.records import ProgressRecord, publish_progress
 
@@ -106,7 +107,8 @@ def load_local_state(path: Path, loaded: Any, optimizer: SwarmOptimizer) -> Coun
 
 
 class MicroBatches:
-    """Forward and backward of one micro-batch, in slices of fewer rows once the GPU ran out of memory.
+    """Forward and backward of one micro-batch, in slices of fewer rows once the GPU ran out of memory,
+    or as many rows at once as fit in the RAM the volunteer leaves the trainer on the CPU (:meth:`_fit`).
 
     On a CUDA out-of-memory error (the volunteer's cap on GPU memory, or a smaller GPU than the
     recipe was written for) the attempt's gradients are zeroed, PyTorch's cache is emptied and the
@@ -116,13 +118,23 @@ class MicroBatches:
     for the batches after it. Raises TrainingError when even one row does not fit.
     """
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, *, ram_budget: int | None = None) -> None:
         self.model = model
         self.rows: int | None = None  # rows per slice; None: the whole batch at once
+        # the resident memory this process may reach while it trains on the CPU (what the volunteer's
+        # free-RAM floor leaves it); None: micro-batches are computed whole
+        self.ram_budget = ram_budget if ram_budget is not None and reset_peak_memory() else None
+        self._last_peak: int | None = None
+        self._settled = False
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Forward and backward of ``batch`` (already on the model's device); its mean loss, detached."""
         rows = int(batch["input_ids"].shape[0])
+        if self.ram_budget is not None and not self._settled:
+            return self._fit(batch, rows)
+        return self._compute(batch, rows)
+
+    def _compute(self, batch: dict[str, torch.Tensor], rows: int) -> torch.Tensor:
         while True:
             size = min(self.rows or rows, rows)
             try:
@@ -141,6 +153,39 @@ class MicroBatches:
             self.rows = size // 2
             logger.warning("out of GPU memory with micro-batches of %d rows; computing them %d rows at a time",
                            size, self.rows)
+
+    def _fit(self, batch: dict[str, torch.Tensor], rows: int) -> torch.Tensor:
+        """A micro-batch while the number of rows computed at once is being fitted to the RAM budget:
+        the first one a row at a time, each later one a row more at once while this process's
+        measured peak and what the last row added stay within the budget, a row fewer when the peak
+        went past it (the same gradient whatever the rows). Settles at the whole batch, or at the
+        first count of rows it had to step back from."""
+        assert self.ram_budget is not None
+        if self.rows is None:
+            self.rows = 1
+        reset_peak_memory()
+        before = resident_memory() or 0
+        loss = self._compute(batch, rows)
+        peak = peak_memory() or before
+        # the first row: what it adds with all that is done once; then what the last row added
+        cost = max(peak - (before if self._last_peak is None else self._last_peak), 2**20)
+        self._last_peak = peak
+        if peak > self.ram_budget and self.rows > 1:
+            self.rows -= 1
+            self._settled = True
+        elif peak + cost <= self.ram_budget and self.rows < rows:
+            self.rows += 1
+        else:
+            self._settled = True
+        if self._settled or self.rows >= rows:
+            self._settled = True
+            if self.rows >= rows:
+                self.rows = None
+            else:
+                logger.info("micro-batches of %d rows computed %d at a time, to stay within %.0f MB of RAM (a row "
+                            "takes about %.0f MB; the same gradient)", rows, self.rows, self.ram_budget / 2**20,
+                            cost / 2**20)
+        return loss
 
     def _accumulate(self, batch: dict[str, torch.Tensor], rows: int, size: int) -> torch.Tensor:
         total: torch.Tensor | None = None
@@ -185,6 +230,7 @@ class TrainingPeer:
         pacer: Callable[[], float] | None = None,
         coordinator_peers: Sequence[str] = (),
         log_every_s: float = 60.0,
+        ram_budget: int | None = None,
     ) -> None:
         self.job_id, self.recipe, self.loaded, self.dataset = job_id, recipe, loaded, dataset
         self.shard_ids = list(shard_ids)
@@ -195,7 +241,7 @@ class TrainingPeer:
         self.publish_every_s, self.progress_every_s, self.save_every_s = publish_every_s, progress_every_s, save_every_s
         self.join_swarm = join_swarm
         self.pacer = pacer  # seconds to hold between micro-batches (the network caps), or 0
-        self.micro_batches = MicroBatches(loaded.model)
+        self.micro_batches = MicroBatches(loaded.model, ram_budget=ram_budget if loaded.device == "cpu" else None)
         self.counters = Counters.load(self.counters_path)
         self.coordinator_peers = frozenset(coordinator_peers)  # not volunteers: left out of "averaged with"
 

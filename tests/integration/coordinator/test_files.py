@@ -126,3 +126,41 @@ def test_upload_with_a_wrong_declared_sha_is_refused(shared_coordinator, tmp_pat
         assert not (coord.data_dir / "blobs" / ("0" * 64)).exists()
         assert list((coord.data_dir / "blobs" / "tmp").iterdir()) == []
         assert client.upload_file(path)[2] is False
+
+
+def test_a_shipped_models_weight_decides_who_may_train_it(module_launcher, tmp_path: Path, kit) -> None:
+    """The recipe asks for 1 GB of RAM, but the model it ships weighs 40 MB in bfloat16: 20M
+    parameters, 80 MB in float32 on a CPU, plus the trainer's runtime: a machine of 1.5 GB is not
+    given the job (the reason says why), one of 2 GB is."""
+    from essaim.coordinator.scheduler import GIB, ModelSize, unfit_reason
+    from essaim.protocol.types import Hardware
+
+    coord = module_launcher(tmp_path / "coordinator", "--no-swarm")  # this job alone in its queue
+    root = tmp_path / "weighed"
+    (root / "data").mkdir(parents=True)
+    (root / "data/train.jsonl").write_bytes(b'{"text": "hello"}\n')
+    (root / "data/eval.jsonl").write_bytes(b'{"text": "bye"}\n')
+    (root / "models/tiny").mkdir(parents=True)
+    (root / "models/tiny/config.json").write_text('{"torch_dtype": "bfloat16"}')
+    (root / "models/tiny/model.safetensors").write_bytes(os.urandom(40 * 2**20))
+    (root / "recipe.yaml").write_text(RECIPE.replace("name: with-files", "name: weighed"))
+    researcher = kit.create_token(coord.data_dir, "researcher", "weigher")
+    with coord.client(researcher) as client:
+        job = client.submit_recipe_file(root / "recipe.yaml")
+    small = Hardware(os="linux", arch="x86_64", cpu_cores=2, ram_bytes=int(1.5 * GIB))
+    enough = Hardware(os="linux", arch="x86_64", cpu_cores=2, ram_bytes=2 * GIB)
+    with coord.client() as anon:
+        light, heavy = kit.Identity().register(anon, "light", small), kit.Identity().register(anon, "heavy", enough)
+    with coord.client(light.token) as client:
+        got = client.get_assignment(light.volunteer_id, small)
+        assert got.job is None or got.job.id != job.id, got
+    with coord.client(heavy.token) as client:
+        got = client.get_assignment(heavy.volunteer_id, enough)
+        assert got.job is not None and got.job.id == job.id, (got, coord.log())
+    from essaim.coordinator.scheduler import JobNeeds
+    from essaim.protocol.recipe import load_recipe
+
+    recipe = load_recipe(job.recipe_yaml)
+    size = ModelSize.of(recipe, [(f.path, f.size) for f in job.files], {"torch_dtype": "bfloat16"})
+    assert size is not None and size.parameters == 20 * 2**20
+    assert unfit_reason(small, JobNeeds.of(recipe, size)).startswith("needs 1.6 GB of RAM (its model: about 21M")

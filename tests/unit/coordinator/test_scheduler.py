@@ -58,3 +58,30 @@ def test_slots_partition_the_shards_among_volunteers() -> None:
     assert assign_slots("solo", []) == list(range(SHARD_SLOTS))
     many = [f"v{i:03d}" for i in range(100)]
     assert all(len(assign_slots(v, many)) == 1 for v in many)
+
+
+def test_a_shipped_models_weight_is_a_need() -> None:
+    """A 135M-parameter model shipped in float32 needs ~2 GB of RAM on the CPU whatever the recipe
+    declares; in bfloat16 files the same count of parameters; a full fine-tune 4 copies; a GPU
+    machine holds the weights in RAM only as stored. A hub model is not weighed."""
+    from essaim.coordinator.scheduler import RUNTIME_GIB, ModelSize
+
+    lora = load_recipe(example_recipe_text().replace("min_ram_gb: 8", "min_ram_gb: 1"))
+    assert lora.hardware.min_ram_gb == 1 and "/" in lora.model.name_or_path  # a hub id
+    assert ModelSize.of(lora, [("data/train.jsonl", 10**9)], None) is None  # a hub model ships no weights
+    shipped = lora.model_copy(update={"model": lora.model.model_copy(update={"name_or_path": "model"})})
+    files = [("model/model.safetensors", 538_060_000), ("model/config.json", 800), ("data/train.jsonl", 10**9)]
+    size = ModelSize.of(shipped, files, {"torch_dtype": "float32"})
+    assert size == ModelSize(parameters=134_515_000, stored_bytes=538_060_000, full=False)
+    assert ModelSize.of(shipped, files, {"torch_dtype": "bfloat16"}).parameters == 269_030_000
+    needs = JobNeeds.of(shipped, size)
+    small = Hardware(ram_bytes=int(1.5 * GIB), cpu_cores=2)
+    reason = unfit_reason(small, needs)
+    assert reason is not None and reason.startswith("needs 2.0 GB of RAM (its model: about 135M parameters")
+    assert needs.ram_gb(CPU_16G) == 538_060_000 / GIB + RUNTIME_GIB
+    assert unfit_reason(Hardware(ram_bytes=3 * GIB, cpu_cores=2), needs) is None
+    full = JobNeeds.of(shipped, ModelSize(parameters=134_515_000, stored_bytes=538_060_000, full=True))
+    assert full.ram_gb(CPU_16G) == 4 * 538_060_000 / GIB + RUNTIME_GIB
+    assert full.ram_gb(GPU_8G) == 538_060_000 / GIB + RUNTIME_GIB
+    assert JobNeeds.of(shipped.model_copy(update={"hardware": shipped.hardware.model_copy(
+        update={"min_ram_gb": 16})}), size).ram_gb(CPU_16G) == 16  # the recipe may ask for more

@@ -15,6 +15,7 @@ import torch
 from essaim.protocol.recipe import Recipe
 from essaim.swarm.data import build_train_dataset, iterate_batches
 from essaim.swarm.errors import TrainingError
+from essaim.swarm.hardware import peak_memory, reset_peak_memory, resident_memory
 from essaim.swarm.model import LoadedModel, load_model
 from essaim.swarm.optimizer import StepResult
 from essaim.swarm.peer import MicroBatches, TrainingPeer
@@ -150,3 +151,58 @@ def test_the_loop_logs_its_first_step_and_then_its_progress(demo_recipe: Recipe,
     assert len(lines) == 3, lines
     assert lines[-1].startswith(f"epoch 0 of {demo_recipe.training.epochs}: {3 * bs} samples here, loss ")
     assert f"{3 * bs / rows:.2f} passes over this volunteer's 1 shard(s)" in lines[-1], (lines[-1], rows)
+
+
+needs_peak = pytest.mark.skipif(not reset_peak_memory(), reason="the peak memory can be reset on Linux only")
+
+
+@needs_peak
+def test_the_peak_memory_is_measured_afresh() -> None:
+    before = resident_memory()
+    assert before and reset_peak_memory()
+    block = torch.ones(50 * 2**20)  # 200 MB, touched
+    del block
+    peak = peak_memory()
+    assert peak is not None and peak - before >= 190 * 2**20
+    assert reset_peak_memory() and (peak_memory() or 0) < peak
+
+
+@needs_peak
+@pytest.mark.parametrize("spare, whole", [(0, False), (64 * 2**30, True)])
+def test_micro_batches_fit_the_ram_budget(demo_recipe: Recipe, demo_files: dict[str, Path], spare: int,
+                                          whole: bool) -> None:
+    """The first micro-batch is computed a row at a time, each next one a row more at once while the
+    measured peak leaves room in the budget: with no memory to spare it stays at one row, with
+    plenty it grows to the whole batch. The optimizer gets the whole batch's gradient either way."""
+    torch.manual_seed(0)
+    loaded = load_model(demo_recipe, files=demo_files, device="cpu")
+    data = build_train_dataset(demo_recipe, loaded.tokenizer, files=demo_files)
+    shards = list(range(data.num_shards))
+    batch_size = demo_recipe.training.batch_size
+    batches = iterate_batches(data, shards, batch_size=batch_size, seed=demo_recipe.training.seed, epoch=0)
+    expected = [_whole_batch_grads(loaded.model, next(batches)) for _ in range(3)]
+
+    counted = _SmallGpu(loaded.model, rows=10**6)  # holds any batch: only counts the rows of each call
+    wrapped = LoadedModel(model=counted, tokenizer=loaded.tokenizer, device="cpu", dtype=loaded.dtype, adapter="full")
+    optimizer = _Optimizer(loaded.model, steps=batch_size + 1)
+    peer = TrainingPeer(job_id="job", recipe=demo_recipe, loaded=wrapped, dataset=data, shard_ids=shards,
+                        optimizer=optimizer, dht=None, volunteer_id="v", join_swarm=False,  # type: ignore[arg-type]
+                        ram_budget=(resident_memory() or 0) + spare)
+    optimizer.peer = peer
+    assert peer._train() == "stopped"
+    calls = iter(counted.seen)
+    slices = []  # the rows of each slice, per micro-batch
+    for _ in range(batch_size + 1):
+        got: list[int] = []
+        while sum(got) < batch_size:
+            got.append(next(calls))
+        slices.append(got[0])
+    if whole:
+        assert slices == [*range(1, batch_size + 1), batch_size]  # a row more each time, then whole
+        assert peer.micro_batches.rows is None
+    else:
+        assert slices == [1] * (batch_size + 1) and peer.micro_batches.rows == 1
+    for (n, got_grads), (_, want) in zip(optimizer.got[:3], expected, strict=True):
+        assert n == batch_size
+        for g, w in zip(got_grads, want, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
