@@ -278,7 +278,7 @@ def run_swarm(job_recipe: Path, work: Path, cores: list[int], threads: int, time
     rate = (int(e1["samples"]) - int(e0["samples"])) / max(t1 - t0, 1e-9)
     log = (volunteer.directory / "work" / "trainer-stderr.log").read_text(errors="replace")
     first = re.search(r"first micro-batch: .*?; ([\d.]+) s after this process started", log)
-    fitted = re.search(r"computing micro-batches of \d+ rows (\d+) at a time", log)
+    fitted = re.search(r"micro-batches of \d+ rows computed (\d+) at a time", log)
     cache = volunteer.directory / "work" / "cache"
     downloaded = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) if cache.exists() else 0
     received = max((int(e.get("bytes_received", 0) or 0) for _, e in events), default=0)
@@ -309,8 +309,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"LoRA r 16 on every linear layer, sequences of 128 tokens, micro-batches of 8, {report['threads']} "
         f"thread(s) pinned to cores {report['cores']}; base saved as {report['save_dtype']}"
-        + (f"; the trainer given {report['spare_ram_mb']} MB beyond what it held when it started training."
-           if report["spare_ram_mb"] else "."),
+        + (f"; the trainer's RAM capped at {report['trainer_ram_mb']} MB (policy.max_ram_mb), micro-batches "
+           f"computed {report['swarm']['rows_at_a_time'] or 8} rows at a time." if report["trainer_ram_mb"] else "."),
         "",
         "| | plain PEFT loop | essaim swarm trainer | ratio | target |",
         "|---|---:|---:|---:|---|",
@@ -343,9 +343,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--save-dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--timeout", type=float, default=3600)
-    parser.add_argument("--spare-ram-mb", type=int, default=0,
-                        help="give the trainer this much RAM beyond what it holds when it starts training, as the "
-                        "app does with its free-memory floor (0: no budget, whole micro-batches)")
+    parser.add_argument("--trainer-ram-mb", type=int, default=0,
+                        help="the volunteer's cap on the trainer's RAM (policy.max_ram_mb; 0: none, whole micro-batches)")
     parser.add_argument("--label", default="", help="results go to real_model-LABEL.json/.md")
     parser.add_argument("--plain", type=Path, help=argparse.SUPPRESS)  # the plain loop's own process
     args = parser.parse_args()
@@ -356,8 +355,8 @@ def main() -> None:
     job = args.work / "job"
     recipe = make_job(job, gguf, save_dtype=args.save_dtype, epochs=args.epochs, target=args.target)
     cores = pinned(args.threads)
-    if args.spare_ram_mb:  # the floor the app would set: what is free now, less the trainer's share
-        os.environ["ESSAIM_MIN_FREE_RAM_MB"] = str(psutil.virtual_memory().available // MB - args.spare_ram_mb)
+    if args.trainer_ram_mb:  # as the app hands its policy.max_ram_mb to the trainer
+        os.environ["ESSAIM_MAX_RAM_MB"] = str(args.trainer_ram_mb)
     plain = run_plain(job, args.steps, cores, args.threads)
     print("plain:", json.dumps(plain), flush=True)
     swarm = run_swarm(recipe, args.work / f"swarm-{int(time.time())}", cores, args.threads, args.timeout)
@@ -365,7 +364,7 @@ def main() -> None:
     report = {
         "model": "SmolLM2-135M-Instruct", "gguf": gguf.name, "when": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {psutil.cpu_count()} cores", "threads": args.threads, "cores": cores,
-        "save_dtype": args.save_dtype, "spare_ram_mb": args.spare_ram_mb, "plain": plain, "swarm": swarm,
+        "save_dtype": args.save_dtype, "trainer_ram_mb": args.trainer_ram_mb, "plain": plain, "swarm": swarm,
         "ratios": {"samples_per_second": swarm["samples_per_second"] / plain["samples_per_second"],
                    "pss": swarm["pss_peak_mb"] / plain["pss_peak_mb"]},
     }

@@ -42,6 +42,7 @@ class PolicyConfig:
     other_cpu_pause_percent: int = 50
     use_gpu: bool = True
     gpu_max_vram_mb: int = 0
+    max_ram_mb: int = 0  # the trainer's own cap on RAM (its micro-batches fit under it on the CPU)
     pause_on_other_gpu: bool = True
     train_on_battery: bool = False
     battery_min_percent: int = 50

@@ -198,6 +198,8 @@ _TABLE: list[Setting] = [
     ),
     _s("policy.use_gpu", bool, True, "train on the GPU when there is one"),
     _s("policy.gpu_max_vram_mb", int, 0, "at most this much GPU memory for training (0: no cap)", minimum=0),
+    _s("policy.max_ram_mb", int, 0, "on the CPU, at most this much RAM for the trainer's computation (0: what "
+       "policy.min_free_ram_mb leaves)", minimum=0),
     _s("policy.pause_on_other_gpu", bool, True, "pause while another program computes on the GPU"),
     _s("policy.train_on_battery", bool, False, "train on battery power (only above battery_min_percent)"),
     _s(

@@ -520,6 +520,8 @@ class Supervisor:
         if not self.cfg.use_gpu:
             env["CUDA_VISIBLE_DEVICES"] = ""
         env["ESSAIM_MIN_FREE_RAM_MB"] = str(self.cfg.min_free_ram_mb)  # the trainer's micro-batches fit above it
+        if self.cfg.max_ram_mb:
+            env["ESSAIM_MAX_RAM_MB"] = str(self.cfg.max_ram_mb)  # and under it
         if self.cfg.gpu_max_vram_mb:
             env["ESSAIM_GPU_MAX_VRAM_MB"] = str(self.cfg.gpu_max_vram_mb)
         return env

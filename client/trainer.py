@@ -61,6 +61,7 @@ HAND_OVER_S = 60.0  # after the last epoch, how long to wait for the keeper to t
 TOKEN_FILE = "swarm_token"
 REVOKED_FILE = "revoked.json"  # the swarm's newest revocation list, re-read by the DHT's authorizer
 ENV_MIN_FREE_RAM_MB = "ESSAIM_MIN_FREE_RAM_MB"  # the volunteer's free-memory floor, set by the app
+ENV_MAX_RAM_MB = "ESSAIM_MAX_RAM_MB"  # the volunteer's cap on the trainer's RAM, set by the app
 ENV_MAX_VRAM_MB = "ESSAIM_GPU_MAX_VRAM_MB"  # the volunteer's cap on GPU memory, set by the app
 BUDGET_CHECK_S = 0.25
 """How often the trainer reads its traffic against what is left of the daily network limit: the
@@ -564,21 +565,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _ram_budget() -> int | None:
     """How far this process may grow while it trains on the CPU: what it holds now and what the
-    machine has free beyond the volunteer's free-memory floor (``ESSAIM_MIN_FREE_RAM_MB``, which the
-    app sets; without it, no budget: micro-batches are computed whole)."""
+    machine has free beyond the volunteer's free-memory floor (``ESSAIM_MIN_FREE_RAM_MB``), and at
+    most the volunteer's cap (``ESSAIM_MAX_RAM_MB``); the app sets both. Neither set: no budget,
+    micro-batches are computed whole."""
     import psutil
     from essaim.swarm.hardware import resident_memory
 
-    raw = os.environ.get(ENV_MIN_FREE_RAM_MB)
+    limits = []
+    for name in (ENV_MIN_FREE_RAM_MB, ENV_MAX_RAM_MB):
+        raw = os.environ.get(name)
+        try:
+            limits.append(None if raw is None else max(int(raw), 0) * 2**20)
+        except ValueError:
+            logger.warning("ignoring %s=%r: not a number of MB", name, raw)
+            limits.append(None)
+    floor, cap = limits
     now = resident_memory()
-    if raw is None or now is None:
+    if now is None or (floor is None and not cap):
         return None
-    try:
-        floor = max(int(raw), 0) * 2**20
-    except ValueError:
-        logger.warning("ignoring %s=%r: not a number of MB", ENV_MIN_FREE_RAM_MB, raw)
-        return None
-    return now + max(int(psutil.virtual_memory().available) - floor, 0)
+    budgets = [now + max(int(psutil.virtual_memory().available) - floor, 0)] if floor is not None else []
+    return min([*budgets, *([cap] if cap else [])])
 
 
 def main(argv: list[str] | None = None) -> int:

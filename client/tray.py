@@ -70,6 +70,7 @@ CHOICES: list[tuple[str, str, list[tuple[str, Any]]]] = [
         [("No minimum", 0), ("512 MB", 512), ("1 GB", 1024), ("2 GB", 2048), ("4 GB", 4096)],
     ),
     ("GPU memory", "policy.gpu_max_vram_mb", [("No cap", 0), ("2 GB", 2048), ("4 GB", 4096), ("8 GB", 8192)]),
+    ("Trainer RAM", "policy.max_ram_mb", [("No cap", 0), ("2 GB", 2048), ("4 GB", 4096), ("8 GB", 8192)]),
     ("Battery", "policy.battery_min_percent", [(f"Only above {p}%", p) for p in (20, 50, 80)]),
     (
         "Daily network limit",

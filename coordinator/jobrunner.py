@@ -659,6 +659,7 @@ class JobRunner:
             EvalSummary,
             Provenance,
             Rollback,
+            Sample,
             base_model_record,
             write_artifact,
         )
@@ -688,6 +689,8 @@ class JobRunner:
                              curve=curve) if recipe.eval else None,
             data=DataSummary(sequences=sequences, samples=sum(c.samples for c in contributions),
                              passes=round(sum(c.samples for c in contributions) / sequences, 3)) if sequences else None,
+            samples=[Sample(prompt=prompt, before=_at(record.samples_before, i), after=_at(record.samples, i))
+                     for i, prompt in enumerate(recipe.eval.sample_prompts if recipe.eval else [])],
             contributors=[Contributor(volunteer=c.volunteer_name or c.volunteer_id, samples=c.samples,
                                       compute_seconds=round(c.compute_seconds, 3))
                           for c in contributions],
@@ -715,6 +718,10 @@ class JobRunner:
             expect=[JobStatus.RUNNING, JobStatus.PAUSED],
         )
         logger.info("job %s completed; artifact in %s", job.id, self.data_dir / "artifacts" / job.id)
+
+
+def _at(items: list[str], i: int) -> str | None:
+    return items[i] if i < len(items) else None
 
 
 EVAL_NICE = 10

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 from essaim.protocol.recipe import Recipe
-from essaim.swarm.evaluate import EvalResult, evaluate
+from essaim.swarm.evaluate import EvalResult, evaluate, generate_samples
 from essaim.swarm.state import load_state, save_state
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ OPTIMIZER_STATE = "optimizer.pt"
 CANDIDATE = "checkpoint.next.safetensors"  # a checkpoint saved, not adopted yet
 OPTIMIZER_CANDIDATE = "optimizer.next.pt"
 KEEPER_STATE = "keeper.json"
+SAMPLES = "samples.json"  # the recipe's sample prompts, continued by the base model and the adopted checkpoint
 HISTORY = "checkpoints"  # every adopted checkpoint, epoch-N.safetensors and epoch-N.pt: what an undo goes back to
 # A checkpoint is degraded when its health loss (EvalResult.loss: the eval loss, or the answers' loss
 # for exact_match) rose by more than LOSS_RISE nats over the best adopted one (the base model's at
@@ -90,6 +91,9 @@ class KeeperRecord:
     # the adopted checkpoints kept in HISTORY: epoch (as text, JSON keys) -> {value, loss}
     history: dict[str, dict[str, float | None]] = field(default_factory=dict)
     undone: list[str] = field(default_factory=list)  # banned volunteers whose rounds were undone
+    samples_before: list[str] = field(default_factory=list)  # the base model's continuations of eval.sample_prompts
+    samples: list[str] = field(default_factory=list)  # the adopted checkpoint's
+    samples_epoch: int = -1
 
     @classmethod
     def load(cls, path: Path) -> KeeperRecord:
@@ -177,8 +181,33 @@ class Keeper:
             self.record.best_value, self.record.best_loss = result.value, result.loss
             self.record.loss_before = result.loss
             self.record.curve.append({"epoch": 0, "value": result.value})
+            self.record.samples_before = self._samples(self.loaded)
             self.record.save(self.job_dir / KEEPER_STATE)
+            self._write_samples()
             logger.info("eval before training: %s = %.4f", result.metric, result.value)
+
+    def _samples(self, loaded: Any) -> list[str]:
+        spec = self.recipe.eval
+        if spec is None or not spec.sample_prompts:
+            return []
+        try:
+            return generate_samples(loaded, list(spec.sample_prompts), max_new_tokens=spec.sample_tokens)
+        except (RuntimeError, ValueError) as exc:  # a sample is for reading: never what fails a checkpoint
+            logger.warning("could not generate the sample continuations: %s", exc)
+            return []
+
+    def _write_samples(self) -> None:
+        """``samples.json``, for the job page: each sample prompt with the base model's continuation
+        and the adopted checkpoint's (and its epoch)."""
+        spec = self.recipe.eval
+        if spec is None or not spec.sample_prompts:
+            return
+        r = self.record
+        rows = [{"prompt": p, "before": r.samples_before[i] if i < len(r.samples_before) else None,
+                 "after": r.samples[i] if i < len(r.samples) else None} for i, p in enumerate(spec.sample_prompts)]
+        tmp = self.job_dir / (SAMPLES + ".tmp")
+        tmp.write_text(json.dumps({"epoch": r.samples_epoch, "samples": rows}, indent=1))
+        os.replace(tmp, self.job_dir / SAMPLES)
 
     # ---- following the swarm ----
     def follow(self, swarm_epoch: int) -> bool:
@@ -284,6 +313,12 @@ class Keeper:
             return result
         self.adopt(epoch, result)
         logger.info("eval of epoch %d: %s = %.4f (loss %.4f)", epoch, result.metric, result.value, result.loss)
+        samples = self._samples(replica)
+        if samples:
+            with self._record_lock:
+                self.record.samples, self.record.samples_epoch = samples, epoch
+                self.record.save(self.job_dir / KEEPER_STATE)
+                self._write_samples()
         return result
 
     rollback_due: dict[str, Any] | None = None

@@ -151,6 +151,12 @@ class EvalSpec(_Section):
     answer_field: str = Field(default="answer", max_length=128, description="exact_match: the expected")
     max_samples: int = Field(default=200, ge=1, le=100_000)
     max_new_tokens: int = Field(default=8, ge=1, le=1024)
+    sample_prompts: list[Annotated[str, Field(min_length=1, max_length=2000)]] = Field(
+        default_factory=list, max_length=8,
+        description="prompts whose greedy continuations, by the base model and by each adopted checkpoint, "
+        "the job page, the model card and the provenance show",
+    )
+    sample_tokens: int = Field(default=48, ge=1, le=512, description="tokens generated after each sample prompt")
 
 
 class HardwareSpec(_Section):

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Mapping, Sequence
@@ -68,6 +69,14 @@ class DataSummary(_Record):
     sequences: int
     samples: int = 0
     passes: float = 0.0
+
+
+class Sample(_Record):
+    """One of the recipe's sample prompts, continued greedily by the base model and the final one."""
+
+    prompt: str
+    before: str | None = None
+    after: str | None = None
 
 
 class Contributor(_Record):
@@ -128,6 +137,7 @@ class Provenance(_Record):
     epochs: int = 0
     eval: EvalSummary | None = None
     data: DataSummary | None = None
+    samples: list[Sample] = Field(default_factory=list)
     contributors: list[Contributor] = Field(default_factory=list)
     aggregation: AggregationSummary | None = None
     rollbacks: list[Rollback] = Field(default_factory=list)
@@ -256,6 +266,12 @@ def model_card(provenance: Provenance, *, adapter: str) -> str:
             lines.append("")
     else:
         lines += ["The recipe defines no eval set.", ""]
+    if p.samples:
+        lines += ["## Samples", "", "Greedy continuations of the recipe's sample prompts, by the base model and by "
+                  "this one:", ""]
+        for sample in p.samples:
+            lines += [f"Prompt: {_fence(sample.prompt)}", "Before training:", _fence(sample.before or ""),
+                      "After training:", _fence(sample.after or ""), ""]
     lines += _base_section(p.base)
     lines += ["## Training data", ""]
     if p.data is not None:
@@ -298,6 +314,12 @@ def model_card(provenance: Provenance, *, adapter: str) -> str:
         ]
     lines += ["```", "", "`provenance.json` beside this file holds the same record in machine-readable form.", ""]
     return "\n".join(lines)
+
+
+def _fence(text: str) -> str:
+    """``text`` in a fenced block no line of it can close (a text is the model's, or a researcher's)."""
+    ticks = "`" * max(3, max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    return f"\n{ticks}text\n{text}\n{ticks}"
 
 
 def _base_section(base: BaseModelRecord | None) -> list[str]:

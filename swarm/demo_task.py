@@ -141,6 +141,8 @@ def recipe_data(config: DemoConfig, seed: int) -> dict[str, Any]:
             "metric": "exact_match",
             "max_samples": config.eval_size,
             "max_new_tokens": config.max_new_tokens,
+            "sample_prompts": ["12+7=", "40+25="],  # shown before and after training on the job page
+            "sample_tokens": config.max_new_tokens,
         },
         "hardware": {"min_ram_gb": 1, "gpu": "optional"},
     }

@@ -87,6 +87,26 @@ def _continuation(tokenizer, tokens: list[int]) -> str:
     return text.split("\n", 1)[0].strip()
 
 
+def generate_samples(loaded: LoadedModel, prompts: list[str], *, max_new_tokens: int) -> list[str]:
+    """The greedy continuation of each prompt, up to ``max_new_tokens`` or the end-of-sequence token
+    (what a reader of the job page compares before and after training)."""
+    tokenizer = loaded.tokenizer
+    out = []
+    with _eval_mode(loaded.model):
+        for prompt in prompts:
+            ids = tokenizer(prompt, add_special_tokens=True, verbose=False)["input_ids"]
+            if not ids:
+                out.append("")
+                continue
+            tokens = _greedy(loaded.model, torch.tensor([ids], dtype=torch.long, device=loaded.device),
+                             max_new_tokens, tokenizer.eos_token_id)[0].tolist()
+            eos = tokenizer.eos_token_id
+            if eos is not None and eos in tokens:
+                tokens = tokens[: tokens.index(eos)]
+            out.append(tokenizer.decode(tokens, skip_special_tokens=True))
+    return out
+
+
 def exact_match(loaded: LoadedModel, prompts: list[str], answers: list[str], *, max_new_tokens: int
                 ) -> tuple[float, list[str]]:
     """The fraction of prompts whose greedy continuation equals the answer, and the continuations."""

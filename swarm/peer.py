@@ -124,7 +124,7 @@ class MicroBatches:
         # the resident memory this process may reach while it trains on the CPU (what the volunteer's
         # free-RAM floor leaves it); None: micro-batches are computed whole
         self.ram_budget = ram_budget if ram_budget is not None and reset_peak_memory() else None
-        self._last_peak: int | None = None
+        self._last: tuple[int, int, int] | None = None  # rows, peak and a row's cost of the last fitted batch
         self._settled = False
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -155,11 +155,12 @@ class MicroBatches:
                            size, self.rows)
 
     def _fit(self, batch: dict[str, torch.Tensor], rows: int) -> torch.Tensor:
-        """A micro-batch while the number of rows computed at once is being fitted to the RAM budget:
-        the first one a row at a time, each later one a row more at once while this process's
-        measured peak and what the last row added stay within the budget, a row fewer when the peak
-        went past it (the same gradient whatever the rows). Settles at the whole batch, or at the
-        first count of rows it had to step back from."""
+        """A micro-batch while the rows computed at once are fitted to the RAM budget (the same
+        gradient whatever they are). The first is computed a row at a time: what this process's peak
+        grew by is taken as a row's cost (an overestimate: it holds all that is done once). Each next
+        one takes as many more rows as the room left under the budget holds at that cost, and the
+        cost is measured again from how much the peak grew with them; a peak past the budget takes
+        rows back. It settles when the count stops changing, or at the whole batch."""
         assert self.ram_budget is not None
         if self.rows is None:
             self.rows = 1
@@ -167,18 +168,25 @@ class MicroBatches:
         before = resident_memory() or 0
         loss = self._compute(batch, rows)
         peak = peak_memory() or before
-        # the first row: what it adds with all that is done once; then what the last row added
-        cost = max(peak - (before if self._last_peak is None else self._last_peak), 2**20)
-        self._last_peak = peak
-        if peak > self.ram_budget and self.rows > 1:
-            self.rows -= 1
-            self._settled = True
-        elif peak + cost <= self.ram_budget and self.rows < rows:
-            self.rows += 1
+        first = self._last is None
+        if self._last is None:
+            cost = max(peak - before, 2**20)
         else:
+            last_rows, last_peak, last_cost = self._last
+            cost = max((peak - last_peak) // max(self.rows - last_rows, 1), 2**20) if self.rows != last_rows \
+                else last_cost
+        self._last = (self.rows, peak, cost)
+        if peak > self.ram_budget:
+            back = -(-(peak - self.ram_budget) // cost)  # the excess in rows, rounded up
+            wanted, self._settled = max(self.rows - max(back, 1), 1), True
+        elif first and self.ram_budget - peak >= cost // 2:
+            wanted = min(2, rows)  # the first cost holds the one-off too: two rows tell what a row takes
+        else:
+            wanted = min(self.rows + (self.ram_budget - peak) // cost, rows)
+        if wanted == self.rows or wanted >= rows:
             self._settled = True
-        if self._settled or self.rows >= rows:
-            self._settled = True
+        self.rows = int(wanted)
+        if self._settled:
             if self.rows >= rows:
                 self.rows = None
             else:

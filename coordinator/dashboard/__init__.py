@@ -54,7 +54,8 @@ class Dashboard:
         from essaim.coordinator.swarm_keys import SWARM_KEY, load_or_create_swarm_key
 
         signer = load_or_create_swarm_key(Path(settings.data_dir) / SWARM_KEY)
-        self.queries = DashboardQueries(service.store, Path(settings.artifacts_dir), signer=signer)
+        self.queries = DashboardQueries(service.store, Path(settings.artifacts_dir), signer=signer,
+                                        jobs_dir=Path(settings.data_dir) / "jobs")
         self.sessions = SessionStore()
         self.access = Access(service=service, settings=settings, sessions=self.sessions)
         self.actions = AdminActions(service)

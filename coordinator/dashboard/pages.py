@@ -142,7 +142,8 @@ def build_pages_router(ctx: PageContext, *, sampler: SwarmSampler) -> APIRouter:
             detail = q.job(job_id)
             detail = detail.model_copy(update={"volunteers": [v for v in detail.volunteers if viewer.may_see_private_of(v.id)]})
             peers = q.swarm_peers(job_id=job_id, with_observed=True) if viewer.is_admin else None
-            return {"job": detail, "charts": progress_charts(q.progress(job_id)), "tab": "overview", "swarm_peers": peers}
+            return {"job": detail, "charts": progress_charts(q.progress(job_id)), "tab": "overview", "swarm_peers": peers,
+                    "samples": q.samples(job_id)}
 
         return ctx.render(request, "job.html", build, active="jobs")
 

@@ -147,8 +147,10 @@ def eta_seconds(job: Job, recipe: Recipe | None) -> float:
 class DashboardQueries:
     """Read-only views over one coordinator's store and artifact directory."""
 
-    def __init__(self, store: Any, artifacts_dir: Path, *, directory_ttl: float = 5.0, signer: Any = None) -> None:
+    def __init__(self, store: Any, artifacts_dir: Path, *, directory_ttl: float = 5.0, signer: Any = None,
+                 jobs_dir: Path | None = None) -> None:
         self.store = store
+        self.jobs_dir = Path(jobs_dir) if jobs_dir is not None else Path(artifacts_dir).parent / "jobs"
         self.signer = signer  # the coordinator's swarm key: it signs the ledger's head
         self._signed: tuple[tuple[int, str], Any] | None = None
         self.artifacts_dir = Path(artifacts_dir)
@@ -348,6 +350,25 @@ class DashboardQueries:
             log.warning("%s is larger than %d bytes; the dashboard shows its start only", path, MAX_DOCUMENT_BYTES)
             data = data[:MAX_DOCUMENT_BYTES]
         return data.decode("utf-8", "replace")
+
+    def samples(self, job_id: str) -> dict[str, Any] | None:
+        """The recipe's sample prompts continued by the base model and the adopted checkpoint
+        (``samples.json`` of the job's runner: {epoch, samples: [{prompt, before, after}]}), or None."""
+        self.store.get_job(job_id)  # NotFound for an unknown job
+        root = self.jobs_dir.resolve()
+        path = (root / job_id / "samples.json").resolve()
+        if not path.is_relative_to(root / job_id) or "/" in job_id or job_id in ("", ".", ".."):
+            return None
+        try:
+            with path.open("rb") as f:
+                data = json.loads(f.read(MAX_DOCUMENT_BYTES))
+        except (OSError, ValueError):
+            return None
+        rows = data.get("samples") if isinstance(data, dict) else None
+        if not isinstance(rows, list):
+            return None
+        return {"epoch": data.get("epoch"), "samples": [
+            {k: str(r.get(k) or "") for k in ("prompt", "before", "after")} for r in rows if isinstance(r, dict)]}
 
     def model_card(self, job_id: str) -> str | None:
         """The artifact's README.md (its model card), or None before the job completes."""

@@ -162,6 +162,12 @@ def start_demo_swarm(launcher: Any, data_dir: Path, *args: str) -> DemoSwarm:
         members.append(Member(name, team, hardware, reg.volunteer_id, reg.token))
 
     progress_points, eval_points, ledger_rows = _write_curves_and_ledger(coord.data_dir, running.id, members[:3])
+    # what the job's runner writes for the job page: its sample prompts, continued before and after
+    samples = coord.data_dir / "jobs" / running.id
+    samples.mkdir(parents=True, exist_ok=True)
+    (samples / "samples.json").write_text(json.dumps({"epoch": 4, "samples": [
+        {"prompt": "def add(a, b):", "before": " pass", "after": "\n    return a + b"},
+        {"prompt": XSS_NAME, "before": "<img src=x onerror=alert(2)>", "after": None}]}))
     swarm = DemoSwarm(
         coord=coord, researcher_token=researcher, running=running, awaiting=awaiting, files_job=files_job,
         members=members, progress_points=progress_points, eval_points=eval_points, ledger_rows=ledger_rows,

@@ -165,6 +165,9 @@ def test_unsafe_text_is_escaped(swarm, demo):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in pages["/"]
     job_page = pages[f"/jobs/{swarm.running.id}"]
     assert "&lt;img src=x onerror=&#34;alert(2)&#34;&gt;" in job_page and "&amp; &lt;b&gt;bold&lt;/b&gt;" in job_page
+    # the job's sample continuations (samples.json), escaped like everything else
+    assert 'id="samples"' in job_page and "return a + b" in job_page and "not yet" in job_page
+    assert "&lt;img src=x onerror=alert(2)&gt;" in job_page and "checkpoint of epoch 4" in job_page
     assert f'href="/teams?{urlencode({"name": xss.team})}"' in pages["/contributions"]
 
 

@@ -64,6 +64,13 @@ def test_provenance_tells_what_was_trained_on_and_by_whom(done: Any) -> None:
     data = provenance["data"]  # an epoch is target_batch_size samples: how many passes they made is said
     assert data["sequences"] > 0 and data["samples"] == sum(c["samples"] for c in provenance["contributors"])
     assert data["passes"] == pytest.approx(data["samples"] / data["sequences"], abs=1e-3)
+    samples = provenance["samples"]  # the recipe's sample prompts, continued by the base and the final model
+    assert [s["prompt"] for s in samples] == ["12+7=", "40+25="]
+    assert all(isinstance(s["before"], str) and isinstance(s["after"], str) for s in samples), samples
+    card = (done.data_dir / "artifacts" / done.job_id / "artifact" / "README.md").read_text()
+    assert "## Samples" in card and "12+7=" in card
+    shown = json.loads((done.job_dir / "samples.json").read_text())  # what the job page shows
+    assert shown["epoch"] >= 1 and [s["after"] for s in shown["samples"]] == [s["after"] for s in samples]
     base = provenance["base"]  # the demo's model is shipped with the job: pinned by its files' sha256
     assert (base["source"], base["path"]) == ("shipped", "model")
     assert {f["file"]: f["sha256"] for f in base["files"]} == {p: h for p, h in files.items() if p.startswith("model/")}

@@ -137,3 +137,27 @@ def test_a_cap_below_cudas_context_is_refused_with_the_setting_to_change(tmp_pat
     with pytest.raises(HardwareError, match=r"policy\.gpu_max_vram_mb"):
         _load(tmp_path, monkeypatch, _FakeCuda(log), "256")
     assert log == []  # neither a cap that cannot hold, nor the model
+
+
+def test_the_trainers_ram_budget_comes_from_the_volunteers_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The floor leaves the trainer what it holds and what is free above the floor; the cap bounds
+    it; without either the trainer computes whole micro-batches; a value that is no number is
+    ignored with a warning."""
+    import psutil
+    from essaim.client import trainer
+
+    monkeypatch.setattr("essaim.swarm.hardware.resident_memory", lambda: 3 * 2**30)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("VM", (), {"available": 5 * 2**30})())
+    for name in (trainer.ENV_MIN_FREE_RAM_MB, trainer.ENV_MAX_RAM_MB):
+        monkeypatch.delenv(name, raising=False)
+    assert trainer._ram_budget() is None
+    monkeypatch.setenv(trainer.ENV_MIN_FREE_RAM_MB, "1024")
+    assert trainer._ram_budget() == (3 + 5 - 1) * 2**30
+    monkeypatch.setenv(trainer.ENV_MIN_FREE_RAM_MB, "8192")  # less free than the floor: what it holds
+    assert trainer._ram_budget() == 3 * 2**30
+    monkeypatch.setenv(trainer.ENV_MAX_RAM_MB, "2048")
+    assert trainer._ram_budget() == 2 * 2**30
+    monkeypatch.setenv(trainer.ENV_MIN_FREE_RAM_MB, "lots")
+    assert trainer._ram_budget() == 2 * 2**30
+    monkeypatch.setenv(trainer.ENV_MAX_RAM_MB, "0")  # 0: no cap
+    assert trainer._ram_budget() is None

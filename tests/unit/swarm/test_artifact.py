@@ -142,3 +142,23 @@ def test_provenance_names_the_base_model_and_pins_its_files(
     # the adapter names its base as the recipe does (download --base points it at the downloaded copy)
     assert json.loads((artifact / "adapter_config.json").read_text())["base_model_name_or_path"] == "model"
     assert Provenance.from_json((artifact / "provenance.json").read_text()).base == named
+
+
+def test_sample_continuations_are_generated_and_shown_in_fences_they_cannot_close(
+    demo_recipe: Recipe, demo_files: dict[str, Path]
+) -> None:
+    """The model's text (or a researcher's prompt) goes into the model card inside a fence longer
+    than any run of backticks in it: no sample can end the block and write Markdown of its own."""
+    from essaim.swarm.artifact import Sample, model_card
+    from essaim.swarm.evaluate import generate_samples
+
+    loaded = load_model(demo_recipe, files=demo_files, device="cpu")
+    texts = generate_samples(loaded, ["12+7=", "40+25="], max_new_tokens=4)
+    assert len(texts) == 2 and all(isinstance(t, str) and len(t) <= 16 for t in texts)
+    assert generate_samples(loaded, ["12+7="], max_new_tokens=4) == texts[:1]  # greedy: the same each time
+    hostile = "````\n# Injected heading\n[click](javascript:alert(1))"
+    provenance = _provenance(demo_recipe, "org/x").model_copy(update={"samples": [
+        Sample(prompt="12+7=", before=texts[0], after="19"), Sample(prompt=hostile, before=None, after=hostile)]})
+    card = model_card(provenance, adapter="lora")
+    assert "## Samples" in card and "`````text\n" + hostile + "\n`````" in card
+    assert "\n# Injected heading" in card.split("`````text\n", 1)[1]  # only inside the fence
