@@ -119,22 +119,19 @@ def reset_peak_memory() -> bool:
 def peak_memory() -> int | None:
     """This process's peak resident memory in bytes since the last :func:`reset_peak_memory`
     (Linux's VmHWM); None where it is not known."""
-    try:
-        with open(_STATUS) as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    return _status_bytes("VmHWM:")
 
 
 def resident_memory() -> int | None:
     """This process's resident memory in bytes now (Linux's VmRSS); None where it is not known."""
+    return _status_bytes("VmRSS:")
+
+
+def _status_bytes(field: str) -> int | None:
     try:
         with open(_STATUS) as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass

@@ -70,16 +70,21 @@ class _Optimizer:
         return StepResult(new_epoch=False, accepted=True, epoch=0)
 
 
+def _demo_and_whole_batch_grads(recipe: Recipe, files: dict[str, Path], count: int) -> tuple[Any, ...]:
+    """The demo model and data, and the loss and gradients of its first ``count`` whole micro-batches."""
+    torch.manual_seed(0)
+    loaded = load_model(recipe, files=files, device="cpu")
+    data = build_train_dataset(recipe, loaded.tokenizer, files=files)
+    shards = list(range(data.num_shards))
+    batch_size = recipe.training.batch_size
+    batches = iterate_batches(data, shards, batch_size=batch_size, seed=recipe.training.seed, epoch=0)
+    return loaded, data, shards, batch_size, [_whole_batch_grads(loaded.model, next(batches)) for _ in range(count)]
+
+
 @pytest.mark.timeout(120)
 def test_out_of_gpu_memory_halves_the_micro_batch_and_keeps_the_batch(demo_recipe: Recipe,
                                                                        demo_files: dict[str, Path]) -> None:
-    torch.manual_seed(0)
-    loaded = load_model(demo_recipe, files=demo_files, device="cpu")
-    data = build_train_dataset(demo_recipe, loaded.tokenizer, files=demo_files)
-    shards = list(range(data.num_shards))
-    batch_size = demo_recipe.training.batch_size
-    batches = iterate_batches(data, shards, batch_size=batch_size, seed=demo_recipe.training.seed, epoch=0)
-    expected = [_whole_batch_grads(loaded.model, next(batches)) for _ in range(2)]
+    loaded, data, shards, batch_size, expected = _demo_and_whole_batch_grads(demo_recipe, demo_files, 2)
 
     gpu = _SmallGpu(loaded.model, rows=batch_size // 4 - 1)  # 16 rows: 8 and 4 do not fit, 2 do
     small = LoadedModel(model=gpu, tokenizer=loaded.tokenizer, device="cpu", dtype=loaded.dtype, adapter="full")
@@ -174,13 +179,7 @@ def test_micro_batches_fit_the_ram_budget(demo_recipe: Recipe, demo_files: dict[
     """The first micro-batch is computed a row at a time, the next ones with as many rows at once as
     the measured peak leaves room for in the budget: with no memory to spare it stays at one row,
     with plenty it goes to the whole batch. The optimizer gets the whole batch's gradient either way."""
-    torch.manual_seed(0)
-    loaded = load_model(demo_recipe, files=demo_files, device="cpu")
-    data = build_train_dataset(demo_recipe, loaded.tokenizer, files=demo_files)
-    shards = list(range(data.num_shards))
-    batch_size = demo_recipe.training.batch_size
-    batches = iterate_batches(data, shards, batch_size=batch_size, seed=demo_recipe.training.seed, epoch=0)
-    expected = [_whole_batch_grads(loaded.model, next(batches)) for _ in range(3)]
+    loaded, data, shards, batch_size, expected = _demo_and_whole_batch_grads(demo_recipe, demo_files, 3)
 
     counted = _SmallGpu(loaded.model, rows=10**6)  # holds any batch: only counts the rows of each call
     wrapped = LoadedModel(model=counted, tokenizer=loaded.tokenizer, device="cpu", dtype=loaded.dtype, adapter="full")
