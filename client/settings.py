@@ -261,6 +261,8 @@ _TABLE: list[Setting] = [
         "stop training for the day after this much traffic, MB (0: none)",
         minimum=0,
     ),
+    _s("limits.cache_gb", float, 20.0, "disk for job files kept between jobs (models, data), GB; the oldest go "
+       "first (0: no cap)", minimum=0),
     *(
         _s(
             f"schedule.{day}",

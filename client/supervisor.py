@@ -103,6 +103,8 @@ class Supervisor:
             coordinator=self._coordinator_for_trainer,
             on_traffic=lambda sent, received: self.traffic.add_totals(sent=sent, received=received),
             on_contribution=self._add_contribution,
+            cache_dir=paths.data_dir / "cache",
+            cache_max_bytes=lambda: int(self.settings["limits.cache_gb"] * 2**30),
         )
 
     # ---- life ----

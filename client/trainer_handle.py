@@ -55,8 +55,10 @@ class TrainerHandle:
         token: str = "",
         env: dict[str, str] | None = None,
         low_priority: bool = True,
+        cache_dir: Path | None = None,
     ) -> None:
         self.command = list(command)
+        self.cache_dir = cache_dir  # job files by sha256, shared by the jobs of one app (default: the work dir's)
         self.assignment_file = Path(assignment_file)
         self.work_dir = Path(work_dir)
         self.coordinator = coordinator
@@ -78,6 +80,8 @@ class TrainerHandle:
         argv = [*self.command, "--assignment", str(self.assignment_file), "--work-dir", str(self.work_dir)]
         if self.coordinator:
             argv += ["--coordinator", self.coordinator]
+        if self.cache_dir is not None:
+            argv += ["--cache-dir", str(self.cache_dir)]
         return argv  # the token goes in the environment (ESSAIM_TRAINER_TOKEN): a command line is public
 
     def start(self) -> int:

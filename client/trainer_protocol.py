@@ -147,6 +147,11 @@ class ResumedEvent(_Event):
     epoch: int = 0
 
 
+STATE_FILES = ("swarm_state.pt", "cache")
+"""In a trainer's work dir, what a completed job no longer needs: its resumable state
+(essaim.swarm.peer.STATE_FILE) and the job file cache of versions before the shared one. Its
+counters (what it reported) and its log stay."""
+
 StopReason = Literal["stopped", "finished", "completed", "signal", "error", "stdin-closed", "network-limit"]
 """Why a trainer stopped; "network-limit" (essaim.client.netlimit.NETWORK_LIMIT): its own traffic
 reached what was left of the volunteer's daily network limit when it started."""

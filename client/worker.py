@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,8 +63,14 @@ class Worker:
         backoff_cap: float = 300.0,
         on_traffic: Callable[[int, int], None] | None = None,
         on_contribution: Callable[[int, float, str], None] | None = None,
+        cache_dir: Path | None = None,
+        cache_max_bytes: Callable[[], int] = lambda: 0,
     ) -> None:
         self.work_root = Path(work_root)
+        # the job files of every job, by sha256 (essaim.swarm.cache), trimmed to cache_max_bytes (0: no cap)
+        # before a trainer starts
+        self.cache_dir = cache_dir
+        self._cache_max_bytes = cache_max_bytes
         self._command, self._env, self._coordinator = command, env, coordinator
         self.backoff_base, self.backoff_cap = backoff_base, backoff_cap
         self._on_traffic = on_traffic  # (sent, received) of all this app's trainers so far
@@ -138,6 +145,7 @@ class Worker:
         path = self.work_dir / "assignment.json"
         path.write_text(json.dumps(self.assignment, indent=1))
         address, token = self._coordinator()
+        self._trim_cache()
         self.handle = TrainerHandle(
             command=self._command(),
             assignment_file=path,
@@ -145,6 +153,7 @@ class Worker:
             coordinator=address,
             token=token,
             env=self._env(),
+            cache_dir=self.cache_dir,
         )
         try:
             self.handle.start()
@@ -159,6 +168,20 @@ class Worker:
         self.pause_sent_at = self.paused_since = self.stop_sent_at = None
         self.finishing = False
         self._samples_seen, self._compute_seen = 0, 0.0
+
+    def _trim_cache(self) -> None:
+        """Make room in the shared cache, keeping the files of the job about to start."""
+        cap = self._cache_max_bytes()
+        if self.cache_dir is None or not cap:
+            return
+        from essaim.swarm.cache import ContentCache  # the app stays light until a trainer is due
+
+        entries = (self.assignment or {}).get("job_files") or []
+        keep = [str(e.get("sha256", "")) for e in entries if isinstance(e, dict)]
+        try:
+            ContentCache(self.cache_dir).trim(cap, keep=keep)
+        except OSError as exc:
+            logger.warning("could not trim the job file cache %s: %s", self.cache_dir, exc)
 
     def run(self, threads: int, duty_cycle: float, now: float) -> None:
         """Train (or train lightly) at this pace: start, resume or re-throttle as needed."""
@@ -314,6 +337,7 @@ class Worker:
             self.completed = {j: t for j, t in self.completed.items() if now - t < COMPLETED_MEMORY_S}
             self.completed[self.job_id] = now
             self.crashes, self.last_error = 0, ""
+            self._forget_state()
             self.drop_assignment()
         elif self.finishing and returncode == 0:
             self.finished = True
@@ -328,6 +352,17 @@ class Worker:
             why = self.last_error or f"exit code {returncode}"
             self._crashed(now, f"the trainer stopped unexpectedly ({why}) while {state}")
         self.throttle = None
+
+    def _forget_state(self) -> None:
+        """A completed job's resumable state and files go: its log stays in the work dir."""
+        from essaim.client.trainer_protocol import STATE_FILES
+
+        for name in STATE_FILES:
+            target = self.work_dir / name
+            try:
+                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+            except OSError as exc:
+                logger.warning("could not remove %s: %s", target, exc)
 
     def _crashed(self, now: float, message: str) -> None:
         self.crashes += 1

@@ -20,7 +20,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from essaim.protocol.recipe import Recipe
@@ -79,6 +79,35 @@ class ContentCache:
             return None
         self._verified[sha] = (stat.st_size, stat.st_mtime_ns)
         return path
+
+    def trim(self, max_bytes: int, *, keep: Iterable[str] = ()) -> int:
+        """Remove the oldest files (by when they were stored) until the cache holds at most
+        ``max_bytes``, never one of ``keep`` (sha256s: the files of the job about to run); returns
+        the bytes removed. Run it while no trainer reads the cache."""
+        kept = {k.lower() for k in keep}
+        files = []
+        for sub in self.root.iterdir() if self.root.exists() else ():
+            if sub.is_dir() and len(sub.name) == 2 and set(sub.name) <= _HEX:
+                for path in sub.iterdir():
+                    try:
+                        stat = path.stat()
+                    except FileNotFoundError:
+                        continue
+                    files.append((stat.st_mtime_ns, stat.st_size, path))
+        total = sum(size for _, size, _ in files)
+        freed = 0
+        for _, size, path in sorted(files):
+            if total - freed <= max_bytes:
+                break
+            if path.name in kept:
+                continue
+            path.unlink(missing_ok=True)
+            self._verified.pop(path.name, None)
+            freed += size
+        if freed:
+            logger.info("removed %.0f MB of job files from the cache %s (kept %.0f MB, at most %.0f MB)",
+                        freed / 2**20, self.root, (total - freed) / 2**20, max_bytes / 2**20)
+        return freed
 
     def _temp_path(self, sha: str) -> Path:
         return self._tmp / f"{sha[:16]}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part"

@@ -29,6 +29,7 @@ def main() -> int:
     parser.add_argument("--work-dir", required=True)
     parser.add_argument("--coordinator", default="")
     parser.add_argument("--token", default="")
+    parser.add_argument("--cache-dir", default="")
     args = parser.parse_args()
     journal = open(os.path.join(args.work_dir, "fake_trainer.jsonl"), "a", buffering=1)  # noqa: SIM115
     journal.write(json.dumps({"argv": sys.argv[1:], "pid": os.getpid(),

@@ -160,3 +160,44 @@ def test_the_trainer_runs_on_the_cores_it_is_allowed(tmp_path: Path, client_kit:
                     affinity = sorted(psutil.Process(pid).cpu_affinity())
             time.sleep(0.1)
         assert sup.status()["state"] == "training"
+
+
+def test_job_files_are_shared_between_jobs_within_the_disk_cap(tmp_path: Path) -> None:
+    """The trainer is told to use the app's shared cache of job files; before it starts, the cache
+    is trimmed to the cap (limits.cache_gb), the oldest files first, never the files of the job
+    about to run; when the job completes, its resumable state goes, its counters and log stay."""
+    import hashlib
+    import os
+
+    from essaim.swarm.cache import ContentCache
+
+    cache = ContentCache(tmp_path / "cache")
+    shas = []
+    for i in range(3):
+        src = tmp_path / f"file{i}"
+        src.write_bytes(bytes([i]) * 4000)
+        sha = hashlib.sha256(src.read_bytes()).hexdigest()
+        os.utime(cache.put_file(src, sha), ns=(10**18 + i * 10**9,) * 2)
+        shas.append(sha)
+    script = tmp_path / "trainer.py"
+    script.write_text(SCRIPTED_TRAINER.replace("import json, os, sys\n", "import json, os, sys\n"
+                      "open('argv.json', 'w').write(json.dumps(sys.argv))\n"
+                      "open('swarm_state.pt', 'wb').write(b'state'); open('counters.json', 'w').write('{}')\n"))
+    worker = Worker(work_root=tmp_path / "jobs", command=lambda: [sys.executable, str(script)],
+                    env=lambda: {"SCRIPTED_EVENTS": json.dumps([{"event": "stopped", "reason": "completed"}]),
+                                 "SCRIPTED_EXIT": "1"},
+                    cache_dir=tmp_path / "cache", cache_max_bytes=lambda: 8000)
+    worker.assign({"job_id": "job-2", "job_files": [{"path": "model/w.bin", "sha256": shas[0], "size": 4000}]})
+    try:
+        worker.start(time.monotonic())
+        work = tmp_path / "jobs" / "job-2"
+        _until_exited(worker)
+        argv = json.loads((work / "argv.json").read_text())
+        assert argv[argv.index("--cache-dir") + 1] == str(tmp_path / "cache")
+        # 12,000 bytes over a cap of 8,000: the oldest file not kept (file1) went
+        assert [cache.get(s) is not None for s in shas] == [True, False, True]
+        assert worker.completed and worker.crashes == 0 and worker.assignment is None
+        assert not (work / "swarm_state.pt").exists()
+        assert (work / "counters.json").exists() and (work / "trainer-stderr.log").exists()
+    finally:
+        worker.shutdown(timeout=5)

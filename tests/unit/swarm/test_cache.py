@@ -85,3 +85,23 @@ def test_collect_job_files_covers_data_and_the_model_directory(demo_job_dir: Pat
     entries = {f.path: f for f in job_files(files)}
     assert entries["data/train.txt"].sha256 == hashlib.sha256(files["data/train.txt"].read_bytes()).hexdigest()
     assert entries["data/train.txt"].size == files["data/train.txt"].stat().st_size
+
+
+def test_trim_removes_the_oldest_files_but_never_the_ones_kept(tmp_path: Path) -> None:
+    import os
+
+    cache = ContentCache(tmp_path / "cache")
+    stored = []
+    for i in range(4):  # 4 files of 1,000 bytes, stored one after the other
+        src = tmp_path / f"f{i}"
+        src.write_bytes(bytes([i]) * 1000)
+        sha = hashlib.sha256(src.read_bytes()).hexdigest()
+        path = cache.put_file(src, sha)
+        os.utime(path, ns=(10**18 + i * 10**9, 10**18 + i * 10**9))
+        stored.append(sha)
+    assert cache.trim(10_000) == 0 and all(cache.get(s) for s in stored)
+    # at most 2,000 bytes, keeping the oldest (the job about to run uses it): the next two go
+    assert cache.trim(2000, keep=[stored[0].upper()]) == 2000
+    assert [cache.get(s) is not None for s in stored] == [True, False, False, True]
+    assert cache.trim(0, keep=stored) == 0  # what is kept stays even over the cap
+    assert ContentCache(tmp_path / "empty").trim(0) == 0
