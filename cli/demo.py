@@ -318,6 +318,9 @@ def run_demo(*, volunteers: int, output: Path, keep_running: bool, timeout: floa
             f"[bold green]done[/] in {time.monotonic() - started:.0f} s: {ev.get('metric', 'eval')} "
             f"{ev.get('before', 0.0):.3f} -> {ev.get('after', 0.0):.3f} on held-out sums"
         )
+        for sample in provenance.get("samples") or []:
+            console.print(f"  {sample.get('prompt')!r}: base model {sample.get('before')!r}, trained {sample.get('after')!r}",
+                          highlight=False)
         console.print(f"artifact:   {output / 'artifact'}")
         console.print(f"provenance: {output / 'provenance.json'}")
         console.print(f"dashboard:  {dashboard}jobs/{job.id}")

@@ -199,6 +199,10 @@ def test_essaim_demo_trains_a_model_with_two_volunteers(demo_run: DemoRun) -> No
     assert len(provenance["contributors"]) == 2
     assert all(c["samples"] > 0 for c in provenance["contributors"])
     assert f"{ev['before']:.3f} -> {ev['after']:.3f}" in " ".join(text.split())  # what the demo printed
+    # the sample prompts, continued before and after training: what the demo printed, from the provenance
+    samples = provenance["samples"]
+    assert [s["prompt"] for s in samples] == ["12+7=", "40+25="] and all(s["after"] is not None for s in samples)
+    assert f"'12+7=': base model {samples[0]['before']!r}, trained {samples[0]['after']!r}" in text
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
