@@ -90,6 +90,7 @@ class LinkStatus:
     banned: bool = False
     next_assignment_at: float = 0.0
     stop_job_ids: set[str] = field(default_factory=set)
+    no_job_reason: str = ""  # the coordinator's last "no job": why the job waiting cannot run here
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -316,6 +317,7 @@ class CoordinatorLink:
             volunteer_id = self._status.volunteer_id
         assignment = self._client.get_assignment(volunteer_id, self._hardware or Hardware())
         with self._lock:
+            self._status.no_job_reason = "" if assignment.has_job else _printable(assignment.no_job_reason)
             if assignment.has_job:
                 self._assignment = assignment
                 self._status.next_assignment_at = time.time() + 2.0
@@ -378,3 +380,9 @@ class CoordinatorLink:
     def _forget_registration(self) -> None:
         self._token = ""
         self._client = None
+
+
+def _printable(text: str, limit: int = 300) -> str:
+    """A coordinator's text as the tray and `essaim status` show it: printable characters only
+    (no terminal escapes), at most ``limit`` of them."""
+    return "".join(c for c in text if c.isprintable())[:limit]

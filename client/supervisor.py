@@ -354,6 +354,8 @@ class Supervisor:
             done = [j for j in w.completed if w.saw_complete(j, self._clock())]
             if done:
                 return "waiting", f"waiting: job {done[-1][:8]} completed; asking the coordinator for the next one"
+            if link is not None and link.no_job_reason:  # a job waits that this machine cannot run
+                return "waiting", f"waiting: no job this machine can train; {link.no_job_reason}"
             return "waiting", "waiting: no job to train right now; asking the coordinator again soon"
         return "training", "starting the trainer"
 

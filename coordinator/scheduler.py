@@ -122,6 +122,17 @@ def pick_job(candidates: Iterable[Candidate], hardware: Hardware) -> Job | None:
     return min(fitting, key=_rank).job
 
 
+def why_none(candidates: Iterable[Candidate], hardware: Hardware) -> str:
+    """When no job fits ``hardware``: why the first-ranked assignable job does not ("" when no job
+    is waiting), as a volunteer reads it: "job 1a2b3c4d (name) needs 2.0 GB of RAM ..."."""
+    waiting = [c for c in candidates if c.job.status in ASSIGNABLE]
+    if not waiting:
+        return ""
+    first = min(waiting, key=_rank)
+    reason = unfit_reason(hardware, first.needs)
+    return f"job {first.job.id[:8]} ({first.job.name}) {reason}" if reason else ""
+
+
 def assign_slots(volunteer_id: str, active: Sequence[str] | Iterable[str]) -> list[int]:
     """The shard slots of ``volunteer_id`` among the job's active volunteers (it included)."""
     members = sorted({*active, volunteer_id})

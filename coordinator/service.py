@@ -277,7 +277,7 @@ class CoordinatorService:
         ]
         job = scheduler.pick_job(candidates, hardware)
         if job is None:
-            return Assignment(job=None, retry_after_seconds=retry)
+            return Assignment(job=None, retry_after_seconds=retry, no_job_reason=scheduler.why_none(candidates, hardware))
         if job.status == JobStatus.QUEUED:
             job = self._start(job)
         now = time.time()

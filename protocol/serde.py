@@ -359,6 +359,7 @@ def assignment_to_proto(a: Assignment) -> pb.Assignment:
         shard_ids=a.shard_ids,
         retry_after_seconds=a.retry_after_seconds,
         coordinator_public_key=a.coordinator_public_key,
+        no_job_reason=a.no_job_reason,
     )
     if a.job is not None:
         msg.job.CopyFrom(job_to_proto(a.job))
@@ -380,6 +381,7 @@ def assignment_from_proto(msg: pb.Assignment) -> Assignment:
         shard_ids=list(msg.shard_ids),
         retry_after_seconds=msg.retry_after_seconds,
         coordinator_public_key=msg.coordinator_public_key,
+        no_job_reason=msg.no_job_reason[:500],
     )
 
 

@@ -151,6 +151,7 @@ class Assignment:
     shard_ids: list[int] = field(default_factory=list)
     retry_after_seconds: int = 0
     coordinator_public_key: bytes = b""
+    no_job_reason: str = ""  # no job: why the first job waiting cannot run on this machine ("" when none waits)
 
     @property
     def has_job(self) -> bool:

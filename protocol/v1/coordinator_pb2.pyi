@@ -179,7 +179,7 @@ class GetAssignmentRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., volunteer_id: _Optional[str] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("has_job", "job", "initial_peers", "swarm_token", "swarm_token_expires_at", "shard_ids", "retry_after_seconds", "coordinator_public_key")
+    __slots__ = ("has_job", "job", "initial_peers", "swarm_token", "swarm_token_expires_at", "shard_ids", "retry_after_seconds", "coordinator_public_key", "no_job_reason")
     HAS_JOB_FIELD_NUMBER: _ClassVar[int]
     JOB_FIELD_NUMBER: _ClassVar[int]
     INITIAL_PEERS_FIELD_NUMBER: _ClassVar[int]
@@ -188,6 +188,7 @@ class Assignment(_message.Message):
     SHARD_IDS_FIELD_NUMBER: _ClassVar[int]
     RETRY_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     COORDINATOR_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    NO_JOB_REASON_FIELD_NUMBER: _ClassVar[int]
     has_job: bool
     job: Job
     initial_peers: _containers.RepeatedScalarFieldContainer[str]
@@ -196,7 +197,8 @@ class Assignment(_message.Message):
     shard_ids: _containers.RepeatedScalarFieldContainer[int]
     retry_after_seconds: int
     coordinator_public_key: bytes
-    def __init__(self, has_job: _Optional[bool] = ..., job: _Optional[_Union[Job, _Mapping]] = ..., initial_peers: _Optional[_Iterable[str]] = ..., swarm_token: _Optional[str] = ..., swarm_token_expires_at: _Optional[float] = ..., shard_ids: _Optional[_Iterable[int]] = ..., retry_after_seconds: _Optional[int] = ..., coordinator_public_key: _Optional[bytes] = ...) -> None: ...
+    no_job_reason: str
+    def __init__(self, has_job: _Optional[bool] = ..., job: _Optional[_Union[Job, _Mapping]] = ..., initial_peers: _Optional[_Iterable[str]] = ..., swarm_token: _Optional[str] = ..., swarm_token_expires_at: _Optional[float] = ..., shard_ids: _Optional[_Iterable[int]] = ..., retry_after_seconds: _Optional[int] = ..., coordinator_public_key: _Optional[bytes] = ..., no_job_reason: _Optional[str] = ...) -> None: ...
 
 class Volunteer(_message.Message):
     __slots__ = ("id", "name", "peer_id", "status", "state", "reason", "hardware", "last_seen", "registered_at", "client_version", "team", "samples", "compute_seconds", "samples_per_second", "current_job_id")

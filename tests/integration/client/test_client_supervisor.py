@@ -29,6 +29,7 @@ class FakeCoordinator:
     heartbeats: list[dict] = field(default_factory=list)
     assignments: int = 0
     same_job: bool = False  # offer job-1 every time (a job still running at the coordinator)
+    no_job_reason: str = ""  # offer no job, saying why
 
     def factory(self, address, *, token=None):
         return _Client(self, token)
@@ -71,6 +72,8 @@ class _Client(VolunteerCalls):
 
     def get_assignment(self, volunteer_id, hardware):
         self._check()
+        if self.coord.no_job_reason:
+            return Assignment(job=None, retry_after_seconds=1, no_job_reason=self.coord.no_job_reason)
         self.coord.assignments += 1
         job = Job(
             id="job-1" if self.coord.same_job else f"job-{self.coord.assignments}",
@@ -92,9 +95,9 @@ class _Client(VolunteerCalls):
 
 
 @pytest.fixture
-def running(tmp_path, client_kit, monkeypatch):
+def running(request, tmp_path, client_kit, monkeypatch):
     monkeypatch.setattr("essaim.client.link.RetryPolicy.delays", lambda self, rng=None: iter([0.2] * 1000))
-    coord, idle = FakeCoordinator(), FakeIdle()
+    coord, idle = FakeCoordinator(**getattr(request, "param", {})), FakeIdle()
     paths = client_kit.app_paths(tmp_path)
     flags = {
         "coordinator.address": "fake:1",
@@ -156,6 +159,18 @@ def test_a_job_that_completed_is_not_a_crash(_trainers_complete, running):
     assert [line for line in journal.read_text().splitlines() if '"argv"' in line] == starts
     assert sup.worker.crashes == 0 and sup.worker.last_error == ""
     assert 1 <= coord.assignments <= 2  # offered once more at most, then asked again a minute later
+
+
+@pytest.mark.parametrize("running", [{"no_job_reason": "job 1a2b3c4d (big) needs 2.0 GB of RAM\x1b[31m, "
+                                                        "this machine has 1.5"}], indirect=True)
+def test_the_volunteer_is_told_why_no_job_fits(running):
+    """A job waits that this machine cannot run: the app says which and why (printable characters
+    only: the coordinator's text reaches a terminal)."""
+    sup, coord, _ = running
+    st = wait(sup, lambda s: "no job this machine can train" in s["reason"], "the reason", timeout=30)
+    assert st["reason"] == "waiting: no job this machine can train; job 1a2b3c4d (big) needs 2.0 GB of RAM[31m, " \
+        "this machine has 1.5"
+    assert st["state"] == "waiting" and coord.assignments == 0
 
 
 def test_training_goes_on_through_an_outage(running):
