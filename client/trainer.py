@@ -334,23 +334,19 @@ class Trainer:
 
 
 def _download(a: TrainerAssignment, address: str, token: str | None, cache_dir: Path) -> dict[str, Path]:
-    """Fetch the job's files through the coordinator into the content cache (sha256-checked)."""
-    import shutil
-    import tempfile
-
+    """Fetch the job's files through the coordinator into the content cache (sha256-checked); a
+    download cut short (a network outage, a laptop put to sleep, the trainer stopped) resumes where
+    it stopped, on a retry or in the next trainer."""
     from essaim.protocol.client import CoordinatorClient
-    from essaim.protocol.types import FileKind, JobFile
+    from essaim.protocol.types import JobFile
     from essaim.swarm.cache import ContentCache
 
     job_files = [JobFile(path=f.path, sha256=f.sha256, size=f.size) for f in a.job_files]
+    sizes = {f.path: f.size for f in job_files}
     with CoordinatorClient(address, token=token) as client:
 
         def fetcher(path: str, dest: Path) -> None:
-            with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
-                got = client.download(a.job_id, FileKind.JOB_FILE, Path(tmp), path=path)
-                if not got:
-                    raise FileNotFoundError(f"the coordinator sent no file for {path}")
-                shutil.move(str(got[0]), dest)
+            client.download_job_file(a.job_id, path, dest, size=sizes[path])
 
         cache_dir.mkdir(parents=True, exist_ok=True)
         return ContentCache(cache_dir).fetch_all(job_files, fetcher)

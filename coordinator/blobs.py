@@ -123,12 +123,16 @@ class BlobStore:
         return path
 
 
-def file_chunks(path: Path, name: str, *, sha256: str | None = None) -> Iterator[FileChunk]:
-    """A file as Download chunks of 1 MiB (one empty chunk for an empty file)."""
+def file_chunks(path: Path, name: str, *, sha256: str | None = None, start: int = 0) -> Iterator[FileChunk]:
+    """A file as Download chunks of 1 MiB from byte ``start`` on (one empty chunk for an empty file,
+    or from its end)."""
     size = path.stat().st_size
+    if not 0 <= start <= size:
+        raise InvalidArgument(f"{name} has {size} bytes: cannot resume it at byte {start}; download it whole")
     sha256 = sha256 or hash_file(path)
-    offset = 0
+    offset = start
     with path.open("rb") as f:
+        f.seek(start)
         while True:
             data = f.read(CHUNK_BYTES)
             last = offset + len(data) >= size

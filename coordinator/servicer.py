@@ -36,7 +36,7 @@ from essaim.coordinator.service import CoordinatorService
 from essaim.coordinator.signup import RateLimiter, source_of
 from essaim.protocol import serde
 from essaim.protocol.auth_metadata import token_from_metadata
-from essaim.protocol.types import Role
+from essaim.protocol.types import FileKind, Role
 from essaim.protocol.v1 import coordinator_pb2 as pb
 from essaim.protocol.version import PROTOCOL_VERSION
 
@@ -344,10 +344,12 @@ class CoordinatorServicer:
             who = await self._principal("Download", context)
             kind = serde.file_kind_from_proto(request.kind)
             sources = await self._run(self.service.download_sources, request.job_id, kind, request.path, who)
+            # a resumed download: one job file, from the byte the caller has
+            start = int(request.offset) if kind == FileKind.JOB_FILE and request.path else 0
             for name, path, sha256 in sources:
                 if not path.is_file():
                     raise NotFound(f"{name} of job {request.job_id} is missing from the coordinator's disk")
-                chunks = file_chunks(path, name, sha256=sha256)
+                chunks = file_chunks(path, name, sha256=sha256, start=start)
                 while (chunk := await self._run(next, chunks, None)) is not None:
                     yield serde.file_chunk_to_proto(chunk)
         except Exception as exc:

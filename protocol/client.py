@@ -369,6 +369,38 @@ class CoordinatorClient(VolunteerCalls):
 
         return self._retrying(once)
 
+    def download_job_file(self, job_id: str, path: str, part: Path, *, size: int,
+                          progress: Progress | None = None) -> Path:
+        """Download the job file ``path`` into ``part``, resuming from the bytes ``part`` already holds
+        (a download cut short, by this process or an earlier one, goes on where it stopped; each retry
+        too). The caller checks the sha256 of the result (:class:`essaim.swarm.cache.ContentCache`)."""
+
+        def once() -> Path:
+            have = part.stat().st_size if part.exists() else 0
+            if have > size:  # not this file's beginning: start over
+                part.unlink()
+                have = 0
+            request = pb.DownloadRequest(header=serde.request_header(), job_id=job_id,
+                                         kind=serde.file_kind_to_proto(FileKind.JOB_FILE), path=path, offset=have)
+            try:
+                stream = self._stub.Download(request, timeout=self.stream_timeout, metadata=self.metadata)
+                with part.open("ab") as out:
+                    for msg in stream:
+                        chunk = serde.file_chunk_from_proto(msg)
+                        if chunk.path != path or chunk.offset != have:
+                            raise EssaimError(f"download of {path} went wrong at byte {have}; try again")
+                        out.write(chunk.data)
+                        have += len(chunk.data)
+                        if progress:
+                            progress(path, have, chunk.size)
+                        if chunk.last:
+                            return part
+            except grpc.RpcError as err:
+                raise self.translate(err) from None
+            raise Unavailable(f"download of {path} was cut short at byte {have}; it resumes from there")
+
+        return self._retrying(once)
+
     def download(
         self, job_id: str, kind: FileKind, dest: Path, *, path: str = "", progress: Progress | None = None
     ) -> list[Path]:

@@ -3,8 +3,9 @@
     cache = ContentCache(data_dir / "cache")
     local = cache.fetch_all(job.files, fetcher)     # recipe path -> verified cached path
 
-``fetcher(path, dest)`` writes the bytes of the job file ``path`` (as the recipe names it) to
-``dest``, e.g. through the coordinator client's download. A download whose sha256 does not match is
+``fetcher(path, dest)`` completes ``dest`` with the bytes of the job file ``path`` (as the recipe
+names it), e.g. through the coordinator client's resumable download: ``dest`` may already hold the
+start of the file, from a download cut short (a fetcher may also overwrite it). A download whose sha256 does not match is
 deleted and fetched again, never returned; after ``attempts`` bad downloads IntegrityError is raised.
 Files live at ``root/ab/abcdef...`` and are only ever renamed into place once verified, so a crash
 leaves no half-written file where a good one is expected.
@@ -15,12 +16,13 @@ keeper, and the CLI (:func:`collect_job_files` hashes a recipe's local files bef
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from essaim.protocol.recipe import Recipe
@@ -109,6 +111,29 @@ class ContentCache:
                         freed / 2**20, self.root, (total - freed) / 2**20, max_bytes / 2**20)
         return freed
 
+    @contextlib.contextmanager
+    def _partial(self, sha: str) -> Iterator[tuple[Path, bool]]:
+        """Where a download of ``sha`` goes: ``tmp/<sha>.part``, kept when the download is cut short
+        so the next one resumes it, while this process holds its lock; a private temporary file
+        (not resumable) when another process is downloading the same file, or where files cannot
+        be locked."""
+        lock = None
+        try:
+            import fcntl
+
+            lock = open(self._tmp / f"{sha}.lock", "a")  # noqa: SIM115 - held until the download ends
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (ImportError, OSError):
+            if lock is not None:
+                lock.close()
+            lock = None
+        try:
+            yield (self._tmp / f"{sha}.part", True) if lock is not None else (self._temp_path(sha), False)
+        finally:
+            if lock is not None:
+                Path(lock.name).unlink(missing_ok=True)  # the next download makes it again
+                lock.close()
+
     def _temp_path(self, sha: str) -> Path:
         return self._tmp / f"{sha[:16]}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part"
 
@@ -151,19 +176,22 @@ class ContentCache:
         if existing is not None:
             return existing
         for attempt in range(1, attempts + 1):
-            tmp = self._temp_path(sha)
-            try:
-                fetcher(job_file.path, tmp)
+            with self._partial(sha) as (tmp, resumable):
+                try:
+                    fetcher(job_file.path, tmp)
+                except BaseException:
+                    if not resumable:
+                        tmp.unlink(missing_ok=True)
+                    raise  # what it got so far stays, to be completed next time
                 if job_file.size and tmp.stat().st_size != job_file.size:
                     actual = f"{tmp.stat().st_size} bytes instead of {job_file.size}"
                 elif (digest := sha256_file(tmp)) != sha:
                     actual = f"sha256 {digest}"
                 else:
                     return self._commit(tmp, sha)
+                tmp.unlink(missing_ok=True)
                 logger.warning("download %d/%d of %s is corrupt (%s); fetching it again",
                                attempt, attempts, job_file.path, actual)
-            finally:
-                tmp.unlink(missing_ok=True)
         raise IntegrityError(
             f"{job_file.path}: {attempts} downloads did not match sha256 {sha}; the coordinator's copy "
             "may be damaged, ask its admin to check the job's files"

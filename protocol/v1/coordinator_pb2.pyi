@@ -409,16 +409,18 @@ class SetJobPriorityRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., job_id: _Optional[str] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class DownloadRequest(_message.Message):
-    __slots__ = ("header", "job_id", "kind", "path")
+    __slots__ = ("header", "job_id", "kind", "path", "offset")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
     header: RequestHeader
     job_id: str
     kind: FileKind
     path: str
-    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., job_id: _Optional[str] = ..., kind: _Optional[_Union[FileKind, str]] = ..., path: _Optional[str] = ...) -> None: ...
+    offset: int
+    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., job_id: _Optional[str] = ..., kind: _Optional[_Union[FileKind, str]] = ..., path: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class FileChunk(_message.Message):
     __slots__ = ("path", "offset", "data", "size", "sha256", "last", "header")

@@ -89,6 +89,24 @@ def test_upload_submit_download_round_trip(coord, project: Path, tmp_path: Path,
         got = client.get_assignment(reg.volunteer_id, kit.HARDWARE)
         assert got.job is not None and got.job.id == job.id, (got, coord.log())
         assert len(client.download(job.id, FileKind.JOB_FILE, tmp_path / "v")) == 4
+        # a download cut short after its first MiB resumes from there, in a new call (a new trainer)
+        train = next(f for f in job.files if f.path == "data/train.jsonl")
+        part = tmp_path / "train.part"
+        seen: list[int] = []
+
+        def cut_after_the_first_chunk(name: str, done: int, total: int) -> None:
+            seen.append(done)
+            if len(seen) == 1:
+                raise ConnectionAbortedError("the laptop went to sleep")
+
+        with pytest.raises(ConnectionAbortedError):
+            client.download_job_file(job.id, "data/train.jsonl", part, size=train.size,
+                                     progress=cut_after_the_first_chunk)
+        assert part.stat().st_size == seen[0] == 2**20
+        assert client.download_job_file(job.id, "data/train.jsonl", part, size=train.size,
+                                        progress=lambda n, done, total: seen.append(done)) == part
+        assert seen[1] == train.size and len(seen) == 2  # one chunk more: the rest of the file only
+        assert hashlib.sha256(part.read_bytes()).hexdigest() == train.sha256
         with pytest.raises(PermissionDenied):
             client.download(job.id, FileKind.ARTIFACT, tmp_path / "v")
 

@@ -105,3 +105,25 @@ def test_trim_removes_the_oldest_files_but_never_the_ones_kept(tmp_path: Path) -
     assert [cache.get(s) is not None for s in stored] == [True, False, False, True]
     assert cache.trim(0, keep=stored) == 0  # what is kept stays even over the cap
     assert ContentCache(tmp_path / "empty").trim(0) == 0
+
+
+def test_a_download_cut_short_resumes_where_it_stopped(tmp_path: Path) -> None:
+    """The fetcher is handed the same partial file again after a failure (here: the connection
+    dropped after 5 bytes), so it sends only the rest; the result is checked as any download."""
+    cache = ContentCache(tmp_path / "cache")
+    asked_from: list[int] = []
+
+    def fetcher(path: str, dest: Path) -> None:
+        have = dest.stat().st_size if dest.exists() else 0
+        asked_from.append(have)
+        with dest.open("ab") as f:
+            if not asked_from[:-1]:
+                f.write(GOOD[:5])
+                raise ConnectionError("the connection dropped")
+            f.write(GOOD[have:])
+
+    with pytest.raises(ConnectionError):
+        cache.fetch(JOB_FILE, fetcher)
+    assert cache.get(SHA) is None and [p.name for p in _leftovers(cache)] == [f"{SHA}.part"]
+    path = ContentCache(tmp_path / "cache").fetch(JOB_FILE, fetcher)  # another process: a new trainer
+    assert asked_from == [0, 5] and path.read_bytes() == GOOD and _leftovers(cache) == [path]
