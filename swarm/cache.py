@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ from essaim.swarm.errors import IntegrityError, SwarmError
 logger = logging.getLogger(__name__)
 
 Fetcher = Callable[[str, Path], None]
+PARTIAL_MAX_AGE_S = 7 * 86400.0  # a download cut short and not resumed for this long is removed by trim
 _CHUNK = 1 << 20
 _HEX = frozenset("0123456789abcdef")
 
@@ -85,8 +87,14 @@ class ContentCache:
     def trim(self, max_bytes: int, *, keep: Iterable[str] = ()) -> int:
         """Remove the oldest files (by when they were stored) until the cache holds at most
         ``max_bytes``, never one of ``keep`` (sha256s: the files of the job about to run); returns
-        the bytes removed. Run it while no trainer reads the cache."""
+        the bytes removed. Partial downloads untouched for ``PARTIAL_MAX_AGE_S`` go too. Run it
+        while no trainer reads the cache."""
         kept = {k.lower() for k in keep}
+        stale = time.time() - PARTIAL_MAX_AGE_S
+        for part in self._tmp.glob("*.part"):  # downloads cut short and never resumed
+            with contextlib.suppress(FileNotFoundError):
+                if part.name.split(".", 1)[0] not in kept and part.stat().st_mtime < stale:
+                    part.unlink()
         files = []
         for sub in self.root.iterdir() if self.root.exists() else ():
             if sub.is_dir() and len(sub.name) == 2 and set(sub.name) <= _HEX:

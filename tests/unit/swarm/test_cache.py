@@ -105,6 +105,13 @@ def test_trim_removes_the_oldest_files_but_never_the_ones_kept(tmp_path: Path) -
     assert [cache.get(s) is not None for s in stored] == [True, False, False, True]
     assert cache.trim(0, keep=stored) == 0  # what is kept stays even over the cap
     assert ContentCache(tmp_path / "empty").trim(0) == 0
+    old, fresh, wanted = (cache.root / "tmp" / f"{c * 64}.part" for c in "abc")
+    for part in (old, fresh, wanted):
+        part.write_bytes(b"the start of a file")
+    os.utime(old, (1, 1))
+    os.utime(wanted, (1, 1))
+    cache.trim(10**9, keep=["c" * 64])  # a partial download untouched for a week goes, unless it is wanted
+    assert (old.exists(), fresh.exists(), wanted.exists()) == (False, True, True)
 
 
 def test_a_download_cut_short_resumes_where_it_stopped(tmp_path: Path) -> None:
