@@ -422,14 +422,13 @@ def priority(
 BASE_DIR = "base"  # download --base: the job's shipped base model, under DIR/base/<its recipe path>
 
 
-def _fetch_base(client: CoordinatorClient, job_id: str, dest: Path, provenance: Path | None) -> Path | None:
-    """The base model of a downloaded adapter, when it was shipped with the job: its files (each
-    checked against provenance's sha256) under ``dest/base/``, and the adapter pointed at them, so
+def _fetch_base(client: CoordinatorClient, job: Job, dest: Path, provenance: Path | None) -> Path | None:
+    """The base model of a downloaded adapter, when it was shipped with the job: its files (each the
+    job's file of the sha256 provenance records; a download checks what it receives against it)
+    under ``dest/base/``, and the adapter pointed at them, so
     ``AutoPeftModelForCausalLM.from_pretrained(DIR/artifact)`` loads from anywhere. Returns the base's
     folder; None, with a notice, where there is nothing to fetch (a hub model, a coordinator's folder)."""
     import json
-
-    from essaim.protocol.client import hash_file
 
     try:
         record = json.loads(provenance.read_text()).get("base") if provenance else None
@@ -449,14 +448,17 @@ def _fetch_base(client: CoordinatorClient, job_id: str, dest: Path, provenance: 
                       "provenance.json lists the sha256 of its files")
         return None
     wanted = {str(f["file"]): str(f["sha256"]) for f in record.get("files", []) if isinstance(f, dict)}
+    served = {f.path: f.sha256 for f in job.files}
     root = dest / BASE_DIR
-    with output.transfer_progress("downloading the base model") as progress:
-        for file, sha256 in wanted.items():
-            (got,) = client.download(job_id, FileKind.JOB_FILE, root, path=file, progress=progress)
-            if hash_file(got)[0] != sha256:
-                raise FailedPrecondition(f"the coordinator served {file} with another content than provenance.json "
-                                         "records; the base model cannot be trusted")
     base = (root / path).resolve()
+    unlike = [file for file, sha256 in wanted.items() if served.get(file) != sha256]
+    if unlike or not base.is_relative_to(root.resolve()):
+        what = ", ".join(unlike) or path
+        raise FailedPrecondition(f"provenance.json describes a base model the job does not hold ({what}); the base "
+                                 "model cannot be trusted")
+    with output.transfer_progress("downloading the base model") as progress:
+        for file in wanted:
+            client.download(job.id, FileKind.JOB_FILE, root, path=file, progress=progress)
     config = dest / "artifact" / "adapter_config.json"
     if config.is_file():
         adapter = json.loads(config.read_text())
@@ -513,7 +515,7 @@ def download(
         root = dest.resolve()
         provenance = [p for p in files if p == root / "provenance.json"]
         artifact = [p for p in files if p not in provenance]
-        base_dir = _fetch_base(client, job_id, dest, provenance[0] if provenance else None) if base else None
+        base_dir = _fetch_base(client, job, dest, provenance[0] if provenance else None) if base else None
     if as_json:
         output.print_json(
             {

@@ -674,6 +674,7 @@ class JobRunner:
         base = base_model_record(recipe, {f.path: (f.sha256, local[f.path]) for f in job.files},
                                  loaded=keeper.loaded, local_dirs=self.model_dirs)
         contributions = self.store.contributions(job_id=job.id)
+        trained = sum(c.samples for c in contributions)
         sequences = self._sequences_of(recipe, keeper, job)
         provenance = Provenance(
             job_id=job.id,
@@ -687,10 +688,9 @@ class JobRunner:
             eval=EvalSummary(metric=record.eval_metric or (recipe.eval.metric if recipe.eval else ""),
                              before=record.eval_before, after=curve[-1].value if curve else None,
                              curve=curve) if recipe.eval else None,
-            data=DataSummary(sequences=sequences, samples=sum(c.samples for c in contributions),
-                             passes=round(sum(c.samples for c in contributions) / sequences, 3)) if sequences else None,
-            samples=[Sample(prompt=prompt, before=_at(record.samples_before, i), after=_at(record.samples, i))
-                     for i, prompt in enumerate(recipe.eval.sample_prompts if recipe.eval else [])],
+            data=DataSummary(sequences=sequences, samples=trained, passes=round(trained / sequences, 3))
+            if sequences else None,
+            samples=[Sample(**row) for row in keeper.sample_rows()],
             contributors=[Contributor(volunteer=c.volunteer_name or c.volunteer_id, samples=c.samples,
                                       compute_seconds=round(c.compute_seconds, 3))
                           for c in contributions],
@@ -718,10 +718,6 @@ class JobRunner:
             expect=[JobStatus.RUNNING, JobStatus.PAUSED],
         )
         logger.info("job %s completed; artifact in %s", job.id, self.data_dir / "artifacts" / job.id)
-
-
-def _at(items: list[str], i: int) -> str | None:
-    return items[i] if i < len(items) else None
 
 
 EVAL_NICE = 10

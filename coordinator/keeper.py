@@ -199,15 +199,23 @@ class Keeper:
     def _write_samples(self) -> None:
         """``samples.json``, for the job page: each sample prompt with the base model's continuation
         and the adopted checkpoint's (and its epoch)."""
-        spec = self.recipe.eval
-        if spec is None or not spec.sample_prompts:
+        rows = self.sample_rows()
+        if not rows:
             return
-        r = self.record
-        rows = [{"prompt": p, "before": r.samples_before[i] if i < len(r.samples_before) else None,
-                 "after": r.samples[i] if i < len(r.samples) else None} for i, p in enumerate(spec.sample_prompts)]
         tmp = self.job_dir / (SAMPLES + ".tmp")
-        tmp.write_text(json.dumps({"epoch": r.samples_epoch, "samples": rows}, indent=1))
+        tmp.write_text(json.dumps({"epoch": self.record.samples_epoch, "samples": rows}, indent=1))
         os.replace(tmp, self.job_dir / SAMPLES)
+
+    def sample_rows(self) -> list[dict[str, str | None]]:
+        """Each of the recipe's sample prompts with its continuations: ``prompt``, ``before`` (the base
+        model's) and ``after`` (the adopted checkpoint's), None where there is none yet."""
+        spec, r = self.recipe.eval, self.record
+
+        def at(texts: list[str], i: int) -> str | None:
+            return texts[i] if i < len(texts) else None
+
+        return [{"prompt": p, "before": at(r.samples_before, i), "after": at(r.samples, i)}
+                for i, p in enumerate(spec.sample_prompts if spec is not None else [])]
 
     # ---- following the swarm ----
     def follow(self, swarm_epoch: int) -> bool:

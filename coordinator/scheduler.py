@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from essaim.protocol.recipe import Recipe
+from essaim.protocol.recipe import Recipe, normalize_path
 from essaim.protocol.types import Hardware, Job, JobStatus, slots_for
 
 GIB = 1024**3
@@ -52,8 +52,9 @@ class ModelSize:
     def of(cls, recipe: Recipe, files: Sequence[tuple[str, int]], config: dict[str, object] | None) -> ModelSize | None:
         """From the job's files (recipe path, size) and the shipped config.json, or None when the
         recipe names a hub model or ships no weights."""
-        prefix = recipe.model.name_or_path.strip("/").removeprefix("./") + "/"
-        stored = sum(size for path, size in files if path.startswith(prefix) and path.endswith(_WEIGHT_SUFFIXES))
+        prefix = normalize_path(recipe.model.name_or_path) + "/"
+        stored = sum(size for path, size in files
+                     if normalize_path(path).startswith(prefix) and path.endswith(_WEIGHT_SUFFIXES))
         if not stored:
             return None
         dtype = str((config or {}).get("torch_dtype") or (config or {}).get("dtype") or "float32")

@@ -46,7 +46,7 @@ from essaim.coordinator.signup import Challenges, bounded_hardware, finite_rate,
 from essaim.coordinator.store import HeartbeatRecord
 from essaim.protocol.auth_metadata import REGISTRATION_MAX_SKEW_SECONDS
 from essaim.protocol.client import safe_relative_path
-from essaim.protocol.recipe import Recipe, load_recipe, paths_named, under_allowed_dir
+from essaim.protocol.recipe import Recipe, load_recipe, normalize_path, paths_named, under_allowed_dir
 from essaim.protocol.types import (
     FINAL_JOB_STATUSES,
     Assignment,
@@ -322,8 +322,8 @@ class CoordinatorService:
 
     def _model_config(self, recipe: Recipe, job: Job) -> dict[str, Any] | None:
         """The config.json of the model a job ships (at most 1 MB), or None."""
-        path = recipe.model.name_or_path.strip("/").removeprefix("./") + "/config.json"
-        entry = next((f for f in job.files if f.path == path and f.size <= 2**20), None)
+        path = normalize_path(recipe.model.name_or_path) + "/config.json"
+        entry = next((f for f in job.files if normalize_path(f.path) == path and f.size <= 2**20), None)
         if entry is None:
             return None
         try:

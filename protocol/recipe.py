@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import reprlib
 from collections.abc import Iterable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -206,6 +206,12 @@ class Recipe(_Section):
         for path in [*self.dataset.files, *(self.eval.files if self.eval else [])]:
             seen.setdefault(path, None)
         return list(seen)
+
+
+def normalize_path(path: str) -> str:
+    """A recipe path in one spelling: forward slashes, no leading ``./``, no trailing ``/``."""
+    parts = [p for p in PurePosixPath(path.replace("\\", "/")).parts if p not in (".", "")]
+    return "/".join(parts)
 
 
 def is_hub_id(name: str) -> bool:

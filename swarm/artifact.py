@@ -16,7 +16,6 @@ Used by the coordinator's checkpoint keeper when a job completes; ``essaim job d
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -28,11 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from essaim.protocol.recipe import Recipe, is_hub_id, refuse_local_source
+from essaim.protocol.recipe import Recipe, is_hub_id, normalize_path, refuse_local_source
 from essaim.protocol.types import JobFile
 from essaim.protocol.version import __version__
+from essaim.swarm.cache import sha256_file
 from essaim.swarm.errors import ArtifactError
-from essaim.swarm.model import LoadedModel, normalize_path, quiet_progress
+from essaim.swarm.model import LoadedModel, quiet_progress
 from pydantic import BaseModel, ConfigDict, Field
 
 logger = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ def data_files(recipe: Recipe, job_files: Sequence[JobFile]) -> list[DataFile]:
 
 
 def _hub_like(name: object) -> bool:
-    return isinstance(name, str) and is_hub_id(name) and "/" in name and not Path(name).is_absolute()
+    return isinstance(name, str) and is_hub_id(name) and "/" in name  # org/name: a hub id reads no path
 
 
 def _declared_name(config: Path | None) -> str:
@@ -187,11 +187,7 @@ def hash_tree(directory: Path) -> list[DataFile]:
     for path in sorted(Path(directory).rglob("*")):
         rel = path.relative_to(directory)
         if path.is_file() and not any(part.startswith(".") for part in rel.parts):
-            digest = hashlib.sha256()
-            with path.open("rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-            out.append(DataFile(file=rel.as_posix(), sha256=digest.hexdigest()))
+            out.append(DataFile(file=rel.as_posix(), sha256=sha256_file(path)))
     return out
 
 

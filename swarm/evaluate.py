@@ -79,12 +79,16 @@ def _greedy(model: torch.nn.Module, prompt: torch.Tensor, max_new_tokens: int, e
     return torch.cat(new, dim=1)
 
 
-def _continuation(tokenizer, tokens: list[int]) -> str:
+def _until_eos(tokenizer, tokens: list[int]) -> str:
+    """``tokens`` decoded up to the first end-of-sequence token."""
     eos = tokenizer.eos_token_id
     if eos is not None and eos in tokens:
         tokens = tokens[: tokens.index(eos)]
-    text = tokenizer.decode(tokens, skip_special_tokens=True)
-    return text.split("\n", 1)[0].strip()
+    return tokenizer.decode(tokens, skip_special_tokens=True)
+
+
+def _continuation(tokenizer, tokens: list[int]) -> str:
+    return _until_eos(tokenizer, tokens).split("\n", 1)[0].strip()
 
 
 def generate_samples(loaded: LoadedModel, prompts: list[str], *, max_new_tokens: int) -> list[str]:
@@ -100,10 +104,7 @@ def generate_samples(loaded: LoadedModel, prompts: list[str], *, max_new_tokens:
                 continue
             tokens = _greedy(loaded.model, torch.tensor([ids], dtype=torch.long, device=loaded.device),
                              max_new_tokens, tokenizer.eos_token_id)[0].tolist()
-            eos = tokenizer.eos_token_id
-            if eos is not None and eos in tokens:
-                tokens = tokens[: tokens.index(eos)]
-            out.append(tokenizer.decode(tokens, skip_special_tokens=True))
+            out.append(_until_eos(tokenizer, tokens))
     return out
 
 

@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
-from essaim.protocol.recipe import Recipe, refuse_local_source
+from essaim.protocol.recipe import Recipe, normalize_path, refuse_local_source
 from essaim.swarm.errors import ModelError
 from essaim.swarm.hardware import dtype_name, pick_device, pick_dtype
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
@@ -69,12 +69,6 @@ def quiet_progress() -> Iterator[None]:
     finally:
         if enabled:
             tf_logging.enable_progress_bar()
-
-
-def normalize_path(path: str) -> str:
-    """A recipe path in one spelling: forward slashes, no leading ``./``, no trailing ``/``."""
-    parts = [p for p in PurePosixPath(path.replace("\\", "/")).parts if p not in (".", "")]
-    return "/".join(parts)
 
 
 def files_under(files: Mapping[str, Path] | None, directory: str) -> dict[str, Path]:

@@ -169,9 +169,10 @@ class MicroBatches:
         loss = self._compute(batch, rows)
         peak = peak_memory() or before
         first = self._last is None
-        if self._last is None:
+        if first:
             cost = max(peak - before, 2**20)
         else:
+            assert self._last is not None
             last_rows, last_peak, last_cost = self._last
             cost = max((peak - last_peak) // max(self.rows - last_rows, 1), 2**20) if self.rows != last_rows \
                 else last_cost

@@ -157,6 +157,8 @@ class FakeClient:
         self._record("ban_volunteer", volunteer_id, reason, **({"undo": True} if undo else {}))
         return dataclasses.replace(self.volunteers[0], status=VolunteerStatus.BANNED)
 
+    provenance: dict[str, Any] | None = None  # what the artifact's provenance.json holds (default: a stub)
+
     def download(self, job_id: str, kind: FileKind, dest: Path, *, path: str = "", progress: Any = None) -> list[Path]:
         self._record("download", job_id, kind, dest)
         self._job(job_id)
@@ -172,7 +174,7 @@ class FakeClient:
             f.write_bytes(b"x" * 100)
             if progress is not None:
                 progress(f.name, 100, 100)
-        (dest / "provenance.json").write_text(json.dumps({"job": job_id}))
+        (dest / "provenance.json").write_text(json.dumps(self.provenance or {"job": job_id}))
         return [p.resolve() for p in [*files, dest / "provenance.json"]]
 
 

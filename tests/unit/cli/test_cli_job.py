@@ -307,8 +307,19 @@ def test_download(runner: CliRunner, fake_client, job_factory, tmp_path: Path) -
         assert not (out / "artifact" / "stale.bin").exists()
         older = runner.invoke(app, ["job", "download", "job-1", "-o", str(out), "--force", "--base", *AUTH])
         assert older.exit_code == 0 and "does not describe its base model" in older.stderr, older.output
+        # a provenance naming base files the job does not hold, or a base folder outside DIR/base: refused,
+        # nothing fetched and the adapter left as it was
+        for base in ({"source": "shipped", "name": "m", "path": "model",
+                      "files": [{"file": "model/w.bin", "sha256": "ab" * 32}]},
+                     {"source": "shipped", "name": "m", "path": "../../elsewhere", "files": []}):
+            fake_client.provenance = {"job": "job-1", "base": base}
+            hostile = runner.invoke(app, ["job", "download", "job-1", "-o", str(out), "--force", "--base", *AUTH])
+            assert hostile.exit_code != 0 and "cannot be trusted" in hostile.stderr, hostile.output
+            assert (out / "artifact" / "adapter_config.json").read_bytes() == b"x" * 100
+            assert not (out / "base").exists()
     finally:
         fake_client.__init__ = original_init
+        fake_client.provenance = None
 
 
 def test_download_before_the_artifact_exists(runner: CliRunner, fake_client, tmp_path: Path) -> None:
