@@ -127,6 +127,9 @@ def serve(
     max_message_bytes: int | None = typer.Option(
         None, "--max-message-bytes", help="Largest gRPC message accepted (4 MiB)."
     ),
+    max_averaging_peers: int | None = typer.Option(
+        None, "--max-averaging-peers", help="Most averaging peers (processes) a job gets (4)."
+    ),
     swarm: bool = typer.Option(
         True,
         "--swarm/--no-swarm",
@@ -158,6 +161,7 @@ def serve(
         signups_per_minute=signups,
         public_pages=public_pages,
         max_message_bytes=max_message_bytes,
+        max_averaging_peers=max_averaging_peers,
     )
     logging.basicConfig(
         level=getattr(logging, log_level.upper(), logging.INFO),

@@ -81,6 +81,7 @@ class ProcessSwarmGateway:
                 "--data-dir", str(self.settings.data_dir),
                 "--db-url", self.settings.resolved_db_url(),
                 "--host", self._listen_host(),
+                "--max-averaging-peers", str(self.settings.max_averaging_peers),
             ]
             if self.announce_host:
                 cmd += ["--announce-host", self.announce_host]

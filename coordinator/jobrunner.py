@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from essaim.coordinator.monitor import Accepted, MonitorState, PeerReport, claims, swarm_metrics
-from essaim.coordinator.rounds import ROUNDS_FILE, RoundBook
+from essaim.coordinator.rounds import ROUNDS_FILE, RoundBook, averager_books
 from essaim.coordinator.store import LedgerDraft, Store, open_store
 from essaim.coordinator.swarm_view import PUBLISH_EVERY_S, publish_swarm_view
 from essaim.protocol.errors import EssaimError
@@ -59,6 +59,7 @@ SLOTS_EVERY_S = 10.0  # how often the volunteers' assignments are read again for
 REVOCATIONS_EVERY_S = 4.0  # how often bans are read from the store (peers fetch the list every 5 s)
 REVOCATIONS_REPUBLISH_S = 120.0
 COORDINATOR_ID = "coordinator"
+OTHERS_WAIT_S = 180.0  # how long the job's further averaging peers have to come up before volunteers are let in
 
 
 def job_dir(data_dir: Path, job_id: str) -> Path:
@@ -75,8 +76,10 @@ class JobRunner:
     """Runs the bootstrap peer, the monitor and the keeper of one job until it ends or is told to stop."""
 
     def __init__(self, *, job_id: str, data_dir: Path, store: Store, host: str = "127.0.0.1",
-                 announce_host: str | None = None, model_dirs: Sequence[Path] = ()) -> None:
+                 announce_host: str | None = None, model_dirs: Sequence[Path] = (),
+                 max_averaging_peers: int = 4) -> None:
         self.job_id = job_id
+        self.max_averaging_peers = max_averaging_peers
         self.model_dirs = tuple(model_dirs)  # where on this disk the recipe may name its model
         self.data_dir = data_dir
         self.store = store
@@ -165,10 +168,12 @@ class JobRunner:
             self._remember_dht(dht, maddrs)
             files = self._files(job)
             loaded = load_model(recipe, files=files, seed=recipe.training.seed, local_dirs=self.model_dirs)
+            others = self._averaging_peers(recipe, loaded, maddrs)  # they load the model meanwhile
             eval_set = load_eval_set(recipe, loaded.tokenizer, files=files)
             keeper = Keeper(recipe=recipe, loaded=loaded, optimizer=None, eval_set=eval_set, job_dir=self.dir)
             keeper.evaluate_before()  # the base model, before the averaging peer is in the swarm
-            optimizer = build_auxiliary_optimizer(loaded, recipe, dht=dht, run_id=self.job_id, private_key=key)
+            optimizer = build_auxiliary_optimizer(loaded, recipe, dht=dht, run_id=self.job_id, private_key=key,
+                                                  reducers=[self._own_peer, *others.peer_ids.values()])
             keeper.optimizer = optimizer
             self._start_validation(optimizer, loaded, recipe, files)
             keeper.restore()
@@ -177,6 +182,10 @@ class JobRunner:
             self._load_ledger_totals(job)
             averaging = AveragingLoop(optimizer)
             averaging.start()
+            # every averaging peer that came up is handed out, the first one first (volunteers take
+            # the set of reducers from these addresses, and load states in their order)
+            for _index, theirs in sorted(others.wait_in(OTHERS_WAIT_S, self.stop_event).items()):
+                handed += theirs
             _write_json(self.dir / RUNNER_FILE, {"pid": os.getpid(), "maddrs": handed, "job_id": self.job_id})
             logger.info("job %s: bootstrap and averaging peer at %s", self.job_id, ", ".join(handed))
             try:
@@ -186,11 +195,38 @@ class JobRunner:
                 if self._scoring is not None:
                     self._scoring.shutdown(wait=True, cancel_futures=True)
         finally:
+            if self._others is not None:
+                self._others.stop()
             membership.set()
             if optimizer is not None:
                 optimizer.shutdown()
             shutdown_dht(dht)
             (self.dir / RUNNER_FILE).unlink(missing_ok=True)
+
+    _others: Any = None  # the job's further averaging peers (essaim.coordinator.averagers.AveragingPeers)
+
+    def _averaging_peers(self, recipe: Recipe, loaded: Any, maddrs: list[str]) -> Any:
+        """Start the job's averaging peers beyond this one (none under mean aggregation, where any
+        full peer reduces), joined to this runner's DHT at ``maddrs``."""
+        from essaim.coordinator.averagers import AveragingPeers, averaging_peer_count, fixed_count
+
+        count = 1
+        if recipe.training.aggregation == "robust":
+            trainable = sum(p.numel() for _, p in loaded.trainable_parameters())
+            count = fixed_count(self.dir, averaging_peer_count(recipe, trainable, max_peers=self.max_averaging_peers))
+        command = [sys.executable, "-m", "essaim.coordinator.averagers", "--job-id", self.job_id,
+                   "--data-dir", str(self.data_dir), "--db-url", self.store_url, "--host", self.host]
+        if self.announce_host:
+            command += ["--announce-host", self.announce_host]
+        for directory in self.model_dirs:
+            command += ["--model-dir", str(directory)]
+        self._others = AveragingPeers(self.dir, count, command)
+        if count > 1:
+            logger.info("job %s: %d averaging peers", self.job_id, count)
+            self._others.start(join=maddrs, reducers=[self._own_peer, *self._others.peer_ids.values()])
+        return self._others
+
+    store_url = ""  # the store's URL, for the further averaging peers' processes (main sets it)
 
     def _start_validation(self, optimizer: Any, loaded: Any, recipe: Recipe, files: Any) -> None:
         """Give the averaging peer a validator of volunteers' updates (essaim.swarm.validation),
@@ -362,6 +398,8 @@ class JobRunner:
                 self._remember_dht(dht)
                 last_peers = time.time()
             self._revoke_banned(dht)
+            if self._others is not None:
+                self._others.check()
             self._note_rounds(averaging.new_rounds(), job)
             self._publish_view()
             epoch = optimizer.local_epoch
@@ -534,7 +572,7 @@ class JobRunner:
         from essaim.swarm.artifact import AggregationSummary, Suspect
 
         named: dict[str, list[str]] = {}
-        for entry in self.rounds.entries:
+        for entry in [*self.rounds.entries, *(e for book in averager_books(self.dir) for e in book.entries)]:
             for volunteer, why in entry.suspects.items():
                 named.setdefault(volunteer, []).append(why)
         return AggregationSummary(
@@ -625,9 +663,10 @@ class JobRunner:
             reports, target_epochs=recipe.training.epochs, target_batch_size=recipe.training.target_batch_size,
             swarm_epoch=swarm_epoch, previous=job.metrics, averaged=self.rounds.averaged_volunteers() or set(),
         )
-        held, dropped = self.rounds.standing()
+        others = averager_books(self.dir)  # the checks of the job's further averaging peers count too
+        held, dropped = self.rounds.standing(others)
         if self._validating:  # credit from checked work: none before a volunteer's first check passes
-            held |= set(reports) - self.rounds.verified() - set(dropped)
+            held |= set(reports) - self.rounds.verified(others) - set(dropped)
         new = claims(reports, self.monitor, target_batch_size=recipe.training.target_batch_size,
                      round_seconds=2 * recipe.training.matchmaking_time,
                      swarm_epoch=metrics.epoch, held=held, refused=dropped)
@@ -767,13 +806,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--announce-host", default=None, help="address volunteers reach it at, if different")
     parser.add_argument("--model-dir", type=Path, action="append", default=[],
                         help="a directory the recipe may name its model in (the coordinator's --allow-model-dir)")
+    parser.add_argument("--max-averaging-peers", type=int, default=4,
+                        help="the most averaging peers (processes) the job gets (the coordinator's setting)")
     parser.add_argument("--log-level", default=os.environ.get("ESSAIM_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     store = open_store(args.db_url)
     runner = JobRunner(job_id=args.job_id, data_dir=args.data_dir, store=store, host=args.host,
-                       announce_host=args.announce_host, model_dirs=args.model_dir)
+                       announce_host=args.announce_host, model_dirs=args.model_dir,
+                       max_averaging_peers=args.max_averaging_peers)
+    runner.store_url = args.db_url
 
     def on_signal(signum: int, _frame: Any) -> None:
         logger.info("signal %d: stopping the swarm services of job %s", signum, args.job_id)

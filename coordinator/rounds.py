@@ -26,6 +26,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 ROUNDS_FILE = "rounds.jsonl"
+AVERAGERS_DIR = "averagers"  # the job's further averaging peers' directories (essaim.coordinator.averagers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +60,6 @@ class RoundBook:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.entries: list[RoundEntry] = []
-        self._checks_counted = 0  # entries whose checks are counted in what follows
-        self._failed: dict[str, int] = {}
-        self._dropped: dict[str, str] = {}
-        self._verified: set[str] = set()
         try:
             lines = path.read_text().splitlines()
         except OSError:
@@ -102,38 +99,42 @@ class RoundBook:
             logger.info("epoch %d: averaged %d volunteer(s)", entry.epoch, len(entry.volunteers))
         return entry
 
-    def standing(self) -> tuple[set[str], dict[str, str]]:
-        """From the validation checks so far, counting a failed check one up and a passed one one
-        down (never below 0; inconclusive checks do not count): the volunteers whose count is
-        above 0 (their credit is held until it is back to 0) and those whose count reached
-        ``FAILS_TO_DROP``, with why (they are dropped from the job's rounds, and their credit
-        refused). Counted as rounds come in: the job runner asks every few seconds."""
-        self._count_checks()
-        held = {v for v, n in self._failed.items() if n > 0 and v not in self._dropped}
-        return held, dict(self._dropped)
+    def standing(self, others: Sequence[RoundBook] = ()) -> tuple[set[str], dict[str, str]]:
+        """From the validation checks so far (this book's and ``others``': the rounds as a job's
+        further averaging peers reduced them, each checking its own slice of the updates), counting
+        a failed check one up and a passed one one down (never below 0; inconclusive checks do not
+        count), in the order of the rounds: the volunteers whose count is above 0 (their credit is
+        held until it is back to 0) and those whose count reached ``FAILS_TO_DROP``, with why (they
+        are dropped from the job's rounds, and their credit refused)."""
+        failed, dropped, _ = self._count_checks(others)
+        held = {v for v, n in failed.items() if n > 0 and v not in dropped}
+        return held, dropped
 
-    def verified(self) -> set[str]:
-        """The volunteers one of whose updates passed a validation check."""
-        self._count_checks()
-        return set(self._verified)
+    def verified(self, others: Sequence[RoundBook] = ()) -> set[str]:
+        """The volunteers one of whose updates (or slices of one) passed a validation check."""
+        return self._count_checks(others)[2]
 
-    def _count_checks(self) -> None:
+    def _count_checks(self, others: Sequence[RoundBook]) -> tuple[dict[str, int], dict[str, str], set[str]]:
         from essaim.swarm.optimizer import FAILS_TO_DROP
 
-        for entry in self.entries[self._checks_counted:]:
+        failed: dict[str, int] = {}
+        dropped: dict[str, str] = {}
+        verified: set[str] = set()
+        entries = sorted([*self.entries, *(e for book in others for e in book.entries)], key=lambda e: (e.epoch, e.at))
+        for entry in entries:
             for volunteer, check in entry.checks.items():
                 passed = bool(check.get("passed"))
                 if passed:
-                    self._verified.add(volunteer)
-                if check.get("inconclusive") or volunteer in self._dropped:
+                    verified.add(volunteer)
+                if check.get("inconclusive") or volunteer in dropped:
                     continue  # neither passed nor failed; or refused for good already
                 if passed:  # failed checks less passed ones, never below 0 (as the averaging peer counts)
-                    self._failed[volunteer] = max(0, self._failed.get(volunteer, 0) - 1)
+                    failed[volunteer] = max(0, failed.get(volunteer, 0) - 1)
                 else:
-                    self._failed[volunteer] = self._failed.get(volunteer, 0) + 1
-                    if self._failed[volunteer] >= FAILS_TO_DROP:
-                        self._dropped[volunteer] = str(check.get("why", ""))
-        self._checks_counted = len(self.entries)
+                    failed[volunteer] = failed.get(volunteer, 0) + 1
+                    if failed[volunteer] >= FAILS_TO_DROP:
+                        dropped[volunteer] = str(check.get("why", ""))
+        return failed, dropped, verified
 
     @property
     def last(self) -> RoundEntry | None:
@@ -172,3 +173,12 @@ class RoundBook:
             return (f"the round of the last epoch ({target_epochs - 1}) averaged with nobody ({why}), so the "
                     "coordinator does not hold the swarm's final state; resubmit the job to train again")
         return None
+
+
+def averager_books(job_dir: Path) -> list[RoundBook]:
+    """The rounds as each of the job's further averaging peers reduced them (its own verdicts and
+    checks, of its slice of the updates), read from their directories."""
+    root = job_dir / AVERAGERS_DIR
+    if not root.is_dir():
+        return []
+    return [RoundBook(d / ROUNDS_FILE) for d in sorted(root.iterdir()) if (d / ROUNDS_FILE).is_file()]

@@ -87,6 +87,12 @@ class CoordinatorSettings(BaseSettings):
     Any other path is refused at submission ("names a path on the coordinator's disk"): add its
     directory here only if you trust every researcher with its contents."""
 
+    max_averaging_peers: int = Field(default=4, ge=1, le=64)
+    """The most averaging peers (processes of this host, each reducing a share of every round) a job
+    gets: a recipe's ``training.averaging_peers``, or one per 256 MB of its trainable parameters. A
+    job's rounds time out while this host's CPU or uplink is saturated: raise it (on more cores), or
+    lower it on a small host."""
+
     public_pages: bool = True
     """Serve the dashboard and JSON status to anyone; off keeps only /healthz and /metrics."""
 

@@ -135,6 +135,12 @@ class TrainingSpec(_Section):
         "updates, capping claimed weights and clipping outliers (CenteredClip); mean: hivemind's plain "
         "weighted mean, any peer reduces (a swarm of trusted peers only)",
     )
+    averaging_peers: int | None = Field(
+        default=None, ge=1, le=64,
+        description="robust: how many averaging peers the coordinator runs for this job, each reducing a share "
+        "of every round (default: one per 256 MB of trainable parameters in float32; the coordinator's "
+        "max_averaging_peers caps it)",
+    )
     compression: Literal["none", "fp16", "8bit"] = "fp16"
     matchmaking_time: float = Field(default=5.0, gt=0, le=600, description="seconds to gather peers")
     averaging_timeout: float = Field(default=60.0, gt=0, le=3600)

@@ -341,7 +341,13 @@ class RobustAllReduceRunner(AllReduceRunner):
         super().__init__(**kwargs)
         placeholder: TensorPartReducer = self.tensor_part_reducer
         placeholder.finished.set()  # never used: finalizing it must not warn of missing parts
-        offset = int(sum(self.peer_fractions[: self.ordered_peer_ids.index(self.peer_id)]))
+        # where this peer's parts begin in the averaged vector: hivemind hands each reducer whole
+        # parts, in order, to the one a part overlaps most, so the slice begins after every part
+        # of the reducers before it (not at the load balancer's pivot)
+        container = self.tensor_part_container
+        offset = self.own_offset = sum(
+            part.numel() for parts in container._input_parts_by_peer[: self.ordered_peer_ids.index(self.peer_id)]
+            for part, _ in parts)
         keys = []
         for shape in placeholder.part_shapes:
             size = int(math.prod(shape))
@@ -352,8 +358,6 @@ class RobustAllReduceRunner(AllReduceRunner):
         self.tensor_part_reducer: TensorPartReducer = RobustPartReducer(
             placeholder.part_shapes, placeholder.num_senders, history=history, part_keys=keys, excluded=shut_out,
             keep_whole=whole)
-        # the whole vector is this reducer's: its senders' parts are their whole updates
-        self.reduces_all = sum(int(math.prod(s)) for s in placeholder.part_shapes) == self.tensor_part_container.total_size
 
     # Every member ends the round with the same tensors: the reducer sends each member the
     # averaged part itself (in the round's codec) rather than hivemind's "average minus what you
@@ -430,10 +434,11 @@ class RobustAllReduceRunner(AllReduceRunner):
 
 
     def whole_updates(self) -> dict[str, torch.Tensor]:
-        """By sender peer id: the whole update of each sender kept for validation (``keep_whole``),
-        when this peer reduced the whole vector and every part of that sender came in, unrefused."""
+        """By sender peer id: the update of each sender kept for validation (``keep_whole``), the
+        slice of the averaged vector this peer reduced (from :attr:`own_offset`; the whole update
+        when it reduced all of it), when every part of that sender came in, unrefused."""
         reducer = self.tensor_part_reducer
-        if not isinstance(reducer, RobustPartReducer) or not self.reduces_all:
+        if not isinstance(reducer, RobustPartReducer) or reducer.num_parts == 0:
             return {}
         return {str(self.sender_peer_ids[i]): torch.cat(parts) for i, parts in reducer.whole.items()
                 if len(parts) == reducer.num_parts and not reducer.verdicts[i].refused}
@@ -441,14 +446,16 @@ class RobustAllReduceRunner(AllReduceRunner):
 
 class Gathered(dict):  # type: ignore[type-arg]
     """hivemind's gathered data of a round (peer id -> what it sent along), with the reducer's
-    verdicts on its senders (peer id -> :meth:`Verdict.as_dict`) and the whole updates it kept for
-    validation (peer id -> flat tensor); pickles across processes."""
+    verdicts on its senders (peer id -> :meth:`Verdict.as_dict`) and the updates it kept for
+    validation (peer id -> flat tensor: the slice of the averaged vector from ``offset`` that this
+    peer reduced); pickles across processes."""
 
     def __init__(self, gathered: Any = (), *, verdicts: dict[str, dict[str, Any]] | None = None,
-                 updates: dict[str, torch.Tensor] | None = None) -> None:
+                 updates: dict[str, torch.Tensor] | None = None, offset: int = 0) -> None:
         super().__init__(gathered)
         self.verdicts = dict(verdicts or {})
         self.updates = dict(updates or {})
+        self.offset = offset
 
 
 def suspects(verdicts: dict[str, Verdict] | dict[str, dict[str, Any]]) -> dict[str, str]:

@@ -122,6 +122,7 @@ ASSIST_EVERY_S = 0.1  # how often the coordinator's averaging peer looks whether
 LATE_MATCHMAKING = 1.5  # a client-mode round still without a group this many matchmaking periods late gives up
 GROUP_REGISTRATION_WAIT_S = 5.0  # how long a reducer holds parts that came before it began their round
 NO_STATE_AVERAGING = 2**31 - 1  # hivemind's average_state_every for "never"
+RESYNC_RETRY_S = 10.0  # a job's second averaging peer that could not load the first one's state asks again after
 ROUND_EPOCH = "epoch"  # the key of a gradient round's tag in its members' gathered data
 # the round (hivemind's StepControl) the current task of an averager's process runs (_GradAverager._step)
 _ROUND: contextvars.ContextVar[Any] = contextvars.ContextVar("essaim_round", default=None)
@@ -219,12 +220,13 @@ class _GradAverager(AdmittedServicer, GradientAverager):
 
     def __init__(self, parameters: Sequence[torch.nn.Parameter], *, aggregation: str = "mean",
                  reducers: Sequence[str] | None = None, admission: Admission | None = None,
-                 validating: bool = False, **kwargs: Any) -> None:
+                 validating: bool = False, leads: bool = True, **kwargs: Any) -> None:
         parameters = tuple(parameters)
         # set before hivemind starts the averager's process, which reads them
         self.admission = admission
         self.aggregation = aggregation
         self.validating = validating
+        self.leads = leads
         self.reducers = frozenset(reducers) if reducers is not None else None
         # hivemind warns (and may deadlock) when a matchmaking request can outlast matchmaking itself
         kwargs.setdefault("request_timeout", min(3.0, kwargs.get("min_matchmaking_time", 5.0) / 2))
@@ -278,9 +280,11 @@ class _GradAverager(AdmittedServicer, GradientAverager):
         return self.aggregation == "robust" and self.reducers is not None and str(self.peer_id) not in self.reducers
 
     async def _step(self, *, step: Any, future_for_init: Any) -> Any:
-        if self.follows_only:
+        if self.follows_only or not self.leads:
             # follow only: a group this peer led would hold no reducer (and under robust
-            # aggregation no full volunteer reduces), so it joins the averaging peers' groups
+            # aggregation no full volunteer reduces), so it joins the averaging peers' groups; a
+            # job's second averaging peer joins the first one's group (it reduces a share of it):
+            # two leaders would split a round into two groups, two averages, two states
             self._matchmaking.client_mode = True
         _ROUND.set(step)  # this task's own context (hivemind runs each step in a task of its own)
         return await super()._step(step=step, future_for_init=future_for_init)
@@ -310,6 +314,8 @@ class _GradAverager(AdmittedServicer, GradientAverager):
     # robust, on the coordinator's averaging peer: keep the whole updates of a sample of each
     # round's senders for essaim.swarm.validation (the trainer's process checks them)
     validating: bool = False
+    # whether this peer leads groups (False: a job's averaging peer other than the first)
+    leads: bool = True
 
     async def _aggregate_with_group(self, group_info: Any, min_vector_size: int, **kwargs: Any) -> Any:
         """hivemind's, but a tagged round whose all-reduce failed is not tried again: hivemind
@@ -336,14 +342,15 @@ class _GradAverager(AdmittedServicer, GradientAverager):
         if self.aggregation != "robust":
             return await super()._aggregate_with_group(group_info, min_vector_size, **kwargs)
         self._verdicts: dict[bytes, dict[str, Any]] = getattr(self, "_verdicts", {})
-        self._updates: dict[bytes, dict[str, torch.Tensor]] = getattr(self, "_updates", {})
+        self._updates: dict[bytes, tuple[dict[str, torch.Tensor], int]] = getattr(self, "_updates", {})
         try:
             if self.reducers is None:
                 gathered = await super()._aggregate_with_group(group_info, min_vector_size, **kwargs)
             else:
                 gathered = await self._aggregate_reduced_by_us(group_info, min_vector_size, **kwargs)
-            return Gathered(gathered, verdicts=self._verdicts.pop(group_info.group_id, {}),
-                            updates=self._updates.pop(group_info.group_id, {}))
+            updates, offset = self._updates.pop(group_info.group_id, ({}, 0))
+            return Gathered(gathered, verdicts=self._verdicts.pop(group_info.group_id, {}), updates=updates,
+                            offset=offset)
         finally:
             self._verdicts.pop(group_info.group_id, None)
             self._updates.pop(group_info.group_id, None)
@@ -405,8 +412,9 @@ class _GradAverager(AdmittedServicer, GradientAverager):
         if self.validating:
             self._sampler = getattr(self, "_sampler", None) or Sampler()
             own = str(self.peer_id)
-            keep_whole = self._sampler.choose(
-                str(p) for p in group_info.peer_ids if str(p) != own and str(p) not in self._excluded)
+            keep_whole = self._sampler.choose(  # the volunteers: the job's other averaging peers send nothing
+                str(p) for p in group_info.peer_ids
+                if str(p) != own and str(p) not in self._excluded and str(p) not in (self.reducers or ()))
         runner = RobustAllReduceRunner(
             p2p=self._p2p, servicer_type=type(self), prefix=self.prefix, tensors=tensors, group_id=group_id,
             ordered_peer_ids=group_info.peer_ids, history=self._norm_history, excluded=self._excluded,
@@ -430,7 +438,7 @@ class _GradAverager(AdmittedServicer, GradientAverager):
             verdicts = runner.verdicts()
             self._verdicts[group_info.group_id] = {peer: v.as_dict() for peer, v in verdicts.items()}
             if keep_whole:
-                self._updates[group_info.group_id] = runner.whole_updates()
+                self._updates[group_info.group_id] = (runner.whole_updates(), runner.own_offset)
             for peer, why in suspects(verdicts).items():
                 logger.warning("averaging: peer %s is suspect: %s", peer, why)
                 if not why.startswith("refused: excluded"):
@@ -906,12 +914,16 @@ class _HivemindOptimizer(hivemind.Optimizer):
     rounds: deque[RoundOutcome]  # the last ROUNDS_KEPT gradient rounds, newest last
     _round_epochs: dict[int, int]
 
-    def _note_round(self, outcome: RoundOutcome) -> None:
+    def _note_round(self, outcome: RoundOutcome, members: tuple[str, ...] | None = None) -> None:
+        """Keep ``outcome``; ``members``: the whole group where ``outcome.peers`` is only the part of
+        it this peer reduced (a job's averaging peer that is not its first: the first one sends it
+        nothing, yet it applied that one's update too)."""
         if not hasattr(self, "rounds"):
             self.rounds = deque(maxlen=ROUNDS_KEPT)
         self.rounds.append(outcome)
         self.rounds_noted = getattr(self, "rounds_noted", 0) + 1
-        if self.state_sources and not (outcome.averaged and set(outcome.peers) & set(self.state_sources)):
+        group = set(outcome.peers if members is None else members)
+        if self.state_sources and not (outcome.averaged and group & set(self.state_sources)):
             self.drifted = True  # it applied an update the averaging peers did not: see SwarmOptimizer.step
         elif self.state_sources is None and not outcome.averaged and outcome.error != ALONE and not self.auxiliary:
             self.drifted = True  # it applied an update the others did not (mean aggregation)
@@ -935,6 +947,7 @@ class _HivemindOptimizer(hivemind.Optimizer):
             return
         error = ""
         peers: tuple[str, ...] = ()
+        members: tuple[str, ...] | None = None
         verdicts: dict[str, dict[str, Any]] = {}
         if left_behind:
             error = (f"late: the swarm closed epoch {epoch}'s round before this peer found its group, "
@@ -947,23 +960,30 @@ class _HivemindOptimizer(hivemind.Optimizer):
             error = describe_failure(maybe_step_control.exception())
         else:
             gathered = maybe_step_control.result()
-            peers = tuple(str(p) for p in gathered) if isinstance(gathered, dict) else ()
+            peers = members = tuple(str(p) for p in gathered) if isinstance(gathered, dict) else ()
             verdicts = getattr(gathered, "verdicts", {})
             if verdicts:  # this peer reduced the round: its peers are those whose parts it received
                 peers = tuple(p for p in peers if p in verdicts or p == str(self.dht.peer_id))
-            for peer, check in self._check_updates(getattr(gathered, "updates", {})).items():
+            checks = self._check_updates(getattr(gathered, "updates", {}), offset=getattr(gathered, "offset", 0))
+            for peer, check in checks.items():
                 verdicts.setdefault(peer, {})["check"] = check.as_dict()
-        self._note_round(RoundOutcome(epoch=epoch, peers=peers, error=error, verdicts=verdicts))
+        self._note_round(RoundOutcome(epoch=epoch, peers=peers, error=error, verdicts=verdicts), members)
 
     validator: Validator | None = None  # the coordinator's averaging peer, under robust aggregation
 
-    def _check_updates(self, updates: dict[str, torch.Tensor]) -> dict[str, Check]:
+    def _check_updates(self, updates: dict[str, torch.Tensor], *, offset: int = 0) -> dict[str, Check]:
         """Validate the updates the reducer kept (before the outer step: the state is still the
-        round's anchor), and tell the averager what came of it."""
+        round's anchor), each the slice of the averaged vector from ``offset`` that this peer
+        reduced, and tell the averager what came of it."""
         if not updates or self.validator is None:
             return {}
+        averager = self.state_averager
+        if self.offload_optimizer:  # the outer step's result, before the main parameters take it up
+            base = [p for group in averager.optimizer.param_groups for p in group["params"]]
+        else:
+            base = list(averager.main_parameters)
         try:
-            checks = self.validator.check(updates)
+            checks = self.validator.check(updates, offset=offset, base=base)
         except Exception as exc:  # a check that cannot run judges nobody
             logger.warning("validation of %d update(s) failed to run: %r", len(updates), exc)
             return {}
@@ -1247,12 +1267,36 @@ class SwarmOptimizer:
             return False
         self._reloaded = False
         self.hv.step(batch_size=0)
+        self._resync_auxiliary()
         if self.local_epoch != before:
             if self.inner is not None and not self.overlap:
                 self._sync_model_from_anchors()
             self._epoch_seen = self.local_epoch
             return True
         return False
+
+    def _resync_auxiliary(self) -> None:
+        """A job's averaging peer other than the first (built with ``state_from``): once a round
+        went on without the first one, or the job was rolled back (:meth:`request_resync`), load
+        its state, not offering its own meanwhile; at once, not every ``average_state_every``
+        epochs as a volunteer does: the volunteers load states from it too."""
+        hv = self.hv
+        if (not (hv.state_sources and hv.drifted) or hv.state_averager.step_pending
+                or time.monotonic() < self._resync_retry_at):
+            return
+        logger.info("epoch %d: loading the state of the job's first averaging peer", self.local_epoch)
+        self.serve_state(False)
+        try:
+            hv.load_state_from_peers()
+        finally:
+            if hv.state_averager.loaded:
+                hv.drifted = False
+                self._synced_epoch = self.local_epoch
+                self.serve_state(True)
+            else:  # it is down or busy: ask again in a while (this runs every ASSIST_EVERY_S)
+                self._resync_retry_at = time.monotonic() + RESYNC_RETRY_S
+
+    _resync_retry_at = -math.inf
 
     def step(self, batch_size: int) -> StepResult:
         """Call after ``loss.backward()``: clip, step per the mode, and report what happened."""
@@ -1485,6 +1529,8 @@ def build_optimizer(
     auxiliary: bool = False,
     average_state_every: int = 5,
     reducers: Sequence[str] | None = None,
+    leads: bool = True,
+    state_from: Sequence[str] = (),
     verbose: bool = False,
 ) -> SwarmOptimizer:
     """The hivemind optimizer of job ``run_id`` for ``loaded``'s trainable parameters (see module doc).
@@ -1494,7 +1540,10 @@ def build_optimizer(
     never trains (the keeper): it neither reports samples nor offers its state until told to.
     ``reducers``: under robust aggregation (``training.aggregation``), the peer ids of the
     coordinator's averaging peers, the only peers this one lets reduce its rounds (None: any full
-    peer; the averaging peer itself passes its own).
+    peer; the averaging peer itself passes its own, or all of the job's). A job's averaging peer
+    other than the first is built with ``leads=False`` (it joins the first one's groups and reduces
+    a share of them) and ``state_from`` (the first one's peer id: where it reloads the state when a
+    round went on without it, or after a rollback).
     """
     settings = optimizer_settings(recipe, run_id=run_id, average_state_every=average_state_every)
     named = _trainable(loaded)
@@ -1511,11 +1560,15 @@ def build_optimizer(
     # (essaim.swarm.validation; local mode: an update is where a volunteer's training took the state)
     validating = auxiliary and recipe.training.aggregation == "robust" and settings.mode == "local"
     averaging = dict(aggregation=recipe.training.aggregation, reducers=reducers, admission=admission,
-                     validating=validating)
+                     validating=validating, leads=leads)
     # robust aggregation with the coordinator's averaging peers as reducers (a public swarm): only
-    # they lead this peer's rounds and only their state is loaded; peers average no state
+    # they lead this peer's rounds and only their state is loaded; peers average no state. The
+    # first averaging peer holds the job's state (its keeper saves and rolls it back): it loads no
+    # one's; the others load its.
     trusted = recipe.training.aggregation == "robust" and reducers is not None
-    state_sources = tuple(r for r in reducers if r != own) if trusted and reducers is not None else None
+    state_sources = None
+    if trusted and reducers is not None:
+        state_sources = tuple(state_from) if auxiliary else tuple(r for r in reducers if r != own)
     hivemind_class = type("_HivemindOptimizer", (_HivemindOptimizer,),
                           {"admission": admission, "state_sources": state_sources})
     common: dict[str, Any] = dict(
@@ -1609,11 +1662,14 @@ def build_optimizer(
 
 
 def build_auxiliary_optimizer(loaded: Any, recipe: Recipe, *, dht: hivemind.DHT, run_id: str,
-                              private_key: RSAPrivateKey | None = None) -> SwarmOptimizer:
+                              private_key: RSAPrivateKey | None = None,
+                              reducers: Sequence[str] | None = None) -> SwarmOptimizer:
     """For the coordinator's checkpoint keeper: an optimizer that holds the job's state, loads it
     from peers (:meth:`SwarmOptimizer.join`) or a checkpoint (:meth:`SwarmOptimizer.load_state_dict`)
     and serves it to newcomers once :meth:`SwarmOptimizer.serve_state` is called. It never trains:
     never call ``step`` on it. Its DHT must not be in client mode (it has to accept downloads).
+    ``reducers``: the job's averaging peers' ids, its own first (default: its own alone).
     """
-    return build_optimizer(loaded, recipe, dht=dht, run_id=run_id, private_key=private_key, auxiliary=True)
+    return build_optimizer(loaded, recipe, dht=dht, run_id=run_id, private_key=private_key, auxiliary=True,
+                           reducers=reducers)
 

@@ -1,8 +1,9 @@
 """Validation of volunteers' updates: does an update remove loss, and is it a new one?
 
 The coordinator's averaging peers reduce every round of a public swarm (:mod:`essaim.swarm.aggregation`),
-so each holds the whole update every volunteer of its group sent: in ``local`` averaging (DiLoCo) the
-pseudo-gradient ``anchor - local``, i.e. where the volunteer's training took the shared state. Robust
+so they hold the update every volunteer of its group sent (each its own slice of it, where a job has
+several): in ``local`` averaging (DiLoCo) the pseudo-gradient ``anchor - local``, i.e. where the
+volunteer's training took the shared state. Robust
 aggregation bounds how far one update moves the average; it cannot tell work from its imitation. A
 free rider sends a zero update, noise, or an earlier update again, and claims samples for it. This
 module checks a sample of the updates, without bit-exact replay of anyone's steps (consumer GPUs and
@@ -158,7 +159,8 @@ class Validator:
         self.size = sum(p.numel() for _, p in self.params)
         generator = torch.Generator().manual_seed(BATCH_SEED)
         self.coordinates = torch.randperm(self.size, generator=generator)[:SKETCH_SIZE].sort().values
-        self.sketches: deque[tuple[str, torch.Tensor]] = deque(maxlen=REPLAY_MEMORY)
+        # (peer, (offset, size) of the slice, sketch) of the updates checked last
+        self.sketches: deque[tuple[str, tuple[int, int], torch.Tensor]] = deque(maxlen=REPLAY_MEMORY)
 
     @classmethod
     def for_job(cls, loaded: Any, dataset: Any, shards_of: Callable[[str], Sequence[int] | None]) -> Validator:
@@ -193,8 +195,24 @@ class Validator:
         finally:
             self.model.train(was_training)
 
-    def _sketch(self, update: torch.Tensor) -> torch.Tensor:
-        return update[self.coordinates.to(update.device)].to(torch.float64)
+    def _sketch(self, update: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """The update's values at the fixed coordinates that fall in its slice."""
+        coordinates = self.coordinates[(self.coordinates >= offset) & (self.coordinates < offset + update.numel())]
+        return update[(coordinates - offset).to(update.device)].to(torch.float64)
+
+    def _stepped(self, update: torch.Tensor, offset: int, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The parameters the slice ``update`` (from ``offset``) touches, ``state``'s moved by ``STEP_FRACTION`` of it."""
+        overrides, start, end = {}, 0, offset + update.numel()
+        for name, param in self.params:
+            stop = start + param.numel()
+            lo, hi = max(start, offset), min(stop, end)
+            if lo < hi:
+                flat = state[name].reshape(-1).clone()
+                piece = update[lo - offset: hi - offset].to(param.device, param.dtype)
+                flat[lo - start: hi - start] -= STEP_FRACTION * piece
+                overrides[name] = flat.reshape(param.shape)
+            start = stop
+        return overrides
 
     def _replayed(self, peer: str, sketch: torch.Tensor, earlier: Collection[tuple[str, torch.Tensor]]) -> str:
         norm = float(torch.linalg.vector_norm(sketch))
@@ -207,16 +225,29 @@ class Validator:
                 return f"it repeats {whose} earlier update"
         return ""
 
-    def check(self, updates: dict[str, torch.Tensor]) -> dict[str, Check]:
-        """Check each flat update (the averaged vector's layout); peers whose assignment is unknown
-        or whose update has the wrong size are left out (the latter logged)."""
+    def check(self, updates: dict[str, torch.Tensor], *, offset: int = 0,
+              base: Sequence[torch.Tensor] | None = None) -> dict[str, Check]:
+        """Check each flat update: the values of the averaged vector (the model's trainable
+        parameters, flattened in order) from ``offset`` on, all of it or the slice one of a job's
+        several averaging peers reduced (the rest of the state is left as it is: an honest slice
+        still removes loss, a zero or random one still does not). Peers whose assignment is
+        unknown, or whose update does not fit the vector, are left out (the latter logged).
+
+        ``base``: the state the updates were computed from, one tensor per parameter (default: the
+        model's parameters). The averaging peer passes its outer optimizer's, which hold the last
+        round's step as soon as it ran: its model's own parameters take it up later, and a check
+        against them judged an honest update of a short epoch from the state before the last round
+        (a volunteer's update then "raised" its loss, t -3 to -10 in the demo job)."""
         out: dict[str, Check] = {}
-        earlier = list(self.sketches)
+        state = {name: (param.detach() if base is None else base[i].detach().to(param.device, param.dtype)
+                        .reshape(param.shape)) for i, (name, param) in enumerate(self.params)}
+        earlier = list(self.sketches)  # this round's updates are not compared with each other
         before: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
         for peer, update in updates.items():
             update = update.reshape(-1)
-            if update.numel() != self.size:
-                logger.warning("validation: %s's update has %d values, the model %d", peer, update.numel(), self.size)
+            if offset < 0 or update.numel() == 0 or offset + update.numel() > self.size:
+                logger.warning("validation: %s's update has %d values from %d, the model %d", peer, update.numel(),
+                               offset, self.size)
                 continue
             shards = self.shards_of(peer)
             if not shards:
@@ -224,20 +255,16 @@ class Validator:
             key = tuple(sorted(set(shards)))
             if key not in before:
                 batch = self.batch(key)
-                before[key] = (batch, self.losses(batch))
-            batch, base = before[key]
-            sketch = self._sketch(update)
-            replay = self._replayed(peer, sketch, earlier)
-            self.sketches.append((peer, sketch))
-            overrides, offset = {}, 0
-            for name, param in self.params:
-                piece = update[offset: offset + param.numel()].reshape(param.shape)
-                overrides[name] = param.detach() - STEP_FRACTION * piece.to(param.device, param.dtype)
-                offset += param.numel()
-            after = self.losses(batch, overrides)
+                before[key] = (batch, self.losses(batch, state if base is not None else None))
+            batch, losses = before[key]
+            where = (offset, update.numel())  # replays are told among updates of the same slice
+            sketch = self._sketch(update, offset)
+            replay = self._replayed(peer, sketch, [(p, s) for p, w, s in earlier if w == where])
+            self.sketches.append((peer, where, sketch))
+            after = self.losses(batch, {**(state if base is not None else {}), **self._stepped(update, offset, state)})
             if not bool(torch.isfinite(after).all()):
                 out[peer] = Check(False, -math.inf, -math.inf, "its model's loss is not a number")
                 continue
-            drop, t = paired_drop(base, after)
+            drop, t = paired_drop(losses, after)
             out[peer] = judge(drop, t, replay)
         return out

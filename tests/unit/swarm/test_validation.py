@@ -125,8 +125,33 @@ def test_the_model_is_left_as_it_was(setup: tuple[Validator, torch.Tensor, torch
 def test_an_update_of_the_wrong_size_or_an_unknown_assignment_is_left_out(
         setup: tuple[Validator, torch.Tensor, torch.nn.Module]) -> None:
     validator, honest, _ = setup
-    assert validator.check({"x": honest[:-1]}) == {}
+    assert validator.check({"x": torch.cat([honest, honest[:1]])}) == {}
+    assert validator.check({"x": honest}, offset=1) == {}  # past the vector's end
+    assert validator.check({"x": honest[:0]}) == {}
     assert validator.check({"stranger": honest}) == {}
+
+
+@pytest.mark.parametrize("half", ["first", "second"])
+def test_a_slice_of_an_update_is_checked_as_the_whole(setup: tuple[Validator, torch.Tensor, torch.nn.Module],
+                                                       half: str) -> None:
+    """A job with several averaging peers: each reduces, and checks, its own slice of every
+    update. An honest slice passes, a zero or flipped one fails, a replay is one of the same slice."""
+    validator, honest, model = setup
+    cut = honest.numel() // 2
+    offset, piece = (0, honest[:cut]) if half == "first" else (cut, honest[cut:])
+    validator.sketches.clear()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    check = validator.check({"alice": piece.clone()}, offset=offset)["alice"]
+    assert check.passed, check
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    for bad in (torch.zeros_like(piece), -piece):
+        failed = validator.check({"mallory": bad}, offset=offset)["mallory"]
+        assert not failed.passed and not failed.inconclusive and "removed no loss" in failed.why, failed
+    replay = validator.check({"mallory": piece.clone()}, offset=offset)["mallory"]
+    assert "another volunteer's earlier update" in replay.why, replay
+    # the other slice, at the same values, is not a replay of this one
+    other = (cut, honest[cut:]) if half == "first" else (0, honest[:cut])
+    assert "repeats" not in validator.check({"bob": other[1].clone()}, offset=other[0])["bob"].why
 
 
 def test_the_batch_is_the_volunteers_own_data(setup: tuple[Validator, torch.Tensor, torch.nn.Module]) -> None:
@@ -157,3 +182,26 @@ def test_paired_drop() -> None:
     mean, t = paired_drop(torch.tensor([2.0, 3.0, 4.0]), torch.tensor([1.5, 2.4, 3.6]))
     assert mean == pytest.approx(0.5) and t > 4
     assert paired_drop(torch.tensor([2.0, 3.0]), torch.tensor([1.0, 2.0])) == (1.0, math.inf)
+
+
+def test_updates_are_checked_from_the_state_they_were_computed_from(
+        setup: tuple[Validator, torch.Tensor, torch.nn.Module]) -> None:
+    """The averaging peer's model takes up the last round's outer step later than its outer optimizer
+    holds it: checked against the model's parameters, an honest update computed from the new state
+    looked as if it raised the loss. Checked from ``base`` (the state it was computed from), it passes."""
+    validator, honest, model = setup
+    named = validator.params
+    anchor = torch.cat([p.detach().reshape(-1) for _, p in named])
+    moved = anchor - honest  # the state after a round that took the honest update whole
+    shapes = [p.shape for _, p in named]
+    base = list(torch.split(moved, [math.prod(s) for s in shapes]))
+    base = [b.reshape(s) for b, s in zip(base, shapes, strict=True)]
+    validator.sketches.clear()
+    g = torch.Generator().manual_seed(3)
+    noise = torch.randn(honest.shape, generator=g)
+    assert not validator.check({"z": torch.zeros_like(honest)}, base=base)["z"].passed
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    checked = validator.check({"alice": honest * 0.5, "noise": noise * honest.norm() / noise.norm()}, base=base)
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    assert not checked["noise"].passed, checked
+
