@@ -26,7 +26,9 @@ of reducers, which it takes from the addresses the coordinator hands out.
 
 Each runs in ``DATA_DIR/jobs/ID/averagers/K/`` (key, p2p identity, port, token, ``peer.json`` with
 its addresses once in, its own ``rounds.jsonl`` of verdicts and checks, which the job runner
-counts with its own). The processes stay in the job runner's process group and leave when it does.
+counts with its own). Each refuses the volunteers the job runner dropped after failing validation,
+counted across every averaging peer's checks (``dropped.json`` in the job's directory). The
+processes stay in the job runner's process group and leave when it does.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from essaim.coordinator.jobrunner import REVOKED_FILE, JobRunner, _write_json
+from essaim.coordinator.jobrunner import DROPPED_FILE, JobRunner, _write_json
 from essaim.coordinator.jobrunner import job_dir as directory_of_job
 from essaim.coordinator.rounds import AVERAGERS_DIR, ROUNDS_FILE, RoundBook
 from essaim.coordinator.store import open_store
@@ -209,11 +211,10 @@ class AveragingPeer(JobRunner):
 
     def run(self) -> int:
         from essaim.coordinator.averaging import AveragingLoop
-        from essaim.coordinator.swarm_keys import SWARM_KEY, load_or_create_swarm_key, public_key_der
+        from essaim.coordinator.swarm_keys import public_key_der
         from essaim.swarm.admission import keep_membership
-        from essaim.swarm.auth import SwarmAuthorizer, token_file_refresher, watch_resets
+        from essaim.swarm.auth import token_file_refresher, watch_resets
         from essaim.swarm.dht import maddrs_for_others, shutdown_dht, start_dht, visible_maddrs
-        from essaim.swarm.identity import ensure_p2p_identity, load_or_create_private_key, public_key_bytes
         from essaim.swarm.model import load_model
         from essaim.swarm.optimizer import build_optimizer
         from essaim.swarm.reachability import free_port
@@ -221,14 +222,7 @@ class AveragingPeer(JobRunner):
 
         job = self.store.get_job(self.job_id)
         recipe = load_recipe(job.recipe_yaml, source=f"job {job.id} recipe")
-        key = load_or_create_private_key(self.dir / "key.pem")
-        identity = ensure_p2p_identity(key, self.dir / "peer.p2p")
-        token_path = self._token_refresher(key, public_key_bytes(key))
-        coordinator_key = load_or_create_swarm_key(self.data_dir / SWARM_KEY)
-        authorizer = SwarmAuthorizer(
-            key, token_path.read_text(), public_key_der(coordinator_key), self.job_id,
-            refresh=token_file_refresher(token_path), revocations_path=self.job_root / REVOKED_FILE,
-        )
+        key, identity, token_path, authorizer = self._credentials("key.pem", "peer.p2p", self.job_root)
         port = int(self._dht_memory().get("port") or 0) or free_port(self.host)
         announce = [f"/ip4/{self.announce_host}/tcp/{port}"] if self.announce_host else None
         dht = start_dht(initial_peers=self.join, identity_path=identity, authorizer=authorizer,
@@ -247,7 +241,7 @@ class AveragingPeer(JobRunner):
                                         reducers=self.reducers, leads=False, state_from=self.reducers[:1])
             self._start_validation(optimizer, loaded, recipe, files)
             optimizer.hv.drifted = True  # the first one's state, whatever epoch the job is at, before any round
-            watch_resets(dht, self.job_id, public_key_der(coordinator_key), stop, optimizer.request_resync)
+            watch_resets(dht, self.job_id, public_key_der(self._coordinator_key), stop, optimizer.request_resync)
             averaging = AveragingLoop(optimizer)
             averaging.start()
             _write_json(self.dir / PEER_FILE, {"pid": os.getpid(), "peer_id": self._own_peer,
@@ -266,9 +260,13 @@ class AveragingPeer(JobRunner):
             shutdown_dht(dht)
 
     def _follow(self, averaging: Any) -> int:
-        """Until the job ends or the job runner is gone: note the rounds, pause with the job."""
+        """Until the job ends or the job runner is gone: note the rounds, refuse the volunteers the
+        runner dropped, pause with the job."""
         last_token = time.time()
         while not self.stop_event.wait(STATUS_EVERY_S):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                dropped = json.loads((self.job_root / DROPPED_FILE).read_text())
+                averaging.optimizer.exclude({str(p): str(why) for p, why in dropped.items()})
             if os.getppid() != self._parent:
                 logger.warning("the job runner is gone: averaging peer %d stops", self.index + 1)
                 return 0

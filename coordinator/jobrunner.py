@@ -54,6 +54,7 @@ MAX_REMEMBERED_PEERS = 32
 TOKEN_TTL_S = 3600.0
 POLL_S = 2.0
 REVOKED_FILE = "revoked.json"
+DROPPED_FILE = "dropped.json"  # peer id -> why, for the job's further averaging peers (essaim.coordinator.averagers)
 REACHABILITY_FILE = "reachability.json"  # how the job's peer saw each volunteer (essaim.swarm.reachability)
 SLOTS_EVERY_S = 10.0  # how often the volunteers' assignments are read again for validation
 REVOCATIONS_EVERY_S = 4.0  # how often bans are read from the store (peers fetch the list every 5 s)
@@ -106,6 +107,23 @@ class JobRunner:
         blobs = self.data_dir / "blobs"  # CoordinatorSettings.blobs_dir
         return {f.path: blobs / f.sha256 for f in job.files}
 
+    def _credentials(self, key_file: str, identity_file: str, job_root: Path) -> tuple[Any, Path, Path, Any]:
+        """This peer's key (``key_file`` in its directory, made if missing), p2p identity, swarm token
+        file (kept fresh) and authorizer (refusing the keys in ``job_root``'s revocation list)."""
+        from essaim.coordinator.swarm_keys import SWARM_KEY, load_or_create_swarm_key, public_key_der
+        from essaim.swarm.auth import SwarmAuthorizer, token_file_refresher
+        from essaim.swarm.identity import ensure_p2p_identity, load_or_create_private_key, public_key_bytes
+
+        key = load_or_create_private_key(self.dir / key_file)
+        identity = ensure_p2p_identity(key, self.dir / identity_file)
+        token_path = self._token_refresher(key, public_key_bytes(key))
+        self._coordinator_key = load_or_create_swarm_key(self.data_dir / SWARM_KEY)
+        authorizer = SwarmAuthorizer(
+            key, token_path.read_text(), public_key_der(self._coordinator_key), self.job_id,
+            refresh=token_file_refresher(token_path), revocations_path=job_root / REVOKED_FILE,
+        )
+        return key, identity, token_path, authorizer
+
     def _token_refresher(self, key: Any, volunteer_der: bytes) -> Path:
         from essaim.coordinator.swarm_keys import SWARM_KEY, issue_swarm_token, load_or_create_swarm_key
 
@@ -129,27 +147,18 @@ class JobRunner:
     def run(self) -> int:
         from essaim.coordinator.averaging import AveragingLoop
         from essaim.coordinator.keeper import Keeper
-        from essaim.coordinator.swarm_keys import SWARM_KEY, load_or_create_swarm_key, public_key_der
         from essaim.swarm.admission import keep_membership
-        from essaim.swarm.auth import SwarmAuthorizer, token_file_refresher
+        from essaim.swarm.auth import token_file_refresher
         from essaim.swarm.data import load_eval_set
         from essaim.swarm.dht import maddrs_for_others, shutdown_dht, start_dht, visible_maddrs
-        from essaim.swarm.identity import ensure_p2p_identity, load_or_create_private_key, public_key_bytes
         from essaim.swarm.model import load_model
         from essaim.swarm.optimizer import build_auxiliary_optimizer
         from essaim.swarm.records import progress_validators
 
         job = self.store.get_job(self.job_id)
         recipe = load_recipe(job.recipe_yaml, source=f"job {job.id} recipe")
-        key = load_or_create_private_key(self.dir / "keeper-key.pem")
-        identity = ensure_p2p_identity(key, self.dir / "keeper.p2p")
-        token_path = self._token_refresher(key, public_key_bytes(key))
-        coordinator_key = load_or_create_swarm_key(self.data_dir / SWARM_KEY)
-        authorizer = SwarmAuthorizer(
-            key, token_path.read_text(), public_key_der(coordinator_key), self.job_id,
-            refresh=token_file_refresher(token_path), revocations_path=self.dir / REVOKED_FILE,
-        )
-        self._coordinator_key, self._keeper_key = coordinator_key, key
+        key, identity, token_path, authorizer = self._credentials("keeper-key.pem", "keeper.p2p", self.dir)
+        self._keeper_key = key
         dht = self._start_dht(
             start_dht, identity=identity, authorizer=authorizer, validators=progress_validators(self.job_id), key=key,
         )
@@ -404,6 +413,7 @@ class JobRunner:
             self._publish_view()
             epoch = optimizer.local_epoch
             metrics = self._monitor(dht, recipe, job, max(epoch, 0))
+            self._share_drops(optimizer)
             if job.status == JobStatus.PAUSED:
                 averaging.pause()
                 continue
@@ -549,7 +559,7 @@ class JobRunner:
         for outcome in outcomes:
             volunteers = sorted({owner[0] for owner in map(self._owner, outcome.peers) if owner is not None})
             verdicts = getattr(outcome, "verdicts", {}) or {}
-            flagged, kept, checks = {}, {}, {}
+            flagged, kept, checks, weights = {}, {}, {}, {}
             for peer, why in suspects(verdicts).items():
                 if peer == self._own_peer:
                     continue
@@ -559,9 +569,11 @@ class JobRunner:
                 owner = self._owner(peer)
                 if peer != self._own_peer and owner is not None and not verdict.get("refused"):
                     kept[owner[0]] = round(float(verdict.get("kept", 1.0)), 4)
+                if owner is not None and "weight" in verdict:
+                    weights[owner[0]] = float(verdict["weight"])
                 if owner is not None and verdict.get("check"):
                     checks[owner[0]] = dict(verdict["check"])
-            self.rounds.add(outcome, volunteers, flagged, kept, checks)
+            self.rounds.add(outcome, volunteers, flagged, kept, checks, weights)
         reason = self.rounds.describe_last()
         if reason and reason != job.status_reason and job.status == JobStatus.RUNNING:
             with contextlib.suppress(EssaimError):
@@ -623,6 +635,24 @@ class JobRunner:
             logger.info("job %s: %d banned volunteer key(s) revoked in the swarm", self.job_id, len(keys))
         self._revoked_keys, self._revocations_published_at = keys, now
 
+    _dropped: dict[str, str] = {}  # volunteer id -> why: dropped after failing validation (all averaging peers' checks)
+
+    def _share_drops(self, optimizer: Any) -> None:
+        """Every averaging peer of the job refuses a dropped volunteer's parts: this one at once, the
+        others from ``DROPPED_FILE`` (each counts only the checks of its own slice)."""
+        if not self._dropped:
+            return
+        peers = {peer: f"excluded for the rest of the job after failing validation: {why}"
+                 for peer, (volunteer, _) in self._peer_owners.items() if (why := self._dropped.get(volunteer))}
+        if not peers:
+            return
+        optimizer.exclude(peers)
+        path = self.dir / DROPPED_FILE
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(path.read_text()) == peers:
+                return
+        _write_json(path, peers)
+
     def _owner(self, peer_id: str) -> tuple[str, bool] | None:
         found = self._peer_owners.get(peer_id)
         if found is None and time.time() - self._owners_read_at > 10:
@@ -665,11 +695,12 @@ class JobRunner:
         )
         others = averager_books(self.dir)  # the checks of the job's further averaging peers count too
         held, dropped = self.rounds.standing(others)
+        self._dropped = dropped
         if self._validating:  # credit from checked work: none before a volunteer's first check passes
             held |= set(reports) - self.rounds.verified(others) - set(dropped)
         new = claims(reports, self.monitor, target_batch_size=recipe.training.target_batch_size,
                      round_seconds=2 * recipe.training.matchmaking_time,
-                     swarm_epoch=metrics.epoch, held=held, refused=dropped)
+                     swarm_epoch=metrics.epoch, held=held, refused=dropped, carried=self.rounds.carried())
         if new:
             self.store.append_ledger([
                 LedgerDraft(job_id=self.job_id, volunteer_id=c.volunteer_id, epoch=c.epoch,

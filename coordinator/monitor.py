@@ -37,6 +37,9 @@ MIN_RATE_ALLOWANCE = 50.0  # samples/s a volunteer may always claim before the s
 # epoch: with overlapped rounds peers train through the whole round, which on short epochs is
 # several times the target (2 peers at ~700 samples/s, 1.5 s matchmaking, 256-sample epochs).
 SWARM_MARGIN = 1.5
+# epochs of a volunteer's work granted ahead of the rounds that carry it (robust aggregation): the
+# one it computes while its last round runs (overlapped), and the one that round closes
+IN_FLIGHT_EPOCHS = 2
 
 
 @dataclass(slots=True)
@@ -161,12 +164,19 @@ def claims(
     now: float | None = None,
     held: Collection[str] = (),
     refused: Mapping[str, str] | None = None,
+    carried: Mapping[str, float] | None = None,
 ) -> list[Claim]:
     """The ledger rows to append: each volunteer's growth since its last accepted row, checked.
 
     Validation (essaim.swarm.validation) decides too: a volunteer in ``held`` (its last checked
     update failed) gets no row until a check passes; one in ``refused`` (dropped from the job's
-    rounds after failing, with why) has everything it claims since its last row refused."""
+    rounds after failing, with why) has everything it claims since its last row refused.
+
+    ``carried`` (robust aggregation: volunteer -> the samples its updates carried into the job's
+    averages, :meth:`essaim.coordinator.rounds.RoundBook.carried`): a volunteer is granted at most
+    that, plus ``IN_FLIGHT_EPOCHS`` epochs of work whose round has not come yet; the rest waits for
+    its rounds. Samples that never went into the model (a round sent with weight 0, one refused,
+    or lost) are never granted."""
     refused = refused or {}
     now = time.time() if now is None else now
     max_rate = rate_cap(reports)
@@ -209,6 +219,12 @@ def claims(
         if new_samples > room:
             notes.append(f"capped {new_samples} to {room} samples by the swarm's progress")
             new_samples = room
+        if carried is not None:
+            room = max(0, int(carried.get(report.volunteer_id, 0.0) + IN_FLIGHT_EPOCHS * target_batch_size)
+                       - before.samples)
+            if new_samples > room:
+                notes.append(f"capped {new_samples} to {room} samples by what its rounds carried")
+                new_samples = room
         if new_compute > elapsed * 1.5 + 5:
             notes.append(f"capped compute {new_compute:.0f}s to {elapsed:.0f}s")
             new_compute = elapsed

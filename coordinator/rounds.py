@@ -47,6 +47,9 @@ class RoundEntry:
     # volunteer id -> the validation of its update (essaim.swarm.validation.Check.as_dict), for the
     # volunteers whose update the averaging peer checked this round
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # volunteer id -> the samples its update carried into this round's average (its claimed weight,
+    # capped as the reduction capped it; 0 when refused), for every volunteer whose parts it reduced
+    weights: dict[str, float] = field(default_factory=dict)
 
     @property
     def averaged(self) -> bool:
@@ -73,17 +76,20 @@ class RoundBook:
                     suspects={str(k): str(v) for k, v in dict(data.get("suspects") or {}).items()},
                     kept={str(k): float(v) for k, v in dict(data.get("kept") or {}).items()},
                     checks={str(k): dict(v) for k, v in dict(data.get("checks") or {}).items()},
+                    weights={str(k): float(v) for k, v in dict(data.get("weights") or {}).items()},
                 ))
             except (ValueError, KeyError, TypeError):
                 logger.warning("ignoring an unreadable line of %s", path)
 
     def add(self, outcome: Any, volunteers: Sequence[str], suspects: dict[str, str] | None = None,
-            kept: dict[str, float] | None = None, checks: dict[str, dict[str, Any]] | None = None) -> RoundEntry:
+            kept: dict[str, float] | None = None, checks: dict[str, dict[str, Any]] | None = None,
+            weights: dict[str, float] | None = None) -> RoundEntry:
         suspects = dict(suspects or {})
         refused = {v for v, why in suspects.items() if why.startswith("refused")}
         entry = RoundEntry(epoch=int(outcome.epoch), volunteers=tuple(v for v in volunteers if v not in refused),
                            peers=len(outcome.peers), error=str(outcome.error), at=float(outcome.at),
-                           suspects=suspects, kept=dict(kept or {}), checks=dict(checks or {}))
+                           suspects=suspects, kept=dict(kept or {}), checks=dict(checks or {}),
+                           weights=dict(weights or {}))
         for volunteer, why in suspects.items():
             logger.warning("epoch %d: volunteer %s is suspect: %s", entry.epoch, volunteer, why)
         self.entries.append(entry)
@@ -135,6 +141,20 @@ class RoundBook:
                     if failed[volunteer] >= FAILS_TO_DROP:
                         dropped[volunteer] = str(check.get("why", ""))
         return failed, dropped, verified
+
+    def carried(self) -> dict[str, float] | None:
+        """Volunteer id -> the samples its updates carried into the job's averages, over the rounds
+        that averaged (what the ledger may grant it, with an epoch in flight); None where no round
+        says so (mean aggregation, or no round yet)."""
+        if not any(e.weights for e in self.entries):
+            return None
+        out: dict[str, float] = {}
+        for entry in self.entries:
+            if entry.error:
+                continue  # the average was not applied: nothing it carried went into the model
+            for volunteer, weight in entry.weights.items():
+                out[volunteer] = out.get(volunteer, 0.0) + weight
+        return out
 
     @property
     def last(self) -> RoundEntry | None:

@@ -86,10 +86,15 @@ class Verdict:
     # sent: a pair, in which the far one may be either (bounded, never named: CenteredClip's centre
     # moves toward a far member of two by half the radius each pass, and clips the near one too)
     in_pair: bool = False
+    # the samples its parts carried into the average: the weight it sent (the least over its
+    # parts; 0 when refused). A claim like its records, bounded the same way by the ledger; the
+    # reduction's cap on a large claim bounds its pull, not the work it did
+    weight: float = math.inf
 
     def as_dict(self) -> dict[str, Any]:
         return {"refused": self.refused, "kept": round(self.kept, 4), "parts": self.parts,
-                "cosine": round(self.cosine, 4), "in_pair": self.in_pair}
+                "cosine": round(self.cosine, 4), "in_pair": self.in_pair,
+                "weight": 0.0 if self.refused or not math.isfinite(self.weight) else round(self.weight, 3)}
 
 
 def part_problem(part: torch.Tensor, shape: torch.Size, weight: float) -> str:
@@ -288,7 +293,7 @@ class RobustPartReducer(TensorPartReducer):
                 verdict.refused = part_problem(tensor_part, self.part_shapes[part_index], weight)
             if not verdict.refused:
                 self.received[sender_index] = (tensor_part, float(weight))
-                if sender_index in self.whole:  # whatever weight it sends: credit follows its records, not its weight
+                if sender_index in self.whole:  # weight 0: left out in whole_updates
                     self.whole[sender_index].append(tensor_part.detach().reshape(-1).to(torch.float32).clone())
             self.current_part_accumulated_from += 1
             self.check_current_part_finished()
@@ -317,6 +322,7 @@ class RobustPartReducer(TensorPartReducer):
             self.history.add(key, reference)
             for i, share in zip(senders, kept, strict=True):
                 self.verdicts[i].kept = min(self.verdicts[i].kept, share)
+                self.verdicts[i].weight = min(self.verdicts[i].weight, self.received[i][1])
             far = [n for n, share in enumerate(kept) if share < SUSPECT_KEPT]
             pair = int((capped_weights(weights) >= MIN_CLAIM).sum()) < MIN_DIRECTION
             if far and pair:
@@ -440,8 +446,11 @@ class RobustAllReduceRunner(AllReduceRunner):
         reducer = self.tensor_part_reducer
         if not isinstance(reducer, RobustPartReducer) or reducer.num_parts == 0:
             return {}
+        # a sender whose parts carried no samples (one that just loaded the state tags along with
+        # weight 0) moved nothing: nothing to check, and the ledger grants it nothing for the round
         return {str(self.sender_peer_ids[i]): torch.cat(parts) for i, parts in reducer.whole.items()
-                if len(parts) == reducer.num_parts and not reducer.verdicts[i].refused}
+                if len(parts) == reducer.num_parts and not reducer.verdicts[i].refused
+                and reducer.verdicts[i].weight >= MIN_CLAIM}
 
 
 class Gathered(dict):  # type: ignore[type-arg]

@@ -81,6 +81,7 @@ from essaim.swarm.rounds import ALONE, RoundOutcome, describe_failure
 from essaim.swarm.validation import Check, Sampler, Validator
 from hivemind.averaging.allreduce import AveragingMode
 from hivemind.averaging.control import AveragingStage
+from hivemind.averaging.group_info import GroupInfo
 from hivemind.averaging.load_balancing import load_balance_peers
 from hivemind.averaging.matchmaking import MatchmakingException
 from hivemind.averaging.partition import AllreduceException
@@ -228,6 +229,7 @@ class _GradAverager(AdmittedServicer, GradientAverager):
         self.validating = validating
         self.leads = leads
         self.reducers = frozenset(reducers) if reducers is not None else None
+        self.reducer_order = tuple(reducers or ())
         # hivemind warns (and may deadlock) when a matchmaking request can outlast matchmaking itself
         kwargs.setdefault("request_timeout", min(3.0, kwargs.get("min_matchmaking_time", 5.0) / 2))
         kwargs.setdefault(
@@ -311,6 +313,7 @@ class _GradAverager(AdmittedServicer, GradientAverager):
     aggregation: str = "mean"
     # robust: the peer ids allowed to reduce (the coordinator's averaging peers); None: any full peer
     reducers: frozenset[str] | None = None
+    reducer_order: tuple[str, ...] = ()  # the same, in the job's order (the first averaging peer first)
     # robust, on the coordinator's averaging peer: keep the whole updates of a sample of each
     # round's senders for essaim.swarm.validation (the trainer's process checks them)
     validating: bool = False
@@ -378,7 +381,30 @@ class _GradAverager(AdmittedServicer, GradientAverager):
                 excluded[peer] = f"excluded for the rest of the job after failing validation: {why}"
                 logger.warning("averaging: peer %s is dropped from the rounds: %s", peer, why)
 
+    async def _note_exclusions(self, excluded: dict[str, str]) -> None:
+        """Peers the job's coordinator dropped after failing validation (sent over hivemind's pipe:
+        :meth:`SwarmOptimizer.exclude`): where a job has several averaging peers, each checks its
+        own slice of the updates, and the failures are counted across all of them."""
+        mine = self._exclusions()
+        for peer, why in excluded.items():
+            if peer not in mine:
+                mine[peer] = why
+                logger.warning("averaging: peer %s is dropped from the rounds: %s", peer, why)
+
+    def _reducers_first(self, group_info: Any) -> Any:
+        """``group_info`` with the job's averaging peers first, in the job's order of them, then the
+        others as the leader ordered them (every member makes the same order from the same group).
+        An all-reduce hands each reducer the slice at its place in that order: so each averaging
+        peer reduces, and checks, about the same slice in every round, and a replay is compared
+        with what the same peer saw of the update it repeats."""
+        rank = {peer: i for i, peer in enumerate(self.reducer_order)}
+        order = sorted(range(len(group_info.peer_ids)),
+                       key=lambda i: (rank.get(str(group_info.peer_ids[i]), len(rank)), i))
+        return GroupInfo(group_info.group_id, tuple(group_info.peer_ids[i] for i in order),
+                         tuple(group_info.gathered[i] for i in order))
+
     async def _aggregate_reduced_by_us(self, group_info: Any, min_vector_size: int, **kwargs: Any) -> Any:
+        group_info = self._reducers_first(group_info)
         try:
             bandwidths, mode_ids, user_gathered_bytes = zip(*map(self.serializer.loads, group_info.gathered), strict=True)
             user_gathered = dict(zip(group_info.peer_ids, map(self.serializer.loads, user_gathered_bytes), strict=True))
@@ -1447,6 +1473,17 @@ class SwarmOptimizer:
         self._push_main_to_offloaded()
         self._epoch_seen = self.local_epoch
         self._set_inner_lr()
+
+    def exclude(self, peers: dict[str, str]) -> None:
+        """Refuse these peers' parts for the rest of the job (peer id -> why), on the coordinator's
+        averaging peer under robust aggregation; peers already passed on are not sent again."""
+        averager = self.hv.grad_averager
+        sent: set[str] = getattr(self, "_excluded_sent", set())
+        fresh = {p: why for p, why in peers.items() if p not in sent}
+        if not fresh or not isinstance(averager, _GradAverager) or averager.aggregation != "robust":
+            return
+        averager._outer_pipe.send(("_note_exclusions", [], {"excluded": fresh}))
+        self._excluded_sent = sent | set(fresh)
 
     def serve_state(self, allow: bool = True) -> None:
         """Offer (or stop offering) this peer's state to newcomers, ranked by its epoch."""

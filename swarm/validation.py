@@ -64,6 +64,7 @@ AGAINST_T = 2.0
 SKETCH_SIZE = 4096
 REPLAY_COSINE = 0.999
 REPLAY_MEMORY = 64
+MIN_SHARED = 64  # coordinates two sketches must both cover to be compared (slices of a job's averaging peers)
 BATCH_SEQUENCES = 32
 BATCH_SEED = 20261206
 STEP_FRACTION = 0.1
@@ -159,8 +160,8 @@ class Validator:
         self.size = sum(p.numel() for _, p in self.params)
         generator = torch.Generator().manual_seed(BATCH_SEED)
         self.coordinates = torch.randperm(self.size, generator=generator)[:SKETCH_SIZE].sort().values
-        # (peer, (offset, size) of the slice, sketch) of the updates checked last
-        self.sketches: deque[tuple[str, tuple[int, int], torch.Tensor]] = deque(maxlen=REPLAY_MEMORY)
+        # (peer, sketch) of the updates checked last
+        self.sketches: deque[tuple[str, torch.Tensor]] = deque(maxlen=REPLAY_MEMORY)
 
     @classmethod
     def for_job(cls, loaded: Any, dataset: Any, shards_of: Callable[[str], Sequence[int] | None]) -> Validator:
@@ -196,9 +197,12 @@ class Validator:
             self.model.train(was_training)
 
     def _sketch(self, update: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        """The update's values at the fixed coordinates that fall in its slice."""
-        coordinates = self.coordinates[(self.coordinates >= offset) & (self.coordinates < offset + update.numel())]
-        return update[(coordinates - offset).to(update.device)].to(torch.float64)
+        """The update's values at the fixed coordinates (``SKETCH_SIZE`` of them), NaN at those
+        outside its slice: slices of the same update from rounds cut differently still compare."""
+        inside = (self.coordinates >= offset) & (self.coordinates < offset + update.numel())
+        sketch = torch.full((self.coordinates.numel(),), math.nan, dtype=torch.float64)
+        sketch[inside] = update[(self.coordinates[inside] - offset).to(update.device)].to(torch.float64).cpu()
+        return sketch
 
     def _stepped(self, update: torch.Tensor, offset: int, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The parameters the slice ``update`` (from ``offset``) touches, ``state``'s moved by ``STEP_FRACTION`` of it."""
@@ -215,12 +219,15 @@ class Validator:
         return overrides
 
     def _replayed(self, peer: str, sketch: torch.Tensor, earlier: Collection[tuple[str, torch.Tensor]]) -> str:
-        norm = float(torch.linalg.vector_norm(sketch))
-        if norm == 0.0:
-            return ""
+        """Whose earlier update ``sketch`` repeats ("" when none), compared on the coordinates both
+        sketches cover (at least ``MIN_SHARED`` of them)."""
         for owner, other in earlier:
-            other_norm = float(torch.linalg.vector_norm(other))
-            if other_norm and float(sketch @ other) / (norm * other_norm) >= REPLAY_COSINE:
+            shared = ~torch.isnan(sketch) & ~torch.isnan(other)
+            if int(shared.sum()) < MIN_SHARED:
+                continue
+            a, b = sketch[shared], other[shared]
+            norms = float(torch.linalg.vector_norm(a)) * float(torch.linalg.vector_norm(b))
+            if norms and float(a @ b) / norms >= REPLAY_COSINE:
                 whose = "its own" if owner == peer else "another volunteer's"
                 return f"it repeats {whose} earlier update"
         return ""
@@ -257,10 +264,9 @@ class Validator:
                 batch = self.batch(key)
                 before[key] = (batch, self.losses(batch, state if base is not None else None))
             batch, losses = before[key]
-            where = (offset, update.numel())  # replays are told among updates of the same slice
             sketch = self._sketch(update, offset)
-            replay = self._replayed(peer, sketch, [(p, s) for p, w, s in earlier if w == where])
-            self.sketches.append((peer, where, sketch))
+            replay = self._replayed(peer, sketch, earlier)
+            self.sketches.append((peer, sketch))
             after = self.losses(batch, {**(state if base is not None else {}), **self._stepped(update, offset, state)})
             if not bool(torch.isfinite(after).all()):
                 out[peer] = Check(False, -math.inf, -math.inf, "its model's loss is not a number")

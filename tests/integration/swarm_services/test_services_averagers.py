@@ -7,12 +7,18 @@ first; the volunteers take both as their reducers. Every round after the first a
 volunteers, and the second averaging peer's own book of rounds shows it received both volunteers'
 parts in those rounds (the all-reduce gave it a share of the vector) and checked slices of their
 updates. The job completes and learns, and no averaging peer process is left once it has.
+
+Mallory (``hostile_trainer.py``) joins once they have averaged and sends zero updates and replays
+of her first. Each averaging peer checks only its slice of her updates; her failures are counted
+across both, and once they reach three both refuse her parts for the rest of the job.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -20,9 +26,10 @@ import psutil
 import pytest
 
 pytestmark = pytest.mark.slow
-EPOCHS = 6
+EPOCHS = 8
 TARGET_BATCH = 3200
 AVERAGERS_MODULE = "essaim.coordinator.averagers"
+HOSTILE = Path(__file__).with_name("hostile_trainer.py")
 LEARNED = 0.05
 
 
@@ -45,10 +52,15 @@ def two_reducers(harness: ModuleType, module_launcher: Any, tmp_path_factory: py
                               averaging="local", checkpoint_every_epochs=EPOCHS // 2, eval_size=100,
                               matchmaking_time=2.5, averaging_peers=2)
     swarm = harness.ServiceSwarm.start(module_launcher, root / "coord", recipe)
+    may_join = root / "mallory-may-join"
     try:
         for name in ("alice", "bob"):
             swarm.volunteer(name).start()
+        swarm.volunteer("mallory").start(command=[sys.executable, str(HOSTILE)],
+                                         env={"ESSAIM_TEST_ATTACKS": "replay,zero",
+                                              "ESSAIM_TEST_JOIN_WHEN": str(may_join)})
         swarm.wait_averaged()
+        may_join.touch()
         swarm.in_flight = _averager_pids(swarm.data_dir)  # while the job runs
         swarm.wait_ended()
         yield swarm
@@ -56,6 +68,14 @@ def two_reducers(harness: ModuleType, module_launcher: Any, tmp_path_factory: py
         swarm.close()
         for pid in _averager_pids(swarm.data_dir):
             harness.kill_group(pid)
+
+
+def _ledger(swarm: Any) -> list[Any]:
+    store = swarm.open_store()
+    try:
+        return store.list_ledger(job_id=swarm.job_id)
+    finally:
+        store.close()
 
 
 def _book(swarm: Any, index: int) -> list[dict[str, Any]]:
@@ -77,30 +97,55 @@ def test_both_averaging_peers_are_handed_out_and_run(two_reducers: Any) -> None:
 def test_every_round_is_reduced_by_both(two_reducers: Any) -> None:
     job = two_reducers.job()
     assert job.status.value == "completed", (job.status, job.status_reason)
-    everyone = {v.volunteer_id for v in two_reducers.volunteers}
+    everyone = {v.volunteer_id for v in two_reducers.volunteers if v.name != "mallory"}
     first = {r["epoch"]: r for r in two_reducers.rounds()}
     second = {r["epoch"]: r for r in _book(two_reducers, 1)}
     assert sorted(first) == list(range(EPOCHS)), two_reducers.rounds()
     # after the first round (it may close before the second volunteer's model has loaded), the
     # volunteers averaged together, and the second averaging peer received both volunteers' parts:
     # it reduced a share of the round, the same round
-    later = [e for e in range(1, EPOCHS) if set(first[e]["volunteers"]) == everyone]
+    later = [e for e in range(1, EPOCHS) if everyone <= set(first[e]["volunteers"])]
     assert len(later) >= EPOCHS - 2, two_reducers.rounds()
-    shared = [e for e in later if e in second and set(second[e]["volunteers"]) == everyone and not second[e]["error"]]
+    shared = [e for e in later if e in second and everyone <= set(second[e]["volunteers"]) and not second[e]["error"]]
     assert len(shared) >= len(later) - 1, (later, _book(two_reducers, 1))
-    # each checked slices of the updates it reduced; an honest volunteer's never fail
-    checks = [c for book in (first.values(), second.values()) for r in book for c in r.get("checks", {}).values()]
+    # each checked slices of the updates it reduced; an honest volunteer is never named, never
+    # dropped, and its checks pass but for a rare one (in 3 runs: none twice; once one failed at t
+    # -2.3, the round after mallory's replay, clipped, went into the average: a volunteer that
+    # trains through its rounds computed part of its update at the state before that round); a
+    # failed check holds its credit until its next check passes, and it did
+    books = [*first.values(), *second.values()]
+    for v in everyone:
+        mine = [c for r in books for who, c in r.get("checks", {}).items() if who == v]
+        failed = [c for c in mine if not c["passed"] and not c.get("inconclusive")]
+        assert len(failed) <= 1 and sum(c["passed"] for c in mine) >= 3, (v, mine)
     assert any(c["passed"] for r in second.values() for c in r.get("checks", {}).values()), _book(two_reducers, 1)
-    assert all(c["passed"] or c.get("inconclusive") for c in checks), checks
-    assert not any(r["suspects"] for r in [*first.values(), *second.values()])
+    assert not any(everyone & set(r["suspects"]) for r in books), books
+    ledger = _ledger(two_reducers)
+    for v in everyone:
+        assert sum(e.samples for e in ledger if e.volunteer_id == v) > 0, ledger
+
+
+@pytest.mark.timeout(600)
+def test_the_free_riders_failures_count_across_both_and_both_refuse_her(two_reducers: Any) -> None:
+    mallory = next(v.volunteer_id for v in two_reducers.volunteers if v.name == "mallory")
+    books = {"first": two_reducers.rounds(), "second": _book(two_reducers, 1)}
+    failed = [c for rounds in books.values() for r in rounds for v, c in r.get("checks", {}).items()
+              if v == mallory and not c["passed"] and not c.get("inconclusive")]
+    assert len(failed) >= 3, books
+    assert any("removed no loss" in c["why"] for c in failed) and any("repeats" in c["why"] for c in failed), failed
+    for name, rounds in books.items():  # both refuse her once dropped, whichever counted her failures
+        refused = [r for r in rounds if r["suspects"].get(mallory, "").startswith("refused: excluded")]
+        assert refused and "failing validation" in refused[-1]["suspects"][mallory], (name, rounds)
+        assert mallory not in rounds[-1]["volunteers"], (name, rounds[-1])
 
 
 @pytest.mark.timeout(600)
 def test_the_job_learns_and_no_averaging_peer_is_left(two_reducers: Any, harness: ModuleType) -> None:
     provenance = json.loads((two_reducers.data_dir / "artifacts" / two_reducers.job_id / "provenance.json").read_text())
     ev = provenance["eval"]
-    # held-out exact match after these 6 short epochs: 0.16, 0.20 and 0.20 with two averaging peers,
-    # 0.10 with one (the same job, this 2-core machine); 0.0 before
+    # held-out exact match after these 8 short epochs, with mallory's attacks: 0.38, 0.23 and 0.42 (this
+    # 2-core machine); with 6 epochs and no attacker, 0.16, 0.20 and 0.20 with two averaging peers and
+    # 0.10 with one; 0.0 before
     assert ev["before"] < 0.05 and ev["after"] >= LEARNED, ev
     harness.wait_until(lambda: not two_reducers.runner_pids() and not _averager_pids(two_reducers.data_dir), 60,
                        "the job runner and its averaging peers to exit")

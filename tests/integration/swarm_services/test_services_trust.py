@@ -27,7 +27,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from essaim.swarm.aggregation import SUSPECT_KEPT
+from essaim.swarm.aggregation import NAMED_AT_ONCE_KEPT, SUSPECT_KEPT
 
 pytestmark = pytest.mark.slow
 EPOCHS = 12
@@ -125,16 +125,19 @@ def test_the_attacker_is_named_in_the_rounds_it_took_part_in(attacked: Any) -> N
     # an honest volunteer is never a suspect
     assert not [r for r in rounds if honest & set(r["suspects"])], rounds
     # mallory attacks in every round she is in: each of her updates is clipped, and she is named
-    # in each round of three or more volunteers where it was far (kept under SUSPECT_KEPT; in a
-    # pair, which of two is far is not known); her NaN is refused. x1000 of a newcomer's first
-    # update is not always far: her inner learning rate ramps up over her first steps, and once
-    # her x1000 came in at about twice the group's scale (kept 0.47): clipped, harmless, unnamed
+    # in each round of three or more volunteers where it was gross (kept under NAMED_AT_ONCE_KEPT)
+    # or far against the group (her negated update; in a pair, which of two is far is not known);
+    # her NaN is refused. x1000 of a newcomer's first update points along the group and is not
+    # always gross: her inner learning rate ramps up over her first steps, and her x1000 came in
+    # at about twice the group's scale once (kept 0.47) and at four times once (kept 0.22, far):
+    # clipped, harmless, unnamed, as any far update along the group's direction
     named = [r for r in rounds if ids["mallory"] in r["suspects"]]
     assert len(named) >= 2, rounds
     hers = [r for r in rounds if ids["mallory"] in r["volunteers"]]
     assert hers and all(r["kept"][ids["mallory"]] < 1.0 for r in hers), rounds
     far = [r for r in hers if r["kept"][ids["mallory"]] < SUSPECT_KEPT]
-    assert far and all(ids["mallory"] in r["suspects"] for r in far if len(r["volunteers"]) >= 3), rounds
+    assert far and all(ids["mallory"] in r["suspects"] for r in far
+                       if len(r["volunteers"]) >= 3 and r["kept"][ids["mallory"]] < NAMED_AT_ONCE_KEPT), rounds
     assert any(r["suspects"][ids["mallory"]].startswith("refused") for r in named), named
     assert any(r["suspects"][ids["mallory"]].startswith("clipped") for r in named), named
     # once named, she is shut out: every later part of hers is refused

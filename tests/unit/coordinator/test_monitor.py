@@ -277,3 +277,24 @@ def test_an_inflated_rate_counts_at_most_the_cap_in_the_jobs_throughput() -> Non
     )
     # the median reported rate is 10 samples/s: nobody counts for more than RATE_MARGIN times it
     assert m.samples_per_second == pytest.approx(20.0 + max(MIN_RATE_ALLOWANCE, 10.0 * RATE_MARGIN))
+
+
+def test_no_more_is_granted_than_the_volunteers_rounds_carried() -> None:
+    """Robust aggregation: a volunteer is granted what its updates carried into the averages, and
+    two epochs of work in flight; the rest waits for its rounds, and never comes for work that
+    never went into the model (a round sent with weight 0)."""
+    state = state_started(1000)
+    [c] = claims(reports(report("a", samples=3000, compute=30.0, rate=100.0)), state, target_batch_size=TARGET,
+                 swarm_epoch=5, now=NOW, carried={"a": 0.0})
+    assert c.samples == 2 * TARGET and "by what its rounds carried" in c.note and c.claimed_samples == 3000
+    assert claims(reports(report("a", samples=3000, compute=30.0, rate=100.0)), state, target_batch_size=TARGET,
+                  swarm_epoch=5, now=NOW + 10, carried={"a": 0.0}) == []
+    [later] = claims(reports(report("a", samples=3000, compute=30.0, rate=100.0)), state, target_batch_size=TARGET,
+                     swarm_epoch=5, now=NOW + 20, carried={"a": 1000.0})
+    assert later.samples == 1000  # its round came: the rest is granted
+    # without round weights (mean aggregation) nothing is capped this way
+    fresh = state_started(1000)
+    [plain] = claims(reports(report("b", samples=3000, compute=30.0, rate=100.0)), fresh, target_batch_size=TARGET,
+                     swarm_epoch=5, now=NOW)
+    assert plain.samples == 3000
+

@@ -92,3 +92,31 @@ def test_validation_standing_holds_after_a_failed_check_and_drops_at_three_more_
     maybe = {"passed": False, "inconclusive": True, "drop": 0.001, "t": 1.2, "why": "without significance"}
     book.add(RoundOutcome(epoch=5, peers=("coord", "a")), ["a"], checks={"a": maybe})
     assert book.standing()[0] == {"a"}
+
+
+def test_what_each_volunteers_rounds_carried_into_the_averages(tmp_path: Path) -> None:
+    """The samples the ledger may grant (essaim.coordinator.monitor.claims' ``carried``): the weights
+    of the rounds that averaged, read back by a restarted runner; none from a failed round."""
+    book = RoundBook(tmp_path / ROUNDS_FILE)
+    assert book.carried() is None  # no round says: no cap (mean aggregation)
+    book.add(RoundOutcome(epoch=0, peers=("coord", "pa", "pb")), ["a", "b"], weights={"a": 300.0, "b": 200.0})
+    book.add(RoundOutcome(epoch=1, peers=("coord", "pa", "pb")), ["a", "b"], weights={"a": 0.0, "b": 250.0})
+    book.add(RoundOutcome(epoch=2, error="the round timed out"), [], weights={"a": 400.0})
+    assert book.carried() == {"a": 300.0, "b": 450.0}
+    assert RoundBook(tmp_path / ROUNDS_FILE).carried() == {"a": 300.0, "b": 450.0}
+
+
+def test_checks_count_across_the_jobs_averaging_peers_in_the_order_of_the_rounds(tmp_path: Path) -> None:
+    """Each averaging peer checks its own slice: a volunteer failing one slice per round is dropped
+    after three, counted across the books."""
+    first = RoundBook(tmp_path / "first.jsonl")
+    second = RoundBook(tmp_path / "second.jsonl")
+    fail = {"passed": False, "why": "it removed no loss on its own data"}
+    for epoch in range(3):
+        book = first if epoch % 2 == 0 else second
+        book.add(RoundOutcome(epoch=epoch, peers=("coord", "pm")), ["m"], checks={"m": fail})
+    assert first.standing() == ({"m"}, {})
+    held, dropped = first.standing([second])
+    assert dropped == {"m": fail["why"]} and not held
+    second.add(RoundOutcome(epoch=3, peers=("coord", "pm")), ["m"], checks={"m": {"passed": True}})
+    assert "m" in first.verified([second]) and "m" not in first.verified()

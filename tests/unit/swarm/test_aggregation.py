@@ -117,16 +117,25 @@ def _reduce(parts_by_sender: list[list[torch.Tensor]], weights: list[float],
     return asyncio.run(run())
 
 
-def test_whole_updates_are_kept_whatever_weight_the_sender_sends() -> None:
-    # credit follows a volunteer's signed records, not the weight it sends to a round: one that
-    # sends weight 0 (as a peer tagging along after loading a state does) is still checked, or a
-    # proven volunteer could claim samples and send nothing, unchecked, for the rest of the job
+def test_each_sender_carried_its_capped_weight_and_one_that_carried_nothing_is_not_checked() -> None:
+    """The verdict's weight is the samples a sender's parts carried into the average (the weight it
+    sent): the ledger grants no more than its rounds carried, so one that sends weight 0 (as a peer
+    tagging along after loading a state does) has nothing to check."""
+    from types import SimpleNamespace
+
+    from essaim.swarm.aggregation import RobustAllReduceRunner
+
     a = [torch.full((8,), 1.0), torch.full((8,), 2.0)]
     b = [torch.full((8,), 3.0), torch.full((8,), 3.0)]
+    greedy = [torch.full((8,), 2.0), torch.full((8,), 2.0)]
     along = [torch.zeros(8), torch.zeros(8)]
-    _, reducer = _reduce([a, b, along], [1.0, 1.0, 0.0], keep_whole=(0, 2))
-    assert [len(reducer.whole[i]) for i in (0, 2)] == [2, 2]
-    assert torch.cat(reducer.whole[0]).tolist() == [1.0] * 8 + [2.0] * 8
+    _, reducer = _reduce([a, b, greedy, along], [4.0, 6.0, 600.0, 0.0], keep_whole=(0, 3))
+    carried = [reducer.verdicts[i].as_dict()["weight"] for i in range(4)]
+    assert carried == [4.0, 6.0, 600.0, 0.0], carried
+    assert [len(reducer.whole[i]) for i in (0, 3)] == [2, 2]
+    runner = SimpleNamespace(tensor_part_reducer=reducer, sender_peer_ids=["a", "b", "greedy", "along"])
+    kept = RobustAllReduceRunner.whole_updates(runner)  # type: ignore[arg-type]
+    assert set(kept) == {"a"} and kept["a"].tolist() == [1.0] * 8 + [2.0] * 8
 
 
 def test_the_reducer_refuses_a_nan_sender_for_the_rest_of_the_round() -> None:

@@ -149,9 +149,12 @@ def test_a_slice_of_an_update_is_checked_as_the_whole(setup: tuple[Validator, to
         assert not failed.passed and not failed.inconclusive and "removed no loss" in failed.why, failed
     replay = validator.check({"mallory": piece.clone()}, offset=offset)["mallory"]
     assert "another volunteer's earlier update" in replay.why, replay
-    # the other slice, at the same values, is not a replay of this one
+    # the other slice is not a replay of this one; a slice cut elsewhere, of the same update, is
     other = (cut, honest[cut:]) if half == "first" else (0, honest[:cut])
     assert "repeats" not in validator.check({"bob": other[1].clone()}, offset=other[0])["bob"].why
+    shifted = cut // 2
+    again = validator.check({"mallory": honest[shifted:shifted + cut].clone()}, offset=shifted)["mallory"]
+    assert "repeats" in again.why, again
 
 
 def test_the_batch_is_the_volunteers_own_data(setup: tuple[Validator, torch.Tensor, torch.nn.Module]) -> None:
