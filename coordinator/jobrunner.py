@@ -700,7 +700,8 @@ class JobRunner:
             held |= set(reports) - self.rounds.verified(others) - set(dropped)
         new = claims(reports, self.monitor, target_batch_size=recipe.training.target_batch_size,
                      round_seconds=2 * recipe.training.matchmaking_time,
-                     swarm_epoch=metrics.epoch, held=held, refused=dropped, carried=self.rounds.carried())
+                     swarm_epoch=metrics.epoch, held=held, refused=dropped, carried=self.rounds.carried(),
+                     unobserved_epochs=self.rounds.unobserved(metrics.epoch))
         if new:
             self.store.append_ledger([
                 LedgerDraft(job_id=self.job_id, volunteer_id=c.volunteer_id, epoch=c.epoch,

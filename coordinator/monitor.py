@@ -165,6 +165,7 @@ def claims(
     held: Collection[str] = (),
     refused: Mapping[str, str] | None = None,
     carried: Mapping[str, float] | None = None,
+    unobserved_epochs: int = 0,
 ) -> list[Claim]:
     """The ledger rows to append: each volunteer's growth since its last accepted row, checked.
 
@@ -174,9 +175,11 @@ def claims(
 
     ``carried`` (robust aggregation: volunteer -> the samples its updates carried into the job's
     averages, :meth:`essaim.coordinator.rounds.RoundBook.carried`): a volunteer is granted at most
-    that, plus ``IN_FLIGHT_EPOCHS`` epochs of work whose round has not come yet; the rest waits for
-    its rounds. Samples that never went into the model (a round sent with weight 0, one refused,
-    or lost) are never granted."""
+    that, plus ``IN_FLIGHT_EPOCHS`` epochs of work whose round has not come yet, plus an epoch's
+    target for each of the ``unobserved_epochs`` (epochs of the swarm's no averaging peer saw: the
+    job runner was down, and the volunteers trained on; the other caps bound those); the rest
+    waits for its rounds. Samples that never went into the model (a round sent with weight 0, one
+    refused) are never granted."""
     refused = refused or {}
     now = time.time() if now is None else now
     max_rate = rate_cap(reports)
@@ -220,8 +223,8 @@ def claims(
             notes.append(f"capped {new_samples} to {room} samples by the swarm's progress")
             new_samples = room
         if carried is not None:
-            room = max(0, int(carried.get(report.volunteer_id, 0.0) + IN_FLIGHT_EPOCHS * target_batch_size)
-                       - before.samples)
+            ahead = (IN_FLIGHT_EPOCHS + max(0, unobserved_epochs)) * target_batch_size
+            room = max(0, int(carried.get(report.volunteer_id, 0.0) + ahead) - before.samples)
             if new_samples > room:
                 notes.append(f"capped {new_samples} to {room} samples by what its rounds carried")
                 new_samples = room

@@ -156,6 +156,11 @@ class RoundBook:
                 out[volunteer] = out.get(volunteer, 0.0) + weight
         return out
 
+    def unobserved(self, swarm_epoch: int) -> int:
+        """How many of the epochs before ``swarm_epoch`` have no round here: the averaging peer was
+        not there to take part (its runner was down while the volunteers trained on)."""
+        return max(0, swarm_epoch - len({e.epoch for e in self.entries if e.epoch < swarm_epoch}))
+
     @property
     def last(self) -> RoundEntry | None:
         return self.entries[-1] if self.entries else None

@@ -292,6 +292,11 @@ def test_no_more_is_granted_than_the_volunteers_rounds_carried() -> None:
     [later] = claims(reports(report("a", samples=3000, compute=30.0, rate=100.0)), state, target_batch_size=TARGET,
                      swarm_epoch=5, now=NOW + 20, carried={"a": 1000.0})
     assert later.samples == 1000  # its round came: the rest is granted
+    # epochs no averaging peer saw (the job runner was down; the volunteers trained on) are not capped
+    gone = state_started(1000)
+    [outage] = claims(reports(report("c", samples=3000, compute=30.0, rate=100.0)), gone, target_batch_size=TARGET,
+                      swarm_epoch=5, now=NOW, carried={"c": 0.0}, unobserved_epochs=1)
+    assert outage.samples == 3 * TARGET
     # without round weights (mean aggregation) nothing is capped this way
     fresh = state_started(1000)
     [plain] = claims(reports(report("b", samples=3000, compute=30.0, rate=100.0)), fresh, target_batch_size=TARGET,

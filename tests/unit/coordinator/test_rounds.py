@@ -104,6 +104,7 @@ def test_what_each_volunteers_rounds_carried_into_the_averages(tmp_path: Path) -
     book.add(RoundOutcome(epoch=2, error="the round timed out"), [], weights={"a": 400.0})
     assert book.carried() == {"a": 300.0, "b": 450.0}
     assert RoundBook(tmp_path / ROUNDS_FILE).carried() == {"a": 300.0, "b": 450.0}
+    assert book.unobserved(3) == 0 and book.unobserved(6) == 3  # epochs 3-5: no round recorded
 
 
 def test_checks_count_across_the_jobs_averaging_peers_in_the_order_of_the_rounds(tmp_path: Path) -> None:
