@@ -215,6 +215,7 @@ class AveragingPeer(JobRunner):
         from essaim.swarm.admission import keep_membership
         from essaim.swarm.auth import token_file_refresher, watch_resets
         from essaim.swarm.dht import maddrs_for_others, shutdown_dht, start_dht, visible_maddrs
+        from essaim.swarm.errors import DHTError
         from essaim.swarm.model import load_model
         from essaim.swarm.optimizer import build_optimizer
         from essaim.swarm.reachability import free_port
@@ -223,11 +224,21 @@ class AveragingPeer(JobRunner):
         job = self.store.get_job(self.job_id)
         recipe = load_recipe(job.recipe_yaml, source=f"job {job.id} recipe")
         key, identity, token_path, authorizer = self._credentials("key.pem", "peer.p2p", self.job_root)
-        port = int(self._dht_memory().get("port") or 0) or free_port(self.host)
-        announce = [f"/ip4/{self.announce_host}/tcp/{port}"] if self.announce_host else None
-        dht = start_dht(initial_peers=self.join, identity_path=identity, authorizer=authorizer,
-                        host_maddrs=[f"/ip4/{self.host}/tcp/{port}"], announce_maddrs=announce, client_mode=False,
-                        record_validators=progress_validators(self.job_id), private_key=key, startup_timeout=30.0)
+        remembered = int(self._dht_memory().get("port") or 0)
+        for port in dict.fromkeys([remembered or free_port(self.host), free_port(self.host)]):
+            # its port of before where it is free (volunteers know that address), else another one:
+            # its peer id, not its address, makes it one of the job's reducers
+            announce = [f"/ip4/{self.announce_host}/tcp/{port}"] if self.announce_host else None
+            try:
+                dht = start_dht(initial_peers=self.join, identity_path=identity, authorizer=authorizer,
+                                host_maddrs=[f"/ip4/{self.host}/tcp/{port}"], announce_maddrs=announce,
+                                client_mode=False, record_validators=progress_validators(self.job_id),
+                                private_key=key, startup_timeout=30.0)
+                break
+            except DHTError as exc:
+                logger.warning("averaging peer %d: cannot listen on port %d: %s", self.index + 1, port, exc)
+        else:
+            raise DHTError("no port to listen on")
         _write_json(self.dir / "dht.json", {"port": port})
         self._own_peer = str(dht.peer_id)
         optimizer = None
