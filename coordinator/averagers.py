@@ -296,28 +296,9 @@ class AveragingPeer(JobRunner):
         return 0
 
     def _note_rounds(self, outcomes: list[Any], job: Any = None) -> None:
-        """Its own verdicts and checks, by volunteer, in its own ``rounds.jsonl`` (the job runner counts them)."""
-        from essaim.swarm.aggregation import suspects
-
-        for outcome in outcomes:
-            volunteers = sorted({owner[0] for owner in map(self._owner, outcome.peers) if owner is not None})
-            verdicts = getattr(outcome, "verdicts", {}) or {}
-            flagged: dict[str, str] = {}
-            kept: dict[str, float] = {}
-            checks: dict[str, dict[str, Any]] = {}
-            for peer, verdict in verdicts.items():
-                owner = self._owner(peer)
-                if owner is None:
-                    continue
-                if not verdict.get("refused"):
-                    kept[owner[0]] = round(float(verdict.get("kept", 1.0)), 4)
-                if verdict.get("check"):
-                    checks[owner[0]] = dict(verdict["check"])
-            for peer, why in suspects(verdicts).items():
-                owner = self._owner(peer)
-                if owner is not None:
-                    flagged[owner[0]] = why
-            self.rounds.add(outcome, volunteers, flagged, kept, checks)
+        """Its own verdicts and checks, by volunteer, in its own ``rounds.jsonl`` (the job runner
+        counts them); the job's status line is the job runner's."""
+        self._book_rounds(outcomes)
 
 
 def _die_with_parent() -> None:

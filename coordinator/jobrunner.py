@@ -78,9 +78,10 @@ class JobRunner:
 
     def __init__(self, *, job_id: str, data_dir: Path, store: Store, host: str = "127.0.0.1",
                  announce_host: str | None = None, model_dirs: Sequence[Path] = (),
-                 max_averaging_peers: int = 4) -> None:
+                 max_averaging_peers: int = 4, store_url: str = "") -> None:
         self.job_id = job_id
         self.max_averaging_peers = max_averaging_peers
+        self.store_url = store_url  # the store's URL, for the further averaging peers' processes
         self.model_dirs = tuple(model_dirs)  # where on this disk the recipe may name its model
         self.data_dir = data_dir
         self.store = store
@@ -234,8 +235,6 @@ class JobRunner:
             logger.info("job %s: %d averaging peers", self.job_id, count)
             self._others.start(join=maddrs, reducers=[self._own_peer, *self._others.peer_ids.values()])
         return self._others
-
-    store_url = ""  # the store's URL, for the further averaging peers' processes (main sets it)
 
     def _start_validation(self, optimizer: Any, loaded: Any, recipe: Recipe, files: Any) -> None:
         """Give the averaging peer a validator of volunteers' updates (essaim.swarm.validation),
@@ -554,6 +553,15 @@ class JobRunner:
         last one went (a round that averaged nobody is reported, not hidden)."""
         if not outcomes:
             return
+        self._book_rounds(outcomes)
+        reason = self.rounds.describe_last()
+        if reason and reason != job.status_reason and job.status == JobStatus.RUNNING:
+            with contextlib.suppress(EssaimError):
+                self.store.update_job_status(self.job_id, JobStatus.RUNNING, reason, expect=[JobStatus.RUNNING])
+
+    def _book_rounds(self, outcomes: list[Any]) -> None:
+        """Each round in :attr:`rounds`, by volunteer: who was averaged, named a suspect (with why),
+        how much of its pull was kept, what its update carried, how its check went."""
         from essaim.swarm.aggregation import suspects
 
         for outcome in outcomes:
@@ -574,10 +582,6 @@ class JobRunner:
                 if owner is not None and verdict.get("check"):
                     checks[owner[0]] = dict(verdict["check"])
             self.rounds.add(outcome, volunteers, flagged, kept, checks, weights)
-        reason = self.rounds.describe_last()
-        if reason and reason != job.status_reason and job.status == JobStatus.RUNNING:
-            with contextlib.suppress(EssaimError):
-                self.store.update_job_status(self.job_id, JobStatus.RUNNING, reason, expect=[JobStatus.RUNNING])
 
     def _aggregation_summary(self, recipe: Recipe) -> Any:
         """The provenance's account of the rounds: how they were reduced, and the suspects named."""
@@ -847,8 +851,7 @@ def main(argv: list[str] | None = None) -> int:
     store = open_store(args.db_url)
     runner = JobRunner(job_id=args.job_id, data_dir=args.data_dir, store=store, host=args.host,
                        announce_host=args.announce_host, model_dirs=args.model_dir,
-                       max_averaging_peers=args.max_averaging_peers)
-    runner.store_url = args.db_url
+                       max_averaging_peers=args.max_averaging_peers, store_url=args.db_url)
 
     def on_signal(signum: int, _frame: Any) -> None:
         logger.info("signal %d: stopping the swarm services of job %s", signum, args.job_id)
