@@ -130,6 +130,10 @@ def serve(
     max_averaging_peers: int | None = typer.Option(
         None, "--max-averaging-peers", help="Most averaging peers (processes) a job gets (4)."
     ),
+    reachability_second_address: str | None = typer.Option(
+        None, "--reachability-second-address",
+        help="Another IP of this host, from which volunteers' reachability is tested too (none).",
+    ),
     swarm: bool = typer.Option(
         True,
         "--swarm/--no-swarm",
@@ -162,6 +166,7 @@ def serve(
         public_pages=public_pages,
         max_message_bytes=max_message_bytes,
         max_averaging_peers=max_averaging_peers,
+        reachability_second_address=reachability_second_address,
     )
     logging.basicConfig(
         level=getattr(logging, log_level.upper(), logging.INFO),

@@ -85,6 +85,8 @@ class ProcessSwarmGateway:
             ]
             if self.announce_host:
                 cmd += ["--announce-host", self.announce_host]
+            if self.settings.reachability_second_address:
+                cmd += ["--reachability-second-address", self.settings.reachability_second_address]
             for directory in self.settings.model_dirs:
                 cmd += ["--model-dir", str(directory)]
             self._procs[job.id] = subprocess.Popen(

@@ -78,8 +78,10 @@ class JobRunner:
 
     def __init__(self, *, job_id: str, data_dir: Path, store: Store, host: str = "127.0.0.1",
                  announce_host: str | None = None, model_dirs: Sequence[Path] = (),
-                 max_averaging_peers: int = 4, store_url: str = "") -> None:
+                 max_averaging_peers: int = 4, store_url: str = "",
+                 reachability_second_address: str | None = None) -> None:
         self.job_id = job_id
+        self.reachability_second_address = reachability_second_address
         self.max_averaging_peers = max_averaging_peers
         self.store_url = store_url  # the store's URL, for the further averaging peers' processes
         self.model_dirs = tuple(model_dirs)  # where on this disk the recipe may name its model
@@ -333,7 +335,8 @@ class JobRunner:
         from essaim.swarm.reachability import serve_reachability_checks
 
         try:
-            serve_reachability_checks(dht, listen_host=self.host, record=str(self.dir / REACHABILITY_FILE))
+            serve_reachability_checks(dht, listen_host=self.host, record=str(self.dir / REACHABILITY_FILE),
+                                      second_address=self.reachability_second_address)
         except Exception as exc:  # volunteers then fall back to client mode, which always works
             logger.warning("job %s: cannot serve reachability checks: %s", self.job_id, exc)
 
@@ -844,6 +847,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a directory the recipe may name its model in (the coordinator's --allow-model-dir)")
     parser.add_argument("--max-averaging-peers", type=int, default=4,
                         help="the most averaging peers (processes) the job gets (the coordinator's setting)")
+    parser.add_argument("--reachability-second-address", default=None,
+                        help="another IP of this host, from which volunteers' reachability is tested too")
     parser.add_argument("--log-level", default=os.environ.get("ESSAIM_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -851,7 +856,8 @@ def main(argv: list[str] | None = None) -> int:
     store = open_store(args.db_url)
     runner = JobRunner(job_id=args.job_id, data_dir=args.data_dir, store=store, host=args.host,
                        announce_host=args.announce_host, model_dirs=args.model_dir,
-                       max_averaging_peers=args.max_averaging_peers, store_url=args.db_url)
+                       max_averaging_peers=args.max_averaging_peers, store_url=args.db_url,
+                       reachability_second_address=args.reachability_second_address)
 
     def on_signal(signum: int, _frame: Any) -> None:
         logger.info("signal %d: stopping the swarm services of job %s", signum, args.job_id)

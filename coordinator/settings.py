@@ -10,6 +10,7 @@ coordinator module receives it.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import platformdirs
@@ -93,6 +94,13 @@ class CoordinatorSettings(BaseSettings):
     job's rounds time out while this host's CPU or uplink is saturated: raise it (on more cores), or
     lower it on a small host."""
 
+    reachability_second_address: str | None = None
+    """A second IP address of this host, one volunteers are never given, from which the jobs' peers
+    also test a volunteer that they could dial back: without one, a volunteer behind a router that
+    lets in any address its home has contacted (and only those) is taken for reachable, joins as a
+    full peer, and other volunteers cannot dial it. Add an address to the host (a second IPv4 on the
+    same interface does) and name it here."""
+
     public_pages: bool = True
     """Serve the dashboard and JSON status to anyone; off keeps only /healthz and /metrics."""
 
@@ -134,6 +142,13 @@ class CoordinatorSettings(BaseSettings):
     @classmethod
     def _expand(cls, value: object) -> object:
         return Path(value).expanduser() if isinstance(value, str | Path) else value
+
+    @field_validator("reachability_second_address")
+    @classmethod
+    def _an_ip(cls, value: str | None) -> str | None:
+        if value:
+            ipaddress.ip_address(value)  # ValueError: pydantic reports "not a valid IP address"
+        return value or None
 
     def resolved_db_url(self) -> str:
         """The store URL: db_url, or the SQLite file ``data_dir/coordinator.db``."""

@@ -15,6 +15,16 @@ The coordinator only ever dials the address the request came from (with the port
 names), at most once per ``MIN_CHECK_INTERVAL_S`` per caller and ``MAX_CONCURRENT_CHECKS`` at a
 time, so the service cannot be used to make it connect anywhere else.
 
+A dial-back from the coordinator's own address cannot tell every NAT apart. A router that keeps
+out only the addresses its home has not contacted (address-restricted filtering, with the home's
+port kept in its mapping) lets the coordinator in on any port, since the probe has just talked to
+it, yet every other volunteer stays out. Given a second address of its host (``second_address``,
+the coordinator's ``--reachability-second-address``: an extra IP that volunteers never see), the
+coordinator also opens a plain TCP connection from there to the port that answered, and counts the
+volunteer reachable only when a libp2p listener answers it too (multistream-select's header,
+which the listener sends first). Without one, such a volunteer is taken for reachable and joins as
+a full peer that other volunteers cannot dial.
+
 A home router that takes port-mapping requests (UPnP IGD or NAT-PMP, as most do when the owner
 left it on) lets a NAT-ed volunteer be a full peer. The probe asks its router for a mapping, as
 the DHT's libp2p daemon does (``nat_port_map``); when the router cannot be dialed through on the
@@ -54,6 +64,7 @@ MIN_CHECK_INTERVAL_S = 10.0
 MAX_CONCURRENT_CHECKS = 4
 MAX_PORTS = 4
 MAX_REQUEST_BYTES = 4096
+MULTISTREAM_HEADER = b"\x13/multistream/1.0.0\n"  # what a libp2p listener sends first on a new connection
 MAPPED = "upnp"  # a request's "via": the ports named are ones the volunteer's router mapped
 PORT_MAP_WAIT_S = 8.0  # after the probe starts, how long a check that found no way in waits for a router's mapping
 
@@ -81,10 +92,15 @@ class Reachability:
 
 
 # ---- the coordinator's side ----
-def serve_reachability_checks(dht: Any, *, listen_host: str = "0.0.0.0", record: str | None = None) -> None:
+def serve_reachability_checks(dht: Any, *, listen_host: str = "0.0.0.0", record: str | None = None,
+                              second_address: str | None = None) -> None:
     """Answer reachability checks on ``dht``'s libp2p peer (runs in the DHT's own process). With
-    ``record``, each answer is also kept in that JSON file, by peer id (:func:`read_checks`)."""
-    dht.run_coroutine(_ServeChecks(listen_host, record), return_future=True).result(30.0)
+    ``record``, each answer is also kept in that JSON file, by peer id (:func:`read_checks`). With
+    ``second_address`` (another IP of this host), a volunteer must also answer a connection from
+    there (see the module docstring)."""
+    if second_address:
+        ipaddress.ip_address(second_address)  # ValueError for anything but an IP
+    dht.run_coroutine(_ServeChecks(listen_host, record, second_address), return_future=True).result(30.0)
 
 
 def read_checks(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
@@ -115,9 +131,10 @@ def _env(**values: str) -> Iterator[None]:
 class _ServeChecks:
     """Picklable coroutine factory: hivemind runs it inside the DHT process."""
 
-    def __init__(self, listen_host: str, record: str | None) -> None:
+    def __init__(self, listen_host: str, record: str | None, second_address: str | None = None) -> None:
         self.listen_host = listen_host
         self.record = record
+        self.second_address = second_address
 
     async def __call__(self, _dht: Any, node: Any) -> None:
         from essaim.swarm.dht import P2P_OPTIONS
@@ -129,15 +146,16 @@ class _ServeChecks:
         with _env(LIBP2P_TCP_REUSEPORT="false", IPFS_REUSEPORT="false"):
             prober = await P2P.create(host_maddrs=[f"/ip4/{self.listen_host}/tcp/0"], auto_nat=False,
                                       nat_port_map=False, conn_manager=False, dht_mode="client", **P2P_OPTIONS)
-        checker = _Checker(prober, self.record)
+        checker = _Checker(prober, self.record, self.second_address)
         node.essaim_reachability = checker  # keeps the prober alive as long as the node
         await node.p2p.add_binary_stream_handler(PROTOCOL, checker.handle)
 
 
 class _Checker:
-    def __init__(self, prober: Any, record: str | None = None) -> None:
+    def __init__(self, prober: Any, record: str | None = None, second_address: str | None = None) -> None:
         self.prober = prober
         self.record = Path(record) if record else None
+        self.second_address = second_address
         self.last_check: dict[bytes, float] = {}
         self.slots = asyncio.Semaphore(MAX_CONCURRENT_CHECKS)
 
@@ -205,9 +223,33 @@ class _Checker:
                 # libp2p reports success when it is connected to that peer by any way (another
                 # address it learned, a relay): the connection must be to the address dialed
                 if any(p.peer_id == info.peer_id and any(str(a) == address for a in p.addrs) for p in peers):
+                    refused = (await _refused_from(self.second_address, observed, port)
+                               if self.second_address and (":" in self.second_address) == (family == "ip6") else None)
+                    if refused is not None:
+                        return {"reachable": False, "observed": observed,
+                                "reason": f"port {port} answered this coordinator but not a connection from an "
+                                          f"address it had not contacted ({refused}): its router filters by "
+                                          "address, and other volunteers could not dial it"}
                     return {"reachable": True, "observed": observed, "address": address, **({"via": via} if via else {})}
         return {"reachable": False, "observed": observed,
                 "reason": f"a dial back to {observed} on port(s) {', '.join(map(str, ports))} failed"}
+
+
+async def _refused_from(source: str, host: str, port: int) -> str | None:
+    """None when a libp2p listener at ``host``:``port`` answers a TCP connection made from the
+    address ``source``; otherwise why not."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, local_addr=(source, 0)),
+                                                DIAL_TIMEOUT_S)
+    except (OSError, TimeoutError) as exc:
+        return f"no connection from {source}: {type(exc).__name__}"
+    try:
+        header = await asyncio.wait_for(reader.readexactly(len(MULTISTREAM_HEADER)), DIAL_TIMEOUT_S)
+    except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+        return f"no libp2p answer from {source}: {type(exc).__name__}"
+    finally:
+        writer.close()
+    return None if header == MULTISTREAM_HEADER else f"something else than libp2p answered {source}"
 
 
 def _host_of(maddr: str) -> str | None:

@@ -196,9 +196,22 @@ class NetLab:
             raise
         return Host(name=ns, address=address, public_address=address)
 
-    def add_home(self, name: str, *, uplink_mbit: float | None = None, upnp: bool = False) -> Host:
+    def add_address(self, host: Host) -> str:
+        """One more address on the internet for ``host`` (made by :meth:`add_host`), on its interface."""
+        address = self._public_ip()
+        _in(host.name, "ip", "addr", "add", f"{address}/24", "dev", "eth0")
+        return address
+
+    def add_home(self, name: str, *, uplink_mbit: float | None = None, upnp: bool = False,
+                 filtering: str = "connection") -> Host:
         """A volunteer namespace behind its own NAT router; ``uplink_mbit`` caps both directions;
-        ``upnp``: the router maps ports on request (miniupnpd; needs ``public_internet``)."""
+        ``upnp``: the router maps ports on request (miniupnpd; needs ``public_internet``).
+        ``filtering``: what the router lets in. "connection" (most home routers): only the replies
+        of connections the home opened. "address" (an address-restricted cone NAT): also a new
+        connection from any address the home has sent to in the last 10 minutes, to the port it
+        came to (the home's own, which the masquerade keeps when it is free)."""
+        if filtering not in ("connection", "address"):
+            raise ValueError(f"filtering is 'connection' or 'address', not {filtering!r}")
         if upnp:
             if not self.public_internet:
                 raise ValueError("a UPnP router needs NetLab(public_internet=True): miniupnpd maps no port on a "
@@ -232,6 +245,14 @@ class NetLab:
                     _in(router_ns, *ipt, "-t", table, "-N", chain)
                     where = ("-o" if hook == "POSTROUTING" else "-i")
                     _in(router_ns, *ipt, "-t", table, "-I", hook, where, "wan", "-j", chain)
+            if filtering == "address":  # remember where the home sends; let those addresses in
+                _in(router_ns, *ipt, "-A", "FORWARD", "-i", "lan", "-o", "wan", "-m", "recent", "--name",
+                    "contacted", "--rdest", "--set")
+                _in(router_ns, *ipt, "-t", "nat", "-A", "PREROUTING", "-i", "wan", "-p", "tcp", "-m", "recent",
+                    "--name", "contacted", "--rsource", "--rcheck", "--seconds", "600", "-j", "DNAT",
+                    "--to-destination", f"{lan}.2")
+                _in(router_ns, *ipt, "-A", "FORWARD", "-i", "wan", "-m", "conntrack", "--ctstate", "DNAT",
+                    "-j", "ACCEPT")
             for chain in ("FORWARD", "INPUT"):
                 _in(router_ns, *ipt, "-A", chain, "-i", "wan", "-m", "conntrack",
                     "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")

@@ -1,6 +1,7 @@
 """A process of the UPnP test (``test_upnp.py``), run inside a lab namespace. One role per run:
 
-    python upnp_peer.py coordinator RECORD   # a full DHT peer serving reachability checks; prints its maddrs
+    python upnp_peer.py coordinator RECORD [SECOND]   # a full DHT peer serving reachability checks (with
+                                             # SECOND, its host's second address); prints its maddrs
     python upnp_peer.py check MADDR...       # essaim's reachability check against those initial peers; prints it
     python upnp_peer.py listen               # a libp2p peer that maps a port as a full peer's daemon does;
                                              # prints its peer id and addresses once the router mapped one
@@ -20,14 +21,15 @@ def _wait_for_stdin_close() -> None:
     sys.stdin.read()
 
 
-def coordinator(record: str) -> None:
+def coordinator(record: str, second_address: str | None = None) -> None:
     import hivemind
     from essaim.swarm.reachability import serve_reachability_checks
 
     dht = hivemind.DHT(start=True, host_maddrs=["/ip4/0.0.0.0/tcp/0"], client_mode=False)
     try:
-        serve_reachability_checks(dht, listen_host="0.0.0.0", record=record)
-        maddrs = [str(m) for m in dht.get_visible_maddrs() if "/127.0.0.1/" not in str(m)]
+        serve_reachability_checks(dht, listen_host="0.0.0.0", record=record, second_address=second_address)
+        maddrs = [str(m) for m in dht.get_visible_maddrs()
+                  if "/127.0.0.1/" not in str(m) and (not second_address or f"/{second_address}/" not in str(m))]
         print(json.dumps({"maddrs": maddrs}), flush=True)
         _wait_for_stdin_close()
     finally:
@@ -81,7 +83,7 @@ async def _dial(peer: str, maddrs: list[str]) -> None:
 if __name__ == "__main__":
     role, args = sys.argv[1], sys.argv[2:]
     if role == "coordinator":
-        coordinator(args[0])
+        coordinator(*args[:2])
     elif role == "check":
         check(args)
     elif role == "listen":
