@@ -10,6 +10,13 @@ recipe's ``training.aggregation`` for each attack (``robust``, ``mean``, or both
 --attackers K`` runs N honest volunteers and K attackers (``mallory``, ``mallory2``...) instead, each
 attacker with the same attack (the issue's "2 of 8": ``--honest 6 --attackers 2``).
 
+``--base-steps N`` starts every configuration from a pretrained base instead of the demo's random
+initialisation: the demo model trained once, before the runs, for N plain AdamW steps on the job's own
+training data (600 steps: about a third of the held-out sums right). A LoRA adapter on the random
+model learns next to nothing in 12 epochs; on such a base it has something to build on, so the
+"within 10% of clean" target can be judged on a LoRA job (``--adapter lora --base-steps 600 --lr
+0.01``). ``--lr`` sets the recipe's learning rate.
+
 Reported per configuration:
 
 - the held-out exact match of the published model, and its ratio to the clean run's with the same
@@ -36,12 +43,15 @@ import argparse
 import importlib.util
 import json
 import platform
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -66,11 +76,62 @@ def _slowest(rounds: list[int | None]) -> int | None:
     return None if not rounds or None in rounds else max(r for r in rounds if r is not None)
 
 
-def run_config(harness: ModuleType, conftest: ModuleType, root: Path, attack: str, aggregation: str,
-               args: argparse.Namespace) -> dict[str, Any]:
-    recipe = harness.make_job(root / "job", epochs=args.epochs, target_batch_size=args.target, adapter=args.adapter,
+def _make_job(harness: ModuleType, job_dir: Path, args: argparse.Namespace, *, adapter: str,
+              aggregation: str) -> Path:
+    recipe = harness.make_job(job_dir, epochs=args.epochs, target_batch_size=args.target, adapter=adapter,
                               averaging="local", checkpoint_every_epochs=args.epochs, eval_size=200,
                               matchmaking_time=2.5, aggregation=aggregation)
+    if args.lr is not None:
+        data = yaml.safe_load(recipe.read_text())
+        data["optimizer"]["lr"] = args.lr
+        recipe.write_text(yaml.safe_dump(data, sort_keys=False))
+    return recipe
+
+
+def pretrain_base(harness: ModuleType, root: Path, args: argparse.Namespace) -> tuple[Path, float]:
+    """The demo model trained ``args.base_steps`` plain AdamW steps (every weight, the demo's lr) on the
+    job's own training data; returns the saved model folder and its held-out exact match."""
+    import torch
+    from essaim.protocol.recipe import load_recipe_file
+    from essaim.swarm.cache import collect_job_files
+    from essaim.swarm.data import build_train_dataset, iterate_batches, load_eval_set
+    from essaim.swarm.demo_task import DemoConfig
+    from essaim.swarm.evaluate import evaluate
+    from essaim.swarm.model import load_model
+
+    job_dir = root / "base"
+    recipe = load_recipe_file(harness.make_job(job_dir, epochs=args.epochs, target_batch_size=args.target,
+                                               adapter="full", eval_size=200))
+    files = collect_job_files(recipe, job_dir)
+    loaded = load_model(recipe, files=files, device="cpu")
+    data = build_train_dataset(recipe, loaded.tokenizer, files=files)
+    params = [p for _, p in loaded.trainable_parameters()]
+    optimizer = torch.optim.AdamW(params, lr=DemoConfig.lr, weight_decay=0.0)
+    torch.manual_seed(0)
+    steps, epoch = 0, 0
+    while steps < args.base_steps:
+        for batch in iterate_batches(data, range(data.num_shards), batch_size=recipe.training.batch_size, seed=0,
+                                     epoch=epoch):
+            loaded.model(**batch).loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad()
+            steps += 1
+            if steps >= args.base_steps:
+                break
+        epoch += 1
+    eval_set = load_eval_set(recipe, loaded.tokenizer, files=files)
+    assert eval_set is not None and recipe.eval is not None
+    accuracy = evaluate(loaded, eval_set, recipe.eval).value
+    loaded.model.save_pretrained(job_dir / "model")
+    return job_dir / "model", accuracy
+
+
+def run_config(harness: ModuleType, conftest: ModuleType, root: Path, attack: str, aggregation: str,
+               args: argparse.Namespace, base: Path | None = None) -> dict[str, Any]:
+    recipe = _make_job(harness, root / "job", args, adapter=args.adapter, aggregation=aggregation)
+    if base is not None:  # the same tokenizer and data (same seed): only the weights change
+        shutil.copytree(base, root / "job" / "model", dirs_exist_ok=True)
     started = time.monotonic()
     swarm = harness.ServiceSwarm.start(conftest.start_coordinator, root / "coord", recipe)
     row: dict[str, Any] = {"attack": attack, "aggregation": aggregation}
@@ -103,6 +164,13 @@ def run_config(harness: ModuleType, conftest: ModuleType, root: Path, attack: st
         detection = [next((i for i, r in enumerate(rs, 1) if h in r["suspects"]), None) for h, rs in in_rounds.items()]
         row["rounds_to_detection"] = _slowest(detection)
         row["honest_named"] = sum(len(honest & set(r["suspects"])) for r in rounds)
+        # each attacker round: the volunteers in it, the weight she carried in, the share of her pull
+        # kept, and why she was named (how an attack got through before it was caught)
+        row["attacker_rounds"] = [
+            {"epoch": r["epoch"], "volunteers": len(r["volunteers"]) + (h in r["suspects"] and h not in r["volunteers"]),
+             "weight": r.get("weights", {}).get(h), "kept": r.get("kept", {}).get(h),
+             "named": r["suspects"].get(h, "")[:120]}
+            for h, rs in in_rounds.items() for r in rs]
         checks = [(v, c) for r in rounds for v, c in r.get("checks", {}).items()]
         row["mallory_checks"] = sum(1 for v, _ in checks if v in hers)
         row["mallory_checks_failed"] = sum(1 for v, c in checks if v in hers and not c["passed"]
@@ -141,7 +209,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['machine']}; the demo job, {report['adapter']} fine-tune, local mode, {report['epochs']} epochs of "
         f"{report['target']} samples; the attackers join once the {report['honest']} honest volunteers have "
         "averaged. Attackers' figures are summed over them (rounds to detection and dropped in round: the "
-        "slowest attacker's).",
+        "slowest attacker's)."
+        + (f" Base: the demo model pretrained {report['base_steps']} plain steps (held-out exact match "
+           f"{report['base_accuracy']})." if report.get("base_steps") else "")
+        + (f" Learning rate {report['lr']}." if report.get("lr") else ""),
         "",
         "| attack | aggregation | status | exact match after | vs clean | mallory's rounds | named in | "
         "rounds to detection | honest named | her checks failed / done | dropped in round | "
@@ -176,6 +247,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--honest", type=int, default=2, help=f"honest volunteers (at most {len(HONEST)})")
     p.add_argument("--attackers", type=int, default=1, help="attacking volunteers, each with the same attack")
+    p.add_argument("--base-steps", type=int, default=0,
+                   help="start from the demo model pretrained this many plain steps (0: its random initialisation)")
+    p.add_argument("--lr", type=float, default=None, help="the recipe's learning rate (default: the demo's)")
     p.add_argument("--out", default="adversary")
     return p.parse_args(argv)
 
@@ -196,11 +270,16 @@ def main(argv: list[str] | None = None) -> int:
                     ROOT / "tests" / "integration" / "swarm_services" / "services_harness.py")
     conftest = _load("essaim_tests_conftest", ROOT / "tests" / "conftest.py")
     rows = []
+    base_dir = tempfile.TemporaryDirectory(prefix="essaim-adversary-base-")
+    base, base_accuracy = None, None
+    if args.base_steps:
+        base, base_accuracy = pretrain_base(harness, Path(base_dir.name), args)
+        print(f"== pretrained base: {args.base_steps} steps, exact match {base_accuracy}", flush=True)
     for attack, aggregation in configs:
         print(f"== {attack} under {aggregation}", flush=True)
         with tempfile.TemporaryDirectory(prefix="essaim-adversary-") as tmp:
             try:
-                row = run_config(harness, conftest, Path(tmp), attack, aggregation, args)
+                row = run_config(harness, conftest, Path(tmp), attack, aggregation, args, base)
             except Exception as exc:  # one failed configuration still leaves the others' figures
                 row = {"attack": attack, "aggregation": aggregation, "status": f"error: {exc}"[:300]}
         print(json.dumps(row), flush=True)
@@ -213,9 +292,11 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.node() or 'this machine'}: {platform.processor() or platform.machine()}, "
                    f"{__import__('os').cpu_count()} CPUs",
         "epochs": args.epochs, "target": args.target, "adapter": args.adapter, "honest": args.honest,
-        "attackers": args.attackers, "rows": rows,
+        "attackers": args.attackers, "rows": rows, "base_steps": args.base_steps, "base_accuracy": base_accuracy,
+        "lr": args.lr,
         "command": "python bench/adversary.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
+    base_dir.cleanup()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(report, indent=1))
     (RESULTS / f"{args.out}.md").write_text(markdown(report))

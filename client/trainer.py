@@ -25,7 +25,6 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -362,15 +361,13 @@ def _network_mode(a: TrainerAssignment) -> tuple[bool, list[str], list[str], Any
     client mode, averaging through the coordinator's averaging peer; no answer, the guess of
     :func:`essaim.swarm.dht.decide_client_mode`, which says client mode unless it is sure.
 
-    Reachable only through a port its router mapped on request (UPnP, NAT-PMP), it joins in client
-    mode for now, and says why. Others can dial such a peer (tests/integration/nat/test_upnp.py),
-    but in the NAT lab (all peers on one 2-core machine) a full peer behind a mapping among NAT-ed
-    ones, beside busy processes, left the demo job at a held-out exact match of 0.09-0.56 where
-    three NAT-ed ones reached 0.695-0.95: the NAT-ed peers trained slower (107-123 samples per
-    compute second against 139-147 for the full one, and 131-144 each without it), and the full
-    peer's larger updates were clipped for many rounds; unloaded, 0.475-0.66 (three NAT-ed: 0.795-0.81).
-    Most home routers map ports, so full mode there waits until a swarm of mixed peers learns as
-    well under load."""
+    Reachable through a port its router mapped on request (UPnP, NAT-PMP), it joins as a full
+    peer too, and its DHT's daemon maps a port of its own and announces it (the probe's mapping
+    goes with the probe). In the NAT lab, a full peer behind a mapping among two NAT-ed ones left the
+    demo job at a held-out exact match of 0.905 (three NAT-ed: 0.89), and 0.805 beside two busy
+    processes, every round with all three (tests/integration/nat/test_nat_swarm.py with
+    ESSAIM_TEST_NAT_UPNP=carol). Before only the job's averaging peers reduced and led rounds, the
+    same swarm reached 0.09-0.56, and this mode waited for that to be understood."""
     from essaim.swarm.dht import decide_client_mode
     from essaim.swarm.reachability import MAPPED, check_reachability, is_local_address, pin_ports
 
@@ -379,13 +376,9 @@ def _network_mode(a: TrainerAssignment) -> tuple[bool, list[str], list[str], Any
     host_maddrs = pin_ports(a.host_maddrs)
     seen = check_reachability(a.initial_peers, host_maddrs=host_maddrs)
     client_mode = decide_client_mode(a.initial_peers) if seen.reachable is None else not seen.reachable
-    if seen.via == MAPPED:
-        client_mode = True  # see above
-        seen = replace(seen, reason="reachable through the router's port mapping; averaging through the "
-                                    "coordinator's peer (full peers behind a mapping are not used yet)")
     announce = list(a.announce_maddrs)
     if seen.reachable and seen.address and seen.observed and not is_local_address(seen.observed) and not announce \
-            and not client_mode:
+            and not client_mode and seen.via != MAPPED:
         announce = [seen.address]  # the router forwards this port to us: that is our address for others
     logger.info("reachability: %s%s%s; joining in %s mode", seen.label,
                 f" (seen from {seen.observed})" if seen.observed else "",

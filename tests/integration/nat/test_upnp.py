@@ -111,8 +111,9 @@ def test_a_volunteer_behind_a_plain_nat_learns_nobody_can_dial_it(lab: Any, coor
 
 @pytest.mark.timeout(300)
 def test_a_nated_volunteer_dials_a_full_peer_behind_a_upnp_router(lab: Any) -> None:
-    """What a full peer's daemon announces behind a UPnP router (a port of its own that the router
-    mapped) is an address others reach through two NATs: theirs, outgoing, and the mapping."""
+    """What a full peer's DHT announces behind a UPnP router (essaim's start_dht, as a trainer that
+    found itself reachable through a mapping starts it: its daemon maps a port of its own) is an
+    address others reach through two NATs: theirs, outgoing, and the mapping."""
     full, client = lab.add_home("full", upnp=True), lab.add_home("client")
     proc = full.popen([sys.executable, PEER, "listen"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                       stderr=subprocess.PIPE, text=True)

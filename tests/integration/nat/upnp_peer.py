@@ -3,7 +3,7 @@
     python upnp_peer.py coordinator RECORD [SECOND]   # a full DHT peer serving reachability checks (with
                                              # SECOND, its host's second address); prints its maddrs
     python upnp_peer.py check MADDR...       # essaim's reachability check against those initial peers; prints it
-    python upnp_peer.py listen               # a libp2p peer that maps a port as a full peer's daemon does;
+    python upnp_peer.py listen               # a full peer's DHT (essaim's start_dht), whose daemon maps a port;
                                              # prints its peer id and addresses once the router mapped one
     python upnp_peer.py dial PEER MADDR...   # connects to PEER at those addresses; prints whether it could
 
@@ -45,23 +45,30 @@ def check(initial_peers: list[str]) -> None:
           flush=True)
 
 
-async def _listen() -> None:
-    from essaim.swarm.reachability import is_local_address
-    from hivemind.p2p import P2P
+def listen() -> None:
+    """A full peer's DHT as a trainer starts it (essaim.swarm.dht.start_dht, whose libp2p daemon
+    maps a port on the router), until its visible addresses hold one on the router's outside IP."""
+    import time
 
-    p2p = await P2P.create(host_maddrs=["/ip4/0.0.0.0/tcp/0"], nat_port_map=True)
+    from essaim.swarm.dht import shutdown_dht, start_dht
+    from essaim.swarm.reachability import is_local_address
+
+    dht = start_dht(initial_peers=[], identity_path=None, authorizer=None, host_maddrs=["/ip4/0.0.0.0/tcp/0"],
+                    client_mode=False)
     try:
+        mapped: list[str] = []
         for _ in range(120):  # the daemon finds the router and maps a port: about 5 s
-            _, addrs = await p2p._client.identify()
-            mapped = [str(a) for a in addrs if not is_local_address(str(a).split("/")[2])]
+            addrs = [str(a) for a in dht.get_visible_maddrs(latest=True)]
+            mapped = [a for a in addrs if not is_local_address(a.split("/")[2])]
             if mapped:
                 break
-            await asyncio.sleep(0.25)
-        lan = [str(a) for a in addrs if str(a).split("/")[2] not in ("127.0.0.1", *(m.split("/")[2] for m in mapped))]
-        print(json.dumps({"peer_id": p2p.peer_id.to_base58(), "mapped": mapped, "lan": lan}), flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, _wait_for_stdin_close)
+            time.sleep(0.25)
+        lan = [a for a in addrs if a.split("/")[2] not in ("127.0.0.1", *(m.split("/")[2] for m in mapped))]
+        print(json.dumps({"peer_id": dht.peer_id.to_base58(), "mapped": [m.split("/p2p/")[0] for m in mapped],
+                          "lan": [m.split("/p2p/")[0] for m in lan]}), flush=True)
+        _wait_for_stdin_close()
     finally:
-        await p2p.shutdown()
+        shutdown_dht(dht)
 
 
 async def _dial(peer: str, maddrs: list[str]) -> None:
@@ -87,7 +94,7 @@ if __name__ == "__main__":
     elif role == "check":
         check(args)
     elif role == "listen":
-        asyncio.run(_listen())
+        listen()
     elif role == "dial":
         asyncio.run(_dial(args[0], args[1:]))
     else:
