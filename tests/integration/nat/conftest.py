@@ -63,3 +63,10 @@ def load_harness() -> ModuleType:
 @pytest.fixture(scope="session")
 def harness() -> ModuleType:
     return load_harness()
+
+
+@pytest.fixture(scope="session")
+def upnp_roles() -> ModuleType:
+    """test_upnp.py's helpers that run ``upnp_peer.py`` roles in the lab's namespaces (``_run``,
+    ``_first_line``, ``_stop``), for the other reachability tests."""
+    return _load("essaim_tests_nat_upnp", Path(__file__).with_name("test_upnp.py"))

@@ -25,19 +25,6 @@ pytestmark = pytest.mark.slow
 PEER = str(Path(__file__).with_name("upnp_peer.py"))
 
 
-def _helpers() -> ModuleType:
-    import importlib.util
-
-    name = "essaim_tests_nat_upnp"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("test_upnp.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.fixture(scope="module")
 def lab(netlab_module: ModuleType) -> Iterator[Any]:
     lab = netlab_module.NetLab()
@@ -47,7 +34,8 @@ def lab(netlab_module: ModuleType) -> Iterator[Any]:
         lab.close()
 
 
-def _coordinator(lab: Any, name: str, record: Path, *, second: bool) -> tuple[Any, subprocess.Popen[str]]:
+def _coordinator(roles: ModuleType, lab: Any, name: str, record: Path, *,
+                 second: bool) -> tuple[Any, subprocess.Popen[str]]:
     host = lab.add_host(name)
     args = [str(record)]
     if second:
@@ -56,9 +44,9 @@ def _coordinator(lab: Any, name: str, record: Path, *, second: bool) -> tuple[An
     proc = host.popen([sys.executable, PEER, "coordinator", *args], stdin=subprocess.PIPE,
                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        host.maddrs = _helpers()._first_line(proc, 60)["maddrs"]
+        host.maddrs = roles._first_line(proc, 60)["maddrs"]
     except BaseException:
-        _helpers()._stop(proc)
+        roles._stop(proc)
         raise
     assert host.maddrs and all(f"/{host.address}/" in m for m in host.maddrs), host.maddrs
     return host, proc
@@ -66,11 +54,11 @@ def _coordinator(lab: Any, name: str, record: Path, *, second: bool) -> tuple[An
 
 @pytest.mark.timeout(300)
 def test_a_router_that_filters_by_address_is_found_out_from_a_second_address(
-        lab: Any, tmp_path: Path) -> None:
-    helpers = _helpers()
-    with_second, proc1 = _coordinator(lab, "coord2", tmp_path / "second.json", second=True)
+        lab: Any, upnp_roles: ModuleType, tmp_path: Path) -> None:
+    helpers = upnp_roles
+    with_second, proc1 = _coordinator(helpers, lab, "coord2", tmp_path / "second.json", second=True)
     try:
-        only_one, proc2 = _coordinator(lab, "coord1", tmp_path / "one.json", second=False)
+        only_one, proc2 = _coordinator(helpers, lab, "coord1", tmp_path / "one.json", second=False)
         try:
             home = lab.add_home("restricted", filtering="address")
             # one address: the dial-back passes the router, which had just seen that address
