@@ -105,17 +105,14 @@ def pretrain_base(harness: ModuleType, root: Path, args: argparse.Namespace) -> 
     files = collect_job_files(recipe, job_dir)
     loaded = load_model(recipe, files=files, device="cpu")
     data = build_train_dataset(recipe, loaded.tokenizer, files=files)
-    params = [p for _, p in loaded.trainable_parameters()]
-    optimizer = torch.optim.AdamW(params, lr=DemoConfig.lr, weight_decay=0.0)
+    step = _load("bench_demo_learning", ROOT / "bench" / "demo_learning.py")._step  # the plain loop's step
+    optimizer = torch.optim.AdamW([p for _, p in loaded.trainable_parameters()], lr=DemoConfig.lr, weight_decay=0.0)
     torch.manual_seed(0)
     steps, epoch = 0, 0
     while steps < args.base_steps:
         for batch in iterate_batches(data, range(data.num_shards), batch_size=recipe.training.batch_size, seed=0,
                                      epoch=epoch):
-            loaded.model(**batch).loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            optimizer.zero_grad()
+            step(loaded, optimizer, batch)
             steps += 1
             if steps >= args.base_steps:
                 break
@@ -270,9 +267,9 @@ def main(argv: list[str] | None = None) -> int:
                     ROOT / "tests" / "integration" / "swarm_services" / "services_harness.py")
     conftest = _load("essaim_tests_conftest", ROOT / "tests" / "conftest.py")
     rows = []
-    base_dir = tempfile.TemporaryDirectory(prefix="essaim-adversary-base-")
+    base_dir = tempfile.TemporaryDirectory(prefix="essaim-adversary-base-") if args.base_steps else None
     base, base_accuracy = None, None
-    if args.base_steps:
+    if base_dir is not None:
         base, base_accuracy = pretrain_base(harness, Path(base_dir.name), args)
         print(f"== pretrained base: {args.base_steps} steps, exact match {base_accuracy}", flush=True)
     for attack, aggregation in configs:
@@ -296,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         "lr": args.lr,
         "command": "python bench/adversary.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
-    base_dir.cleanup()
+    if base_dir is not None:
+        base_dir.cleanup()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps(report, indent=1))
     (RESULTS / f"{args.out}.md").write_text(markdown(report))
