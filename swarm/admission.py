@@ -182,11 +182,18 @@ class AdmittedServicer:
         async for response in super().rpc_join_group(request, context):  # type: ignore[misc]
             yield response
 
+    async def _refused_parts(self, stream: typing.AsyncIterator[Any], context: P2PContext) -> bool:
+        """True when the caller is not admitted: what it sent has been read (``_drained``), and the
+        answer to write is PROTOCOL_VIOLATION."""
+        if await self._admitted(context):
+            return False
+        await _drained(stream)
+        return True
+
     async def rpc_aggregate_part(
         self, stream: typing.AsyncIterator[averaging_pb2.AveragingData], context: P2PContext,
     ) -> typing.AsyncIterator[averaging_pb2.AveragingData]:
-        if not await self._admitted(context):
-            await _drained(stream)
+        if await self._refused_parts(stream, context):
             yield averaging_pb2.AveragingData(code=averaging_pb2.PROTOCOL_VIOLATION)
             return
         async for message in super().rpc_aggregate_part(stream, context):  # type: ignore[misc]

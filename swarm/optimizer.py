@@ -299,7 +299,7 @@ class _GradAverager(AdmittedServicer, GradientAverager):
         hivemind answered BAD_GROUP_ID at once, and the member's round failed: the coordinator's
         averaging peer, which starts its round when the volunteers' reports show the epoch ended,
         is often a moment behind the volunteers that lead that count."""
-        if not await self._admitted(context):  # before holding anything for the caller
+        if await self._refused_parts(stream, context):  # before holding anything for the caller
             yield averaging_pb2.AveragingData(code=averaging_pb2.PROTOCOL_VIOLATION)
             return
         request = await anext(stream)

@@ -128,6 +128,31 @@ def test_the_averagers_streams_answer_nothing_to_a_refused_peer() -> None:
     assert state == []
 
 
+@pytest.mark.parametrize("servicer", ["mixin", "gradient averager"])
+def test_a_refused_peers_parts_are_read_before_it_is_answered(servicer: str) -> None:
+    """Answered while it still writes, the caller's stream is reset and the refusal can be lost (an
+    empty answer under load): both the mixin's and the gradient averager's own override read first."""
+    from essaim.swarm import optimizer
+
+    cls = AdmittedServicer if servicer == "mixin" else optimizer._GradAverager
+    refused = object.__new__(cls)  # no averager behind it: the refusal never reaches hivemind's code
+    refused.admission = SimpleNamespace(admits=lambda dht, peer: _false())
+    refused.dht = None
+    refused._parent_pid = None  # hivemind's __del__ shuts down an averager its own process started
+    read: list[int] = []
+
+    async def sent() -> Any:
+        for i in range(3):
+            read.append(i)
+            yield averaging_pb2.AveragingData(code=averaging_pb2.PART_FOR_AVERAGING)
+
+    async def run() -> list[Any]:
+        return [m async for m in cls.rpc_aggregate_part(refused, sent(), SimpleNamespace(remote_id="stranger"))]
+
+    assert [m.code for m in asyncio.run(run())] == [averaging_pb2.PROTOCOL_VIOLATION]
+    assert read == [0, 1, 2]
+
+
 async def _false() -> bool:
     return False
 
