@@ -2,7 +2,8 @@
 # Set up a development environment in .venv and run essaim's demo swarm or its tests.
 #
 #   ./dev.sh demo [essaim demo options]   set up, then run the local demo swarm
-#   ./dev.sh test [pytest options]        set up, then run the test suite
+#   ./dev.sh test [pytest options]        set up, then run the test suite (no options: in two worker
+#                                         groups, the swarms and the rest, side by side)
 #   ./dev.sh setup                        set up only
 #
 # Environment:
@@ -82,6 +83,10 @@ case "$cmd" in
   test)
     setup
     system_deps
+    if (($# == 0)); then
+      # the whole suite: the swarms on one worker, the rest beside them on another (tests/conftest.py)
+      set -- -n 2 --dist loadgroup --durations=30
+    fi
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
   *) echo "usage: ./dev.sh demo|test|setup [options]" >&2; exit 2 ;;

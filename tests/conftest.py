@@ -185,6 +185,18 @@ def shared_coordinator(
     return module_launcher(tmp_path_factory.mktemp("coordinator"))
 
 
+NAT_TESTS = Path(__file__).parent / "integration" / "nat"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Two groups for ``pytest -n 2 --dist loadgroup`` (``./dev.sh test``): the swarms (tests marked
+    slow, and the NAT lab's) one after another on one worker, everything else on the other. Each
+    group runs in order, on its own, as in a plain run; only the two groups overlap."""
+    for item in items:
+        swarm = item.get_closest_marker("slow") is not None or NAT_TESTS in Path(str(item.path)).parents
+        item.add_marker(pytest.mark.xdist_group("swarm" if swarm else "light"))
+
+
 def _ours(proc: psutil.Process) -> bool:
     """A process a test started; torch's shared-memory manager exits by itself once unused."""
     with contextlib.suppress(psutil.Error):
