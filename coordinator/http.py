@@ -117,11 +117,11 @@ def create_app(service: Any, settings: Any, *, metrics: Metrics | None = None) -
     app.state.settings = settings
     app.state.metrics = metrics = metrics or Metrics()
 
-    @app.get("/healthz")
+    @app.get("/healthz", summary="Is the coordinator up (its version)")
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics of the coordinator and its jobs")
     def prometheus() -> PlainTextResponse:
         try:
             status = service.status()
@@ -130,7 +130,7 @@ def create_app(service: Any, settings: Any, *, metrics: Metrics | None = None) -
             raise
         return PlainTextResponse(render_metrics(status, metrics), media_type="text/plain; version=0.0.4")
 
-    @app.get("/api/v1/status")
+    @app.get("/api/v1/status", summary="Counts of volunteers and jobs (404 while the pages are private)")
     def api_status() -> dict[str, Any]:
         if not settings.public_pages:
             raise HTTPException(status_code=404, detail="public pages are turned off on this coordinator")

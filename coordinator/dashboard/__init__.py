@@ -8,7 +8,8 @@ adds to the coordinator's FastAPI app:
 
 - pages (:mod:`.pages`, :mod:`.admin_pages`): swarm, jobs, one job and its transparency page,
   contributions and teams, volunteers, the ledger, admin sign-in and admin forms;
-- the JSON API under ``/api/v1`` (:mod:`.api`, :mod:`.downloads`), described in ``/openapi.json``;
+- the JSON API under ``/api/v1`` (:mod:`.api`, :mod:`.downloads`), described in ``/openapi.json``
+  with its security schemes and shown at ``/docs`` (:mod:`.apidocs`);
 - ``/static/`` with every stylesheet, script and icon the pages use (nothing from elsewhere);
 - a Content-Security-Policy allowing only this origin, on every response (:mod:`.access`);
 - the swarm sampler behind the "volunteers online" chart: a daemon thread started here and
@@ -30,6 +31,8 @@ from essaim.coordinator.dashboard.access import Access, SecurityHeaders
 from essaim.coordinator.dashboard.actions import AdminActions
 from essaim.coordinator.dashboard.admin_pages import build_admin_pages_router
 from essaim.coordinator.dashboard.api import build_api_router
+from essaim.coordinator.dashboard.apidocs import build_docs_router
+from essaim.coordinator.dashboard.apidocs import install as install_openapi
 from essaim.coordinator.dashboard.downloads import build_downloads_router
 from essaim.coordinator.dashboard.pages import PageContext, build_pages_router
 from essaim.coordinator.dashboard.queries import DashboardQueries
@@ -97,6 +100,8 @@ def register_dashboard(app: FastAPI, *, service: Any, settings: Any) -> Dashboar
     app.include_router(build_downloads_router(queries=dashboard.queries, access=dashboard.access))
     app.include_router(build_pages_router(pages, sampler=dashboard.sampler))
     app.include_router(build_admin_pages_router(pages, actions=dashboard.actions))
+    app.include_router(build_docs_router(app, dashboard.renderer, dashboard.access))
+    install_openapi(app, public_reads=bool(settings.public_pages))
     app.mount(STATIC_PREFIX, StaticFiles(directory=STATIC_DIR), name="dashboard-static")
     app.add_middleware(SecurityHeaders, static_prefix=STATIC_PREFIX + "/")
     _stop_with_lifespan(app, dashboard)

@@ -63,10 +63,18 @@ def test_pages_render_the_live_swarm_with_charts(swarm, watch, screenshot):
     assert "lyon" in page.inner_text("#teams")
     shots.append(screenshot(page, "dashboard-contributions"))
 
+    page.goto(swarm.url + "/docs")  # the JSON API's reference, read from /openapi.json
+    assert page.locator(".api-op[data-path='/api/v1/jobs/{job_id}/approve'][data-method='POST']").count() == 1
+    assert page.locator("#api-schemes .api-scheme").count() == 3
+    shots.append(screenshot(page, "dashboard-api"))
+
     page.set_viewport_size({"width": 390, "height": 844})
     page.goto(swarm.url + "/")
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
     shots.append(screenshot(page, "dashboard-swarm-phone"))
+    page.goto(swarm.url + "/docs")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    shots.append(screenshot(page, "dashboard-api-phone"))
     assert watch.errors == [] and watch.dialogs == []
     print("screenshots:", *map(str, shots), sep="\n  ")
 

@@ -212,8 +212,12 @@ def test_private_dashboard_when_public_pages_are_off(demo, launch_coordinator, t
     assert home.status == 303 and home.headers["Location"] == "/signin?next=" + quote("/jobs?show=all", safe="")
     assert demo.request("GET", url + "/api/v1/jobs").status == 401
     assert demo.request("GET", url + "/api/v1/ledger.jsonl").status == 401
-    for open_path in ("/healthz", "/metrics", "/signin", "/static/app.css"):
+    for open_path in ("/healthz", "/metrics", "/signin", "/static/app.css", "/openapi.json", "/docs"):
         assert demo.request("GET", url + open_path).status == 200, open_path
+    # the description says so: no read without a credential here
+    reads = demo.get_json(url + "/openapi.json")["paths"]["/api/v1/jobs"]["get"]["security"]
+    assert reads == [{"bearerToken": []}, {"adminSession": []}], reads
+    assert "this coordinator&#39;s pages are private" in demo.request("GET", url + "/docs").text
     signin = demo.request("GET", url + "/signin").text
     assert "pages are private" in signin
     bearer = {"Authorization": f"Bearer {coord.admin_token}"}

@@ -284,3 +284,36 @@ def test_tampered_ledger_row_is_detected(swarm, demo):
         with sqlite3.connect(db) as conn:
             conn.execute("UPDATE ledger SET samples = ? WHERE seq = 4", (original,))
     assert demo.get_json(f"{swarm.url}/api/v1/ledger/verify")["ok"]
+
+
+def test_openapi_says_who_may_call_each_operation(swarm, demo):
+    spec = demo.get_json(f"{swarm.url}/openapi.json")
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["bearerToken"] == {**schemes["bearerToken"], "type": "http", "scheme": "bearer"}
+    assert schemes["adminSession"]["in"] == "cookie" and schemes["csrfToken"]["name"] == "X-CSRF-Token"
+    read = [{}, {"bearerToken": []}, {"adminSession": []}]  # public pages: no credential needed to read
+    act = [{"bearerToken": []}, {"adminSession": [], "csrfToken": []}]
+    operations = [(path, method, op) for path, item in spec["paths"].items() for method, op in item.items()]
+    assert operations and all("security" in op for _, _, op in operations), operations
+    for path, method, op in operations:
+        if path in ("/healthz", "/metrics", "/api/v1/status"):
+            assert op["security"] == [], path
+        elif method == "get":
+            assert op["security"] == read, path
+        else:
+            assert op["security"] == act, (method, path)
+    # and the server holds to it: an action without a credential is refused (with one: the admin tests)
+    job = f"/api/v1/jobs/{swarm.awaiting.id}/priority"
+    assert demo.request("POST", swarm.url + job, json_body={"priority": 2}).status == 403
+
+
+def test_the_docs_page_shows_every_operation_of_the_description(swarm, demo):
+    spec = demo.get_json(f"{swarm.url}/openapi.json")
+    page = demo.request("GET", f"{swarm.url}/docs")
+    assert page.status == 200 and "text/html" in page.headers["Content-Type"]
+    for path, item in spec["paths"].items():
+        for method in item:
+            assert f'data-method="{method.upper()}" data-path="{path}"' in page.text, (method, path)
+    assert "Authorization: Bearer" in page.text and "X-CSRF-Token" in page.text
+    assert "an admin: bearer token, or sign-in cookie with its CSRF token" in page.text
+    assert 'href="/docs"' in demo.request("GET", f"{swarm.url}/jobs").text  # every page's footer links it
