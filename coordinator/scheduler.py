@@ -134,6 +134,38 @@ def why_none(candidates: Iterable[Candidate], hardware: Hardware) -> str:
     return f"job {first.job.id[:8]} ({first.job.name}) {reason}" if reason else ""
 
 
+def waiting_reason(job_id: str, candidates: Sequence[Candidate], online: Sequence[tuple[Hardware, str]]) -> str:
+    """Why the queued job ``job_id`` has no volunteer yet, as its researcher reads it. ``online``: each
+    online volunteer's hardware and the job it is on ("" when free). A volunteer on a job stays on it;
+    a free one takes, when it next asks for work, the best job that fits it (:func:`pick_job`)."""
+    mine = next((c for c in candidates if c.job.id == job_id), None)
+    if mine is None:
+        return ""
+    if not online:
+        return "waiting for volunteers: none is online"
+    able = [(hw, on) for hw, on in online if unfit_reason(hw, mine.needs) is None]
+    if not able:
+        return f"none of the {len(online)} volunteer(s) online can run it: it {unfit_reason(online[0][0], mine.needs)}"
+    free = [hw for hw, on in able if not on]
+    takers = [hw for hw in free if (picked := pick_job(candidates, hw)) is not None and picked.id == job_id]
+    if takers:
+        return (f"{len(takers)} free volunteer(s) online can take it: it starts when one asks for work "
+                "(volunteers ask while their owners are away)")
+    if free:
+        ahead = min((c for c in candidates if unfit_reason(free[0], c.needs) is None), key=_rank).job
+        return (f"the {len(free)} free volunteer(s) that can run it go to job {ahead.id[:8]} ({ahead.name}) first: "
+                f"{_ahead_because(ahead, mine.job)}")
+    return f"the {len(able)} volunteer(s) online that can run it are on other jobs until those end"
+
+
+def _ahead_because(ahead: Job, job: Job) -> str:
+    if ahead.priority > job.priority:
+        return f"its priority is higher ({ahead.priority} against {job.priority})"
+    if ahead.status == JobStatus.RUNNING:
+        return "at the same priority a running job comes first"
+    return "it was submitted earlier"
+
+
 def assign_slots(volunteer_id: str, active: Sequence[str] | Iterable[str]) -> list[int]:
     """The shard slots of ``volunteer_id`` among the job's active volunteers (it included)."""
     members = sorted({*active, volunteer_id})

@@ -12,6 +12,7 @@ process never imports torch or hivemind; without one, assignments carry no peers
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -471,10 +472,23 @@ class CoordinatorService:
 
     def list_jobs(self, statuses: Iterable[JobStatus] = (), limit: int = 0) -> list[Job]:
         wanted = list(statuses) or None
-        return self.store.list_jobs(statuses=wanted, limit=_limit(limit, DEFAULT_JOB_LIMIT, MAX_JOB_LIMIT))
+        return self.explain_queued(
+            self.store.list_jobs(statuses=wanted, limit=_limit(limit, DEFAULT_JOB_LIMIT, MAX_JOB_LIMIT)))
 
     def get_job(self, job_id: str) -> Job:
-        return self.store.find_job(job_id)
+        return self.explain_queued([self.store.find_job(job_id)])[0]
+
+    def explain_queued(self, jobs: list[Job]) -> list[Job]:
+        """``jobs``, each queued one with why it has no volunteer yet as its status reason
+        (:func:`scheduler.waiting_reason`: none online, none that can run it, a job ahead of it)."""
+        if not any(j.status == JobStatus.QUEUED for j in jobs):
+            return jobs
+        candidates = [scheduler.Candidate(j, self._needs_of(j))
+                      for j in self.store.list_jobs(statuses=scheduler.ASSIGNABLE, limit=MAX_JOB_LIMIT)]
+        online = [(v.hardware, v.current_job_id)
+                  for v in self.store.list_volunteers(status=VolunteerStatus.ONLINE, limit=MAX_VOLUNTEER_LIMIT)]
+        return [dataclasses.replace(j, status_reason=scheduler.waiting_reason(j.id, candidates, online) or j.status_reason)
+                if j.status == JobStatus.QUEUED else j for j in jobs]
 
     def cancel_job(self, job_id: str, reason: str, principal: Principal) -> Job:
         job = self.store.find_job(job_id)

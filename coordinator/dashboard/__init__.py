@@ -58,7 +58,7 @@ class Dashboard:
 
         signer = load_or_create_swarm_key(Path(settings.data_dir) / SWARM_KEY)
         self.queries = DashboardQueries(service.store, Path(settings.artifacts_dir), signer=signer,
-                                        jobs_dir=Path(settings.data_dir) / "jobs")
+                                        jobs_dir=Path(settings.data_dir) / "jobs", explain=service.explain_queued)
         self.sessions = SessionStore()
         self.access = Access(service=service, settings=settings, sessions=self.sessions)
         self.actions = AdminActions(service)

@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -148,8 +149,10 @@ class DashboardQueries:
     """Read-only views over one coordinator's store and artifact directory."""
 
     def __init__(self, store: Any, artifacts_dir: Path, *, directory_ttl: float = 5.0, signer: Any = None,
-                 jobs_dir: Path | None = None) -> None:
+                 jobs_dir: Path | None = None, explain: Callable[[list[Job]], list[Job]] | None = None) -> None:
         self.store = store
+        # the service's explain_queued: a queued job's reason is why it has no volunteer yet
+        self.explain = explain or (lambda jobs: jobs)
         self.jobs_dir = Path(jobs_dir) if jobs_dir is not None else Path(artifacts_dir).parent / "jobs"
         self.signer = signer  # the coordinator's swarm key: it signs the ledger's head
         self._signed: tuple[tuple[int, str], Any] | None = None
@@ -200,7 +203,7 @@ class DashboardQueries:
     # ---- jobs ----
 
     def jobs(self, *, statuses: list[JobStatus] | None = None, limit: int = 200) -> list[JobOut]:
-        jobs = self.store.list_jobs(statuses=statuses, limit=limit)
+        jobs = self.explain(self.store.list_jobs(statuses=statuses, limit=limit))
         online = self._online_by_job()
         return [self._job_out(j, online.get(j.id, 0)) for j in jobs]
 
@@ -245,7 +248,7 @@ class DashboardQueries:
         }
 
     def job(self, job_id: str) -> JobDetail:
-        job = self.store.get_job(job_id)
+        job = self.explain([self.store.get_job(job_id)])[0]
         recipe = parse_recipe(job)
         on_job = [
             volunteer_out(v)

@@ -115,3 +115,22 @@ def test_grpc_codes_seen_by_a_raw_client(coord) -> None:
         with pytest.raises(grpc.RpcError) as info:
             stub.GetJob(request, timeout=10, metadata=[("authorization", f"Bearer {coord.admin_token}")])
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_queued_job_says_why_no_volunteer_has_taken_it(module_launcher, tmp_path_factory, kit) -> None:
+    coord = module_launcher(tmp_path_factory.mktemp("queued"))
+    big = kit.hub_recipe("big").replace("min_ram_gb: 1", "min_ram_gb: 64")
+    with coord.client(coord.admin_token) as admin:
+        job = admin.submit_job(kit.hub_recipe("small"))
+        assert job.status == JobStatus.QUEUED
+        assert admin.get_job(job.id).status_reason == "waiting for volunteers: none is online"
+        with coord.client() as anonymous:
+            kit.Identity().register(anonymous, name="laptop")  # 16 GB of RAM, no GPU: online, asks for nothing yet
+        assert admin.get_job(job.id).status_reason.startswith("1 free volunteer(s) online can take it")
+        heavy = admin.submit_job(big)
+        assert admin.get_job(heavy.id).status_reason == (
+            "none of the 1 volunteer(s) online can run it: it needs 64.0 GB of RAM, this machine has 16.0")
+        urgent = admin.submit_job(kit.hub_recipe("urgent"), priority=5)
+        reason = {j.id: j.status_reason for j in admin.list_jobs([JobStatus.QUEUED])}
+        assert reason[job.id] == (f"the 1 free volunteer(s) that can run it go to job {urgent.id[:8]} (urgent) first: "
+                                  "its priority is higher (5 against 0)"), reason

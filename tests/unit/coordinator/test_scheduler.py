@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from essaim.coordinator.scheduler import GIB, Candidate, JobNeeds, assign_slots, pick_job, unfit_reason
+from essaim.coordinator.scheduler import (
+    GIB,
+    Candidate,
+    JobNeeds,
+    assign_slots,
+    pick_job,
+    unfit_reason,
+    waiting_reason,
+)
 from essaim.protocol.recipe import example_recipe_text, load_recipe
 from essaim.protocol.types import SHARD_SLOTS, Hardware, Job, JobStatus
 
@@ -85,3 +93,25 @@ def test_a_shipped_models_weight_is_a_need() -> None:
     assert full.ram_gb(GPU_8G) == 538_060_000 / GIB + RUNTIME_GIB
     assert JobNeeds.of(shipped.model_copy(update={"hardware": shipped.hardware.model_copy(
         update={"min_ram_gb": 16})}), size).ram_gb(CPU_16G) == 16  # the recipe may ask for more
+
+
+def test_a_queued_job_says_why_it_has_no_volunteer() -> None:
+    easy, gpu = JobNeeds(min_ram_gb=1), JobNeeds(gpu="required")
+    queued = Candidate(_job("queued0", created=5), easy)
+    running = Candidate(_job("running", status=JobStatus.RUNNING, created=1), easy)
+    urgent = Candidate(_job("urgent00", priority=4, created=9), easy)
+    assert waiting_reason("queued0", [queued], []) == "waiting for volunteers: none is online"
+    # none of the online machines fits: the first one's reason, as a volunteer reads it
+    why = waiting_reason("gpujob", [Candidate(_job("gpujob"), gpu)], [(CPU_16G, ""), (CPU_16G, "")])
+    assert why == "none of the 2 volunteer(s) online can run it: it needs a GPU"
+    # a free machine that fits takes it when it asks for work
+    assert waiting_reason("queued0", [queued], [(CPU_16G, "")]).startswith("1 free volunteer(s) online can take it")
+    # a free machine goes to a job ranked ahead of it: which one, and why
+    why = waiting_reason("queued0", [queued, urgent], [(CPU_16G, "")])
+    assert "go to job urgent00 (urgent00) first: its priority is higher (4 against 0)" in why
+    why = waiting_reason("queued0", [queued, running], [(CPU_16G, "")])
+    assert why.endswith("at the same priority a running job comes first")
+    # every machine that could run it is on another job
+    why = waiting_reason("queued0", [queued, running], [(CPU_16G, "running"), (GPU_8G, "running")])
+    assert why == "the 2 volunteer(s) online that can run it are on other jobs until those end"
+    assert waiting_reason("gone", [queued], [(CPU_16G, "")]) == ""
