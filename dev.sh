@@ -2,8 +2,8 @@
 # Set up a development environment in .venv and run essaim's demo swarm or its tests.
 #
 #   ./dev.sh demo [essaim demo options]   set up, then run the local demo swarm
-#   ./dev.sh test [pytest options]        set up, then run the test suite (no options: in two worker
-#                                         groups, the swarms and the rest, side by side)
+#   ./dev.sh test [pytest options]        set up, then run the test suite (no options: as two sessions
+#                                         side by side, the swarms' tests and the rest; see run_suite)
 #   ./dev.sh setup                        set up only
 #
 # Environment:
@@ -75,6 +75,27 @@ system_deps() {
   fi
 }
 
+# The whole suite as two pytest sessions side by side: the swarms' tests (marked swarm by
+# tests/conftest.py: several training processes each) one after another, and all the rest, whose
+# report follows the swarms'. Exits non-zero when either session fails.
+run_suite() {
+  local base; base=$(mktemp -d "${TMPDIR:-/tmp}/essaim-tests.XXXXXX")
+  "$VENV/bin/python" -m pytest -m "not swarm" -p no:cacheprovider --basetemp="$base/rest" --durations=10 \
+    >"$base/rest.log" 2>&1 &
+  local rest=$!
+  trap 'kill "$rest" 2>/dev/null' EXIT INT TERM
+  local swarm_rc=0 rest_rc=0
+  "$VENV/bin/python" -m pytest -m swarm --basetemp="$base/swarm" --durations=30 || swarm_rc=$?
+  wait "$rest" || rest_rc=$?
+  trap - EXIT INT TERM
+  echo
+  echo "=== the other tests, run beside the swarms' (log: $base/rest.log) ==="
+  cat "$base/rest.log"
+  log "swarms' tests: exit $swarm_rc; the other tests: exit $rest_rc (pytest's temporary folders: $base)"
+  ((swarm_rc == 0 && rest_rc == 0)) && exit 0
+  exit $((swarm_rc != 0 ? swarm_rc : rest_rc))
+}
+
 cmd="${1:-demo}"
 shift || true
 case "$cmd" in
@@ -83,10 +104,7 @@ case "$cmd" in
   test)
     setup
     system_deps
-    if (($# == 0)); then
-      # the whole suite: the swarms on one worker, the rest beside them on another (tests/conftest.py)
-      set -- -n 2 --dist loadgroup --durations=30
-    fi
+    (($# == 0)) && run_suite
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
   *) echo "usage: ./dev.sh demo|test|setup [options]" >&2; exit 2 ;;

@@ -188,13 +188,13 @@ def shared_coordinator(
 NAT_TESTS = Path(__file__).parent / "integration" / "nat"
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest selects by marker (-m)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Two groups for ``pytest -n 2 --dist loadgroup`` (``./dev.sh test``): the swarms (tests marked
-    slow, and the NAT lab's) one after another on one worker, everything else on the other. Each
-    group runs in order, on its own, as in a plain run; only the two groups overlap."""
+    """Mark the swarms' tests ``swarm``: those marked slow, and the NAT lab's. ``./dev.sh test`` runs
+    them (``-m swarm``) one after another beside the rest (``-m "not swarm"``), two pytest sessions."""
     for item in items:
-        swarm = item.get_closest_marker("slow") is not None or NAT_TESTS in Path(str(item.path)).parents
-        item.add_marker(pytest.mark.xdist_group("swarm" if swarm else "light"))
+        if item.get_closest_marker("slow") is not None or NAT_TESTS in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.swarm)
 
 
 def _ours(proc: psutil.Process) -> bool:
