@@ -728,6 +728,7 @@ class JobRunner:
 
     def _complete(self, recipe: Recipe, keeper: Any, metrics: JobMetrics) -> None:
         from essaim.coordinator.store.ledger import GENESIS_HASH, sign_head
+        from essaim.coordinator.training_log import ROUNDS_LOG, TRAINING_LOG, rounds_csv, training_log_csv
         from essaim.protocol.version import __version__
         from essaim.swarm.artifact import (
             Contributor,
@@ -783,10 +784,13 @@ class JobRunner:
             started_at=job.created_at,
             finished_at=time.time(),
         )
-        write_artifact(self.data_dir / "artifacts" / job.id, keeper.loaded, provenance)
-        self.store.set_job_artifact(job.id, True)
         metrics.epoch = max(metrics.epoch, keeper.optimizer.local_epoch)
         metrics.eta_seconds = 0.0
+        metric = provenance.eval.metric if provenance.eval else "metric"
+        points = [*self.store.list_progress(job.id), (provenance.finished_at, metrics)]  # and where it ended
+        logs = {TRAINING_LOG: training_log_csv(points, metric), ROUNDS_LOG: rounds_csv(self.rounds.entries)}
+        write_artifact(self.data_dir / "artifacts" / job.id, keeper.loaded, provenance, logs)
+        self.store.set_job_artifact(job.id, True)
         self.store.update_job_metrics(job.id, metrics)
         after = provenance.eval.after if provenance.eval else None
         self.store.update_job_status(

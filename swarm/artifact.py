@@ -230,8 +230,9 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"
 
 
-def model_card(provenance: Provenance, *, adapter: str) -> str:
-    """The README.md of an artifact: what it is, how it scores, what it was trained on, by whom."""
+def model_card(provenance: Provenance, *, adapter: str, logs: Sequence[str] = ()) -> str:
+    """The README.md of an artifact: what it is, how it scores, what it was trained on, by whom;
+    ``logs``: the training logs beside it (file names)."""
     p = provenance
     recipe_name = p.recipe.get("name", p.job_id)
     lines = [
@@ -309,6 +310,10 @@ def model_card(provenance: Provenance, *, adapter: str) -> str:
             'tokenizer = AutoTokenizer.from_pretrained("path/to/artifact")',
         ]
     lines += ["```", "", "`provenance.json` beside this file holds the same record in machine-readable form.", ""]
+    if logs:
+        lines += ["## Training log", "", "Beside this file, in CSV (times in UTC): "
+                  + ", ".join(f"`{name}`" for name in logs)
+                  + ": the job's progress over time (loss, eval, throughput, peers averaged) and its averaging rounds.", ""]
     return "\n".join(lines)
 
 
@@ -378,8 +383,10 @@ def _write_atomic(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_artifact(out_dir: Path, loaded: LoadedModel, provenance: Provenance) -> Path:
+def write_artifact(out_dir: Path, loaded: LoadedModel, provenance: Provenance,
+                   logs: Mapping[str, str] | None = None) -> Path:
     """Write ``out_dir/artifact/`` and ``out_dir/provenance.json``; returns the artifact directory.
+    ``logs``: more text files of the artifact, by name (the training log: essaim.coordinator.training_log).
 
     An existing artifact is replaced only once the new one is complete.
     """
@@ -393,7 +400,11 @@ def write_artifact(out_dir: Path, loaded: LoadedModel, provenance: Provenance) -
         tmp.mkdir()
         # the adapter names its base as the recipe does; `essaim job download --base` points it at a download
         _save_weights(loaded, tmp, provenance.base.path if provenance.base else provenance.base_model)
-        (tmp / "README.md").write_text(model_card(provenance, adapter=loaded.adapter))
+        for name, content in (logs or {}).items():
+            if Path(name).name != name or name in ("README.md", PROVENANCE_FILE):
+                raise ValueError(f"not a log file's name: {name!r}")
+            (tmp / name).write_text(content)
+        (tmp / "README.md").write_text(model_card(provenance, adapter=loaded.adapter, logs=sorted(logs or {})))
         (tmp / PROVENANCE_FILE).write_text(text)
         if final.exists():
             os.replace(final, old)

@@ -7,6 +7,7 @@ This job is a LoRA adapter trained in synchronous (gradient averaging) mode; the
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -99,6 +100,23 @@ def test_provenance_tells_what_was_trained_on_and_by_whom(done: Any) -> None:
                                                                  "provenance.json"), "--json"],
                              capture_output=True, text=True, timeout=60)
     assert json.loads(verdict.stdout)["ok"], verdict.stdout + verdict.stderr
+
+
+@pytest.mark.timeout(60)
+def test_the_artifact_carries_its_training_log_in_csv(done: Any) -> None:
+    artifact = done.data_dir / "artifacts" / done.job_id / "artifact"
+    with (artifact / "training_log.csv").open(newline="") as f:
+        progress = list(csv.DictReader(f))
+    assert progress and set(progress[0]) >= {"time", "epoch", "samples", "loss", "eval_exact_match", "peers_averaged"}
+    assert [float(r["unix_time"]) for r in progress] == sorted(float(r["unix_time"]) for r in progress)
+    assert max(int(r["epoch"]) for r in progress) == EPOCHS
+    assert any(r["loss"] for r in progress) and all(not r["loss"] or float(r["loss"]) > 0 for r in progress)
+    with (artifact / "rounds.csv").open(newline="") as f:
+        rounds = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rounds] == [e["epoch"] for e in done.rounds()], rounds
+    ids = {v.volunteer_id for v in done.volunteers}
+    assert all(set(r["volunteer_ids"].split(";")) <= ids for r in rounds if r["volunteer_ids"]), rounds
+    assert "## Training log" in (artifact / "README.md").read_text()
 
 
 @pytest.mark.timeout(180)

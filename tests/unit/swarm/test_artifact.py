@@ -162,3 +162,17 @@ def test_sample_continuations_are_generated_and_shown_in_fences_they_cannot_clos
     card = model_card(provenance, adapter="lora")
     assert "## Samples" in card and "`````text\n" + hostile + "\n`````" in card
     assert "\n# Injected heading" in card.split("`````text\n", 1)[1]  # only inside the fence
+
+
+def test_training_logs_go_into_the_artifact_and_its_card(demo_recipe: Recipe, demo_files: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    loaded = load_model(demo_recipe, files=demo_files, device="cpu")
+    logs = {"training_log.csv": "time,epoch\n2026-01-01T00:00:00Z,0\n", "rounds.csv": "time,epoch\n"}
+    artifact = write_artifact(tmp_path / "out", loaded, _provenance(demo_recipe, base_model="model"), logs)
+    assert {name: (artifact / name).read_text() for name in logs} == logs
+    assert "## Training log" in (artifact / "README.md").read_text()
+    assert "`rounds.csv`, `training_log.csv`" in (artifact / "README.md").read_text()
+    for bad in ("../escape.csv", "README.md", "provenance.json"):
+        with pytest.raises(ValueError, match="not a log file"):
+            write_artifact(tmp_path / "bad", loaded, _provenance(demo_recipe, base_model="model"), {bad: "x"})
+    assert not (tmp_path / "escape.csv").exists()
