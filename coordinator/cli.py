@@ -356,11 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     except EssaimError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
-    except _CLICK_EXIT as exc:
-        return int(exc.exit_code)
-    except _CLICK_ERRORS as exc:
-        exc.show()
-        return int(exc.exit_code)
+    except _CLICK_EXIT as exc:  # click's Exit or typer's copy of it: both carry exit_code
+        return int(getattr(exc, "exit_code", 1))
+    except _CLICK_ERRORS as exc:  # ClickException, either copy: it shows itself
+        getattr(exc, "show")()  # noqa: B009 (the classes are found at run time)
+        return int(getattr(exc, "exit_code", 1))
     except _CLICK_ABORT:
         return 130
     return code if isinstance(code, int) else 0
