@@ -787,8 +787,9 @@ class JobRunner:
         metrics.epoch = max(metrics.epoch, keeper.optimizer.local_epoch)
         metrics.eta_seconds = 0.0
         metric = provenance.eval.metric if provenance.eval else "metric"
-        points = [*self.store.list_progress(job.id), (provenance.finished_at, metrics)]  # and where it ended
-        logs = {TRAINING_LOG: training_log_csv(points, metric), ROUNDS_LOG: rounds_csv(self.rounds.entries)}
+        logs = {TRAINING_LOG: training_log_csv(self.store.list_progress(job.id), metric,
+                                               final=(provenance.finished_at, metrics)),
+                ROUNDS_LOG: rounds_csv(self.rounds.entries)}
         write_artifact(self.data_dir / "artifacts" / job.id, keeper.loaded, provenance, logs)
         self.store.set_job_artifact(job.id, True)
         self.store.update_job_metrics(job.id, metrics)

@@ -40,15 +40,24 @@ def _csv(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     return out.getvalue()
 
 
-def training_log_csv(points: Iterable[tuple[float, JobMetrics]], metric: str) -> str:
-    """The progress points, oldest first; ``metric`` names the eval column (``eval_exact_match``)."""
+def training_log_csv(points: Iterable[tuple[float, JobMetrics]], metric: str,
+                     final: tuple[float, JobMetrics] | None = None) -> str:
+    """The progress points, oldest first; ``metric`` names the eval column (``eval_exact_match``);
+    ``final``, where the job ended, is a last row unless the newest point already says as much."""
+    points = sorted(points, key=lambda p: p[0])
+    if final is not None and (not points or _differs(points[-1][1], final[1])):
+        points.append(final)
     column = "eval_" + ("".join(c if c.isalnum() else "_" for c in metric) or "metric")
     return _csv(
         ["time", "unix_time", "epoch", "samples", "samples_per_second", "loss", column, "peers_averaged"],
         ([_when(at), f"{at:.3f}", m.epoch, m.samples, _number(m.samples_per_second), _number(m.loss),
           _number(m.eval_metric) if m.eval_metric else "", m.live_peers]
-         for at, m in sorted(points, key=lambda p: p[0])),
+         for at, m in points),
     )
+
+
+def _differs(a: JobMetrics, b: JobMetrics) -> bool:
+    return (a.epoch, a.samples, a.loss, a.eval_metric) != (b.epoch, b.samples, b.loss, b.eval_metric)
 
 
 def rounds_csv(entries: Iterable[RoundEntry]) -> str:

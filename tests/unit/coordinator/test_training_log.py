@@ -41,3 +41,12 @@ def test_rounds_rows_name_volunteers_and_suspects_and_survive_commas_and_quotes(
     assert rows[0]["error"] == "no volunteer's update came in"
     assert rows[1]["volunteer_ids"] == "b;a"
     assert rows[1]["suspects"] == 'm: refused: "excluded", for the rest of the job'
+
+
+def test_where_the_job_ended_is_a_last_row_unless_the_newest_point_says_it_already() -> None:
+    last = JobMetrics(epoch=12, samples=58480, loss=0.9, eval_metric=0.97)
+    points = [(10.0, JobMetrics(epoch=11, samples=50000, loss=0.95))]
+    assert [r["epoch"] for r in _rows(training_log_csv(points, "m", final=(20.0, last)))] == ["11", "12"]
+    points.append((19.0, JobMetrics(epoch=12, samples=58480, loss=0.9, eval_metric=0.97)))
+    assert [r["epoch"] for r in _rows(training_log_csv(points, "m", final=(20.0, last)))] == ["11", "12"]
+    assert _rows(training_log_csv([], "m", final=(20.0, last)))[0]["eval_m"] == "0.97"
