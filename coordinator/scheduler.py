@@ -15,8 +15,8 @@ GetAssignment.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import astuple, dataclass
+from typing import Any, Literal
 
 from essaim.protocol.recipe import Recipe, normalize_path
 from essaim.protocol.types import Hardware, Job, JobStatus, slots_for
@@ -90,10 +90,13 @@ class Candidate:
     needs: JobNeeds
 
 
-def unfit_reason(hardware: Hardware, needs: JobNeeds) -> str | None:
-    """Why a machine cannot run a job, or None when it can."""
+def unfit_reason(hardware: Hardware, needs: JobNeeds, *, own: bool = True) -> str | None:
+    """Why a machine cannot run a job, or None when it can. ``own`` False: the reason as told to
+    someone other than the machine's volunteer (a researcher), without the machine's figures."""
     ram = needs.ram_gb(hardware)
     if hardware.ram_bytes < ram * GIB:
+        if not own:
+            return f"needs {ram:.1f} GB of RAM"
         why = "" if ram == needs.min_ram_gb or needs.model is None else (
             f" (its model: about {needs.model.parameters / 1e6:,.0f}M parameters, "
             f"{'on a GPU' if hardware.has_gpu else 'trained on the CPU in float32'})")
@@ -104,7 +107,8 @@ def unfit_reason(hardware: Hardware, needs: JobNeeds) -> str | None:
         if not hardware.has_gpu:
             return f"needs a GPU with {needs.min_vram_gb:g} GB of memory"
         if hardware.gpu_vram_bytes < needs.min_vram_gb * GIB:
-            return f"needs {needs.min_vram_gb:g} GB of GPU memory, this GPU has {hardware.gpu_vram_bytes / GIB:.1f}"
+            return f"needs {needs.min_vram_gb:g} GB of GPU memory" + (
+                f", this GPU has {hardware.gpu_vram_bytes / GIB:.1f}" if own else "")
     return None
 
 
@@ -135,27 +139,49 @@ def why_none(candidates: Iterable[Candidate], hardware: Hardware) -> str:
 
 
 def waiting_reason(job_id: str, candidates: Sequence[Candidate], online: Sequence[tuple[Hardware, str]]) -> str:
-    """Why the queued job ``job_id`` has no volunteer yet, as its researcher reads it. ``online``: each
-    online volunteer's hardware and the job it is on ("" when free). A volunteer on a job stays on it;
-    a free one takes, when it next asks for work, the best job that fits it (:func:`pick_job`)."""
+    """Why the queued job ``job_id`` has no volunteer yet, as its researcher reads it (no volunteer's
+    own figures). ``online``: each online volunteer's hardware and the job it is on ("" when free).
+    A volunteer on a job stays on it; a free one takes, when it next asks for work, the best job
+    that fits it (:func:`pick_job`). Machines alike are weighed once (a swarm has few kinds)."""
     mine = next((c for c in candidates if c.job.id == job_id), None)
     if mine is None:
         return ""
     if not online:
         return "waiting for volunteers: none is online"
-    able = [(hw, on) for hw, on in online if unfit_reason(hw, mine.needs) is None]
+    able = 0
+    free: list[tuple[Hardware, int]] = []  # a machine of each kind that can run it, and how many are free
+    unfit = ""  # why the first kind online cannot
+    for hardware, count, free_count in _kinds(online):
+        why = unfit_reason(hardware, mine.needs, own=False)
+        if why is None:
+            able += count
+            if free_count:
+                free.append((hardware, free_count))
+        elif not unfit:
+            unfit = why
     if not able:
-        return f"none of the {len(online)} volunteer(s) online can run it: it {unfit_reason(online[0][0], mine.needs)}"
-    free = [hw for hw, on in able if not on]
-    takers = [hw for hw in free if (picked := pick_job(candidates, hw)) is not None and picked.id == job_id]
+        return f"none of the {len(online)} volunteer(s) online can run it: it {unfit}"
+    takers = sum(n for hardware, n in free if (picked := pick_job(candidates, hardware)) is not None
+                 and picked.id == job_id)
     if takers:
-        return (f"{len(takers)} free volunteer(s) online can take it: it starts when one asks for work "
+        return (f"{takers} free volunteer(s) online can take it: it starts when one asks for work "
                 "(volunteers ask while their owners are away)")
     if free:
-        ahead = min((c for c in candidates if unfit_reason(free[0], c.needs) is None), key=_rank).job
-        return (f"the {len(free)} free volunteer(s) that can run it go to job {ahead.id[:8]} ({ahead.name}) first: "
-                f"{_ahead_because(ahead, mine.job)}")
-    return f"the {len(able)} volunteer(s) online that can run it are on other jobs until those end"
+        ahead = pick_job(candidates, free[0][0])
+        assert ahead is not None  # the machine fits this job at least
+        return (f"the {sum(n for _, n in free)} free volunteer(s) that can run it go to job {ahead.id[:8]} "
+                f"({ahead.name}) first: {_ahead_because(ahead, mine.job)}")
+    return f"the {able} volunteer(s) online that can run it are on other jobs until those end"
+
+
+def _kinds(online: Sequence[tuple[Hardware, str]]) -> list[tuple[Hardware, int, int]]:
+    """The kinds of machine online, in order of first appearance: one of each, how many, how many free."""
+    kinds: dict[tuple[object, ...], list[Any]] = {}
+    for hardware, on in online:
+        kind = kinds.setdefault(astuple(hardware), [hardware, 0, 0])
+        kind[1] += 1
+        kind[2] += 0 if on else 1
+    return [(hardware, count, free_count) for hardware, count, free_count in kinds.values()]
 
 
 def _ahead_because(ahead: Job, job: Job) -> str:

@@ -104,6 +104,17 @@ def test_a_queued_job_says_why_it_has_no_volunteer() -> None:
     # none of the online machines fits: the first one's reason, as a volunteer reads it
     why = waiting_reason("gpujob", [Candidate(_job("gpujob"), gpu)], [(CPU_16G, ""), (CPU_16G, "")])
     assert why == "none of the 2 volunteer(s) online can run it: it needs a GPU"
+    # told to a researcher: what the job needs, never what a volunteer's machine has
+    big = Candidate(_job("big"), JobNeeds(min_ram_gb=64))
+    assert waiting_reason("big", [big], [(CPU_16G, "")]) == "none of the 1 volunteer(s) online can run it: it needs 64.0 GB of RAM"
+    vram = Candidate(_job("vram"), JobNeeds(gpu="required", min_vram_gb=12))
+    assert waiting_reason("vram", [vram], [(GPU_8G, "")]).endswith("it needs 12 GB of GPU memory")
+    # machines alike are counted, each kind weighed once
+    crowd = [(CPU_16G, ""), (GPU_8G, "running"), (CPU_16G, ""), (GPU_8G, "")]
+    assert waiting_reason("queued0", [queued, running], crowd) == (
+        "the 3 free volunteer(s) that can run it go to job running (running) first: "
+        "at the same priority a running job comes first")
+    assert waiting_reason("queued0", [queued], crowd).startswith("3 free volunteer(s) online can take it")
     # a free machine that fits takes it when it asks for work
     assert waiting_reason("queued0", [queued], [(CPU_16G, "")]).startswith("1 free volunteer(s) online can take it")
     # a free machine goes to a job ranked ahead of it: which one, and why
