@@ -478,16 +478,19 @@ class CoordinatorService:
     def get_job(self, job_id: str) -> Job:
         return self.explain_queued([self.store.find_job(job_id)])[0]
 
-    def explain_queued(self, jobs: list[Job]) -> list[Job]:
+    def explain_queued(self, jobs: list[Job], online: Sequence[Volunteer] | None = None) -> list[Job]:
         """``jobs``, each queued one with why it has no volunteer yet as its status reason
-        (:func:`scheduler.waiting_reason`: none online, none that can run it, a job ahead of it)."""
+        (:func:`scheduler.waiting_reason`: none online, none that can run it, a job ahead of it).
+        ``online``: the online volunteers, when the caller has listed them already."""
         if not any(j.status == JobStatus.QUEUED for j in jobs):
             return jobs
         candidates = [scheduler.Candidate(j, self._needs_of(j))
                       for j in self.store.list_jobs(statuses=scheduler.ASSIGNABLE, limit=MAX_JOB_LIMIT)]
-        online = [(v.hardware, v.current_job_id)
-                  for v in self.store.list_volunteers(status=VolunteerStatus.ONLINE, limit=MAX_VOLUNTEER_LIMIT)]
-        return [dataclasses.replace(j, status_reason=scheduler.waiting_reason(j.id, candidates, online) or j.status_reason)
+        if online is None:
+            online = self.store.list_volunteers(status=VolunteerStatus.ONLINE, limit=MAX_VOLUNTEER_LIMIT)
+        machines = [(v.hardware, v.current_job_id) for v in online]
+        return [dataclasses.replace(j, status_reason=scheduler.waiting_reason(j.id, candidates, machines)
+                                    or j.status_reason)
                 if j.status == JobStatus.QUEUED else j for j in jobs]
 
     def cancel_job(self, job_id: str, reason: str, principal: Principal) -> Job:

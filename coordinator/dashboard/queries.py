@@ -149,10 +149,11 @@ class DashboardQueries:
     """Read-only views over one coordinator's store and artifact directory."""
 
     def __init__(self, store: Any, artifacts_dir: Path, *, directory_ttl: float = 5.0, signer: Any = None,
-                 jobs_dir: Path | None = None, explain: Callable[[list[Job]], list[Job]] | None = None) -> None:
+                 jobs_dir: Path | None = None,
+                 explain: Callable[[list[Job], list[Volunteer]], list[Job]] | None = None) -> None:
         self.store = store
         # the service's explain_queued: a queued job's reason is why it has no volunteer yet
-        self.explain = explain or (lambda jobs: jobs)
+        self.explain = explain or (lambda jobs, online: jobs)
         self.jobs_dir = Path(jobs_dir) if jobs_dir is not None else Path(artifacts_dir).parent / "jobs"
         self.signer = signer  # the coordinator's swarm key: it signs the ledger's head
         self._signed: tuple[tuple[int, str], Any] | None = None
@@ -203,16 +204,16 @@ class DashboardQueries:
     # ---- jobs ----
 
     def jobs(self, *, statuses: list[JobStatus] | None = None, limit: int = 200) -> list[JobOut]:
-        jobs = self.explain(self.store.list_jobs(statuses=statuses, limit=limit))
-        online = self._online_by_job()
-        return [self._job_out(j, online.get(j.id, 0)) for j in jobs]
-
-    def _online_by_job(self) -> dict[str, int]:
+        online = self._online()
+        jobs = self.explain(self.store.list_jobs(statuses=statuses, limit=limit), online)
         counts: dict[str, int] = {}
-        for v in self.store.list_volunteers(status=VolunteerStatus.ONLINE, limit=ALL_VOLUNTEERS):
+        for v in online:
             if v.current_job_id:
                 counts[v.current_job_id] = counts.get(v.current_job_id, 0) + 1
-        return counts
+        return [self._job_out(j, counts.get(j.id, 0)) for j in jobs]
+
+    def _online(self) -> list[Volunteer]:
+        return self.store.list_volunteers(status=VolunteerStatus.ONLINE, limit=ALL_VOLUNTEERS)
 
     def _job_out(self, job: Job, volunteers_online: int = 0, recipe: Recipe | None = None) -> JobOut:
         recipe = recipe or parse_recipe(job)
@@ -248,13 +249,10 @@ class DashboardQueries:
         }
 
     def job(self, job_id: str) -> JobDetail:
-        job = self.explain([self.store.get_job(job_id)])[0]
+        online = self._online()
+        job = self.explain([self.store.get_job(job_id)], online)[0]
         recipe = parse_recipe(job)
-        on_job = [
-            volunteer_out(v)
-            for v in self.store.list_volunteers(status=VolunteerStatus.ONLINE, limit=ALL_VOLUNTEERS)
-            if v.current_job_id == job.id
-        ]
+        on_job = [volunteer_out(v) for v in online if v.current_job_id == job.id]
         teams = self._teams_by_volunteer()
         contributors = [
             self._contribution(rank, c, teams)
