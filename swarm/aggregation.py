@@ -8,7 +8,7 @@ claims (its samples) is taken on trust. A :class:`RobustPartReducer` instead, fo
 1. **refuses** a part that is not finite, has the wrong shape, or comes with a weight that is not a
    finite non-negative number, and every later part of that sender in the round; and every part of
    a sender it named a suspect in an earlier round (:func:`suspects`: an update far out, or far
-   and against the group's direction): an attack gets through, bounded, and its sender is shut
+   and against the group's direction in two rounds running): an attack gets through, bounded, and its sender is shut
    out of the rounds this reducer runs for the rest of the job;
 2. **caps claimed weights** at ``WEIGHT_CAP`` times the lower median of the group's claims (weights
    below 1, the coordinator's averaging peer's token weight, are not claims and are not counted):
@@ -64,7 +64,11 @@ HISTORY_ROUNDS = 16
 # newcomer (a fresh Adam state against the others' long one) at 0.39-0.60 in every round, an
 # honest volunteer at 0.24 once on a loaded 2-core machine, where shares of an epoch's samples
 # (and so update norms) vary tenfold; an update negated and x10 at 0.18 (against), x1000 at
-# 0.0005-0.002.
+# 0.0005-0.002. Far and against is named only in the second of two rounds running that a reducer
+# found the member so (:func:`mark_repeats`): an honest newcomer was far and against once (kept
+# 0.23, cosine -0.51 with the median of three, in a run at 4 s per epoch) and along the group in its
+# rounds before and after; a repeated attack is named on its second round, and the clipping bounds
+# the first.
 SUSPECT_KEPT = 0.25
 NAMED_AT_ONCE_KEPT = 0.05
 AGAINST_COSINE = 0.0
@@ -90,10 +94,12 @@ class Verdict:
     # parts; 0 when refused). A claim like its records, bounded the same way by the ledger; the
     # reduction's cap on a large claim bounds its pull, not the work it did
     weight: float = math.inf
+    # far and against the group (:func:`far_against`) in this reducer's previous round with it too
+    again: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {"refused": self.refused, "kept": round(self.kept, 4), "parts": self.parts,
-                "cosine": round(self.cosine, 4), "in_pair": self.in_pair,
+                "cosine": round(self.cosine, 4), "in_pair": self.in_pair, "again": self.again,
                 "weight": 0.0 if self.refused or not math.isfinite(self.weight) else round(self.weight, 3)}
 
 
@@ -467,10 +473,32 @@ class Gathered(dict):  # type: ignore[type-arg]
         self.offset = offset
 
 
+def far_against(verdict: Verdict) -> bool:
+    """Clipped to under ``SUSPECT_KEPT`` of its pull (but not gross) while pulling against the
+    group (cosine with its median under ``AGAINST_COSINE``), in a group that tells a direction."""
+    return (not verdict.refused and not verdict.in_pair and NAMED_AT_ONCE_KEPT <= verdict.kept < SUSPECT_KEPT
+            and verdict.cosine < AGAINST_COSINE)
+
+
+def mark_repeats(verdicts: dict[str, Verdict], against: set[str]) -> None:
+    """Set :attr:`Verdict.again` on each sender far and against the group (:func:`far_against`)
+    in this round and in the last round of its that this reducer ran. ``against`` (peer ids far
+    and against in their last round) is the reducer's memory across rounds, updated in place: a
+    round along the group clears it; a refused sender, or a pair's (where which of two is far is not
+    known), leaves it as it was."""
+    for peer, verdict in verdicts.items():
+        if far_against(verdict):
+            verdict.again = peer in against
+            against.add(peer)
+        elif not verdict.refused and not verdict.in_pair:
+            against.discard(peer)
+
+
 def suspects(verdicts: dict[str, Verdict] | dict[str, dict[str, Any]]) -> dict[str, str]:
     """Peer id -> why it is suspect: refused parts, an update clipped to under
     ``NAMED_AT_ONCE_KEPT`` of its pull, or one clipped under ``SUSPECT_KEPT`` that pulls against
-    the group (cosine with its median under ``AGAINST_COSINE``); never one clipped in a pair."""
+    the group (cosine with its median under ``AGAINST_COSINE``) in two rounds running
+    (:func:`mark_repeats`); never one clipped in a pair."""
     out: dict[str, str] = {}
     for peer, verdict in verdicts.items():
         v = verdict.as_dict() if isinstance(verdict, Verdict) else verdict
@@ -482,6 +510,7 @@ def suspects(verdicts: dict[str, Verdict] | dict[str, dict[str, Any]]) -> dict[s
             out[peer] = f"refused: {v['refused']}"
         elif kept < NAMED_AT_ONCE_KEPT:
             out[peer] = f"clipped to {kept * 100:.2g}% of its pull"
-        elif kept < SUSPECT_KEPT and cosine < AGAINST_COSINE:
-            out[peer] = f"clipped to {kept:.0%} of its pull, against the group (cosine {cosine:.2f})"
+        elif kept < SUSPECT_KEPT and cosine < AGAINST_COSINE and v.get("again"):
+            out[peer] = (f"clipped to {kept:.0%} of its pull, against the group (cosine {cosine:.2f}),"
+                         " in two rounds running")
     return out

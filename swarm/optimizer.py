@@ -72,7 +72,7 @@ import hivemind
 import torch
 from essaim.protocol.recipe import OptimizerSpec, Recipe
 from essaim.swarm.admission import Admission, AdmittedServicer
-from essaim.swarm.aggregation import Gathered, NormHistory, RobustAllReduceRunner, suspects
+from essaim.swarm.aggregation import Gathered, NormHistory, RobustAllReduceRunner, mark_repeats, suspects
 from essaim.swarm.auth import SwarmAuthorizer
 from essaim.swarm.errors import TrainingError
 from essaim.swarm.identity import RSAPrivateKey
@@ -434,6 +434,7 @@ class _GradAverager(AdmittedServicer, GradientAverager):
         group_id = group_info.group_id if group_id is None else group_id
         self._norm_history: NormHistory = getattr(self, "_norm_history", None) or NormHistory()
         self._exclusions()
+        self._against: set[str] = getattr(self, "_against", set())  # far and against in their last round
         keep_whole: set[str] = set()
         if self.validating:
             self._sampler = getattr(self, "_sampler", None) or Sampler()
@@ -462,6 +463,7 @@ class _GradAverager(AdmittedServicer, GradientAverager):
                     f"the reducer returned {1 - container.failed_size / container.total_size:.0%} of the average")
         finally:
             verdicts = runner.verdicts()
+            mark_repeats(verdicts, self._against)
             self._verdicts[group_info.group_id] = {peer: v.as_dict() for peer, v in verdicts.items()}
             if keep_whole:
                 self._updates[group_info.group_id] = (runner.whole_updates(), runner.own_offset)

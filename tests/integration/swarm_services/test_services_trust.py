@@ -2,11 +2,11 @@
 
 Two volunteers train the demo job with the coordinator's averaging peer; a third (mallory) joins
 once they have averaged, running ``hostile_trainer.py``: the real trainer, whose update each round
-is in turn multiplied by 1000, negated and multiplied by 10 (twice), then NaN. Under robust aggregation (the
-recipe's default) only the averaging peer reduces the rounds (the volunteers are full peers here
-and could each reduce a slice): it clips her first attack (x1000) to the group's scale, names her
-as its suspect at once (or on her next attack, when the first came in a round with one honest
-volunteer only: in a pair, which of two is far is not known), and refuses her every part after
+is in turn multiplied by 1000, negated and multiplied by 10 (three times), then NaN. Under robust
+aggregation (the recipe's default) only the averaging peer reduces the rounds (the volunteers are
+full peers here and could each reduce a slice): it clips every attack to the group's scale, names
+her as its suspect at once when her x1000 is gross, or when she pulls against the group in two
+rounds running (in a pair, which of two is far is not known), and refuses her every part after
 that; it never names an honest volunteer. The model learns.
 She also offers newcomers a forged state (epoch 1,000,000, the highest download priority, garbage
 weights): a fourth volunteer (carol) joining meanwhile loads the averaging peer's state instead.
@@ -35,10 +35,11 @@ TARGET_BATCH = 3200
 HOSTILE = Path(__file__).with_name("hostile_trainer.py")
 STRANGER = Path(__file__).with_name("hostile_peer.py")
 WAITING = Path(__file__).with_name("waiting_trainer.py")
-# her own trainer dies of the NaN she sends: it comes last. The second "sign" is there to be refused
-# once she is named: a NaN right after it ended her in a CI run where she missed that round's group
-# (applied locally, her NaN update killed her trainer and never reached the averaging peer)
-ATTACKS = "scale,sign,sign,nan"
+# her own trainer dies of the NaN she sends: it comes last. The second "sign" names her (the second
+# round running against the group); the third is there to be refused once she is named: a NaN
+# right after the naming ended her in a CI run where she missed that round's group (applied
+# locally, her NaN update killed her trainer and never reached the averaging peer)
+ATTACKS = "scale,sign,sign,sign,nan"
 # held-out exact match after the 12 epochs (0.0 before): 0.61-0.94 with mallory (and carol) in the
 # swarm on this 2-core machine, 0.37 beside two busy processes (0.025-0.045 there before volunteers
 # that miss a round reloaded the averaging peer's state); an attack that got through leaves it at
@@ -125,12 +126,12 @@ def test_the_attacker_is_named_in_the_rounds_it_took_part_in(attacked: Any) -> N
     rounds = attacked.rounds()
     assert rounds, "no rounds recorded"
     honest = {ids["alice"], ids["bob"]}
-    # an honest volunteer is never a suspect
-    assert not [r for r in rounds if honest & set(r["suspects"])], rounds
+    # an honest volunteer, the newcomer carol included, is never a suspect
+    assert not [r for r in rounds if (honest | {ids["carol"]}) & set(r["suspects"])], rounds
     # mallory attacks in every round she is in: each of her updates is clipped, and she is named
     # in each round of three or more volunteers where it was gross (kept under NAMED_AT_ONCE_KEPT)
-    # or far against the group (her negated update; in a pair, which of two is far is not known);
-    # her NaN is refused. x1000 of a newcomer's first update points along the group and is not
+    # or far against the group for the second round running (her negated update; in a pair, which
+    # of two is far is not known); her NaN is refused. x1000 of a newcomer's first update points along the group and is not
     # always gross: her inner learning rate ramps up over her first steps, and her x1000 came in
     # at about twice the group's scale once (kept 0.47) and at four times once (kept 0.22, far):
     # clipped, harmless, unnamed, as any far update along the group's direction
@@ -163,11 +164,11 @@ def test_the_model_learns_despite_the_attacker(attacked: Any) -> None:
     assert aggregation["method"] == "robust" and aggregation["rounds"] == EPOCHS, aggregation
     named = {s["volunteer"] for s in aggregation["suspects"]}
     ids = _ids(attacked)
-    # mallory; never alice or bob. Carol, the newcomer (a fresh inner optimizer against the others'
-    # long one: far in most rounds), was named once, in the last round of a run at 4 s per epoch
-    # (clipped to 23% of her pull, cosine -0.51 with the group's median): an honest newcomer can be
-    # taken for an attacker (issue 10, open)
-    assert ids["mallory"] in named and not named & {ids["alice"], ids["bob"]}, aggregation
+    # mallory, and no honest volunteer. Carol, the newcomer (a fresh inner optimizer against the
+    # others' long one: far in most rounds), was once far and against the group (clipped to 23% of
+    # her pull, cosine -0.51 with the group's median) between rounds along it: not named, since
+    # that takes two such rounds running
+    assert named == {ids["mallory"]}, aggregation
 
 
 @pytest.mark.timeout(120)

@@ -15,9 +15,12 @@ from essaim.swarm.aggregation import (
     Gathered,
     NormHistory,
     RobustPartReducer,
+    Verdict,
     capped_weights,
     cosines_with_median,
+    far_against,
     group_norm,
+    mark_repeats,
     part_problem,
     robust_mean,
     suspects,
@@ -168,16 +171,42 @@ def test_a_far_update_is_named_when_it_pulls_against_the_group_or_is_gross() -> 
     _, parts = _honest(3, seed=4)
     # honest but far: twelve times the others' norm, along their direction (a newcomer's fresh Adam
     # state, or most of an epoch's samples); negated x10; x1000
+    # (against the group: named in its second round running)
     for bad, named in ((parts[0] * 12, False), (-parts[0] * 10, True), (parts[0] * 1000, True)):
-        _, reducer = _reduce([[p] for p in (*parts, bad)], [100.0] * 4)
-        verdicts = {str(i): v for i, v in reducer.verdicts.items()}
-        assert reducer.verdicts[3].kept < SUSPECT_KEPT, reducer.verdicts[3]
-        assert set(suspects(verdicts)) == ({"3"} if named else set()), verdicts
+        against: set[str] = set()
+        for round_ in range(2):
+            _, reducer = _reduce([[p] for p in (*parts, bad)], [100.0] * 4)
+            verdicts = {str(i): v for i, v in reducer.verdicts.items()}
+            mark_repeats(verdicts, against)
+            assert reducer.verdicts[3].kept < SUSPECT_KEPT, reducer.verdicts[3]
+            gross = reducer.verdicts[3].kept < NAMED_AT_ONCE_KEPT
+            assert set(suspects(verdicts)) == ({"3"} if named and (gross or round_) else set()), verdicts
     # the sign attack is named by its direction, the scale attack by its distance
     _, reducer = _reduce([[p] for p in (*parts, -parts[0] * 10)], [100.0] * 4)
     assert reducer.verdicts[3].cosine < -0.9 and reducer.verdicts[3].kept > NAMED_AT_ONCE_KEPT
-    assert "against the group" in suspects({"m": reducer.verdicts[3]})["m"]
+    assert far_against(reducer.verdicts[3]) and not suspects({"m": reducer.verdicts[3]})
+    reducer.verdicts[3].again = True
+    assert "against the group" in suspects({"m": reducer.verdicts[3].as_dict()})["m"]
     assert all(reducer.verdicts[i].cosine == 1.0 for i in range(3))  # honest members were not far
+
+
+def test_far_and_against_once_between_rounds_along_the_group_is_not_named() -> None:
+    """An honest newcomer was far and against the group once, between rounds along it: bounded by
+    the clipping, never named; a round along the group wipes out the round against it, and a
+    round it was refused or in a pair leaves the memory as it was."""
+    _, parts = _honest(3, seed=6)
+    along, flipped = parts[0] * 1.5, -parts[0] * 10
+    against: set[str] = set()
+    for bad, named in ((flipped, False), (along, False), (flipped, False), (flipped, True)):
+        _, reducer = _reduce([[p] for p in (*parts, bad)], [100.0] * 4)
+        verdicts = {str(i): v for i, v in reducer.verdicts.items()}
+        mark_repeats(verdicts, against)
+        assert set(suspects(verdicts)) == ({"3"} if named else set()), verdicts
+        assert reducer.verdicts[3].again == named and not any(reducer.verdicts[i].again for i in range(3))
+    # clipped in a pair (which of two is far is not known), or refused: the memory stays as it was
+    against.add("4")
+    mark_repeats({"3": Verdict(kept=0.1, in_pair=True, cosine=-1.0), "4": Verdict(refused="NaN")}, against)
+    assert against == {"3", "4"}
 
 
 def test_two_members_have_no_majority_direction() -> None:
