@@ -9,7 +9,8 @@
     link.stop()
 
 It registers (once per coordinator: the volunteer id and token are kept in ``registration.json``),
-heartbeats every interval the coordinator asks for, and fetches an assignment when the supervisor
+heartbeats every interval the coordinator asks for (a little early at random, so that volunteers
+told one interval together spread out), and fetches an assignment when the supervisor
 wants one. While the coordinator is unreachable it waits with exponential backoff and full jitter
 (:class:`essaim.protocol.retry.RetryPolicy`) and keeps the last state to report, so the app's
 1-second loop never waits on the network and training goes on through an outage.
@@ -21,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +37,8 @@ from essaim.protocol.errors import EssaimError, PermissionDenied, Unauthenticate
 from essaim.protocol.retry import RetryPolicy
 from essaim.protocol.types import Assignment, Hardware, JobProgress
 from essaim.protocol.version import __version__
+
+HEARTBEAT_JITTER = 0.15  # a heartbeat comes up to this share of the interval early, at random
 
 logger = logging.getLogger(__name__)
 ClientFactory = Callable[..., Any]
@@ -290,7 +294,9 @@ class CoordinatorLink:
         self._hardware_sent = self._hardware
         self._profile_sent = profile
         self._interval = float(reply.heartbeat_interval_seconds or self._interval)
-        self._next_heartbeat = time.time() + self._interval
+        # a little early, by chance: volunteers told one interval together (a restart, the
+        # coordinator backing off under load) spread out instead of arriving in one burst
+        self._next_heartbeat = time.time() + self._interval * random.uniform(1 - HEARTBEAT_JITTER, 1.0)
         with self._lock:
             self._status.stop_job_ids |= set(reply.stop_job_ids)
             self._status.banned = bool(reply.banned)

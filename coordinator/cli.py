@@ -92,6 +92,9 @@ def serve(
     heartbeat_interval: float | None = typer.Option(
         None, "--heartbeat-interval", help="Seconds between volunteer heartbeats (30)."
     ),
+    heartbeat_interval_max: float | None = typer.Option(
+        None, "--heartbeat-interval-max", help="The longest interval volunteers are told under load (300)."
+    ),
     heartbeat_timeout: float | None = typer.Option(
         None, "--heartbeat-timeout", help="Seconds of silence before a volunteer is offline (90)."
     ),
@@ -152,6 +155,7 @@ def serve(
         data_dir=data_dir,
         db_url=db_url,
         heartbeat_interval_s=heartbeat_interval,
+        heartbeat_interval_max_s=heartbeat_interval_max,
         heartbeat_timeout_s=heartbeat_timeout,
         require_approval=require_approval,
         allow_remote_code=allow_remote_code,

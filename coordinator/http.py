@@ -100,6 +100,12 @@ def render_metrics(status: dict[str, Any], metrics: Metrics) -> str:
         "# HELP essaim_heartbeats_pending Heartbeats buffered, not yet written to the store.",
         "# TYPE essaim_heartbeats_pending gauge",
         f"essaim_heartbeats_pending {status['pending_heartbeats']}",
+        "# HELP essaim_heartbeat_interval_seconds The heartbeat interval volunteers are told now.",
+        "# TYPE essaim_heartbeat_interval_seconds gauge",
+        f"essaim_heartbeat_interval_seconds {status['heartbeat_interval_s']}",
+        "# HELP essaim_load The coordinator's load as a ratio to its target (CPU share or event-loop lag).",
+        "# TYPE essaim_load gauge",
+        f"essaim_load {status['load']:.3f}",
         "# HELP essaim_rpc_errors_total Failed gRPC calls by method and status code.",
         "# TYPE essaim_rpc_errors_total counter",
     ]

@@ -32,7 +32,7 @@ from collections.abc import Callable
 import grpc
 import uvicorn
 from essaim.coordinator.errors import ConfigError
-from essaim.coordinator.heartbeats import run_offline_sweeper
+from essaim.coordinator.heartbeats import run_offline_sweeper, run_pacer
 from essaim.coordinator.http import Metrics, create_app
 from essaim.coordinator.service import MAX_JOB_LIMIT, CoordinatorService, SwarmGateway
 from essaim.coordinator.servicer import CoordinatorServicer, build_handler
@@ -212,11 +212,12 @@ async def serve_async(
                     store,
                     service.heartbeats,
                     stop,
-                    timeout=settings.heartbeat_timeout_s,
+                    timeout=service.offline_timeout,
                     on_error=metrics.store_error,
                 )
             )
         )
+        tasks.append(asyncio.create_task(run_pacer(service.pacer, stop)))
         tasks.append(asyncio.create_task(_refresh_jobs(service, stop)))
         tasks.append(asyncio.create_task(_watch_token_revocations(service, stop)))
         scheme = "https://" if tls is not None else ("" if is_loopback(settings.host) else "http://")

@@ -40,7 +40,7 @@ from essaim.coordinator.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
-from essaim.coordinator.heartbeats import HeartbeatBuffer
+from essaim.coordinator.heartbeats import HeartbeatBuffer, HeartbeatPacer
 from essaim.coordinator.keys import verify_registration
 from essaim.coordinator.settings import MAX_PRIORITY, CoordinatorSettings
 from essaim.coordinator.signup import Challenges, bounded_hardware, finite_rate, registration_digest
@@ -126,12 +126,15 @@ class CoordinatorService:
         self.store = store
         self.settings = settings
         self.gateway = gateway
-        # cached tokens must outlive a heartbeat interval, or every heartbeat would read the store
-        self.auth = Authenticator(store, cache_ttl=max(600.0, 4 * settings.heartbeat_interval_s))
+        # cached tokens must outlive a heartbeat interval (the longest, under load), or every
+        # heartbeat would read the store
+        self.auth = Authenticator(store, cache_ttl=max(600.0, 4 * settings.heartbeat_interval_max_s))
         self.blobs = blobs or BlobStore(
             settings.blobs_dir, settings.artifacts_dir, max_bytes=settings.max_upload_bytes
         )
         self.heartbeats = HeartbeatBuffer(store, flush_interval=settings.heartbeat_flush_interval_s)
+        self.pacer = HeartbeatPacer(settings.heartbeat_interval_s, longest=settings.heartbeat_interval_max_s,
+                                    busy_target=settings.heartbeat_busy_target)
         self._lock = threading.Lock()
         self._live_jobs: dict[str, JobStatus] = {}  # every job not in a final status
         self._recent: dict[str, tuple[int, JobStatus]] = {}  # local changes not yet seen by a refresh
@@ -231,8 +234,13 @@ class CoordinatorService:
         return Registration(
             volunteer_id=volunteer.id,
             token=token,
-            heartbeat_interval_seconds=max(1, round(self.settings.heartbeat_interval_s)),
+            heartbeat_interval_seconds=self.pacer.seconds(),
         )
+
+    def offline_timeout(self) -> float:
+        """Seconds of silence after which a volunteer is offline: ``heartbeat_timeout_s``, longer
+        while volunteers may be heeding a longer interval (:meth:`HeartbeatPacer.timeout`)."""
+        return self.pacer.timeout(self.settings.heartbeat_timeout_s)
 
     def heartbeat(self, report: HeartbeatReport, principal: Principal | None) -> HeartbeatReply:
         """Buffer a heartbeat (memory only: safe to call on the event loop)."""
@@ -264,14 +272,14 @@ class CoordinatorService:
                 else:
                     self._members.setdefault(job_id, {})[report.volunteer_id] = now
         return HeartbeatReply(
-            heartbeat_interval_seconds=max(1, round(self.settings.heartbeat_interval_s)), stop_job_ids=stop
+            heartbeat_interval_seconds=self.pacer.seconds(), stop_job_ids=stop
         )
 
     def get_assignment(
         self, volunteer_id: str, hardware: Hardware, principal: Principal | None
     ) -> Assignment:
         check_own_volunteer(principal, volunteer_id)
-        retry = max(1, round(self.settings.heartbeat_interval_s))
+        retry = self.pacer.seconds()
         candidates = [
             scheduler.Candidate(job, self._needs_of(job))
             for job in self.store.list_jobs(statuses=scheduler.ASSIGNABLE, limit=MAX_JOB_LIMIT)
@@ -282,10 +290,11 @@ class CoordinatorService:
         if job.status == JobStatus.QUEUED:
             job = self._start(job)
         now = time.time()
+        silent = self.offline_timeout()
         with self._lock:
             members = self._members.setdefault(job.id, {})
             for vid, seen in list(members.items()):
-                if now - seen > self.settings.heartbeat_timeout_s:
+                if now - seen > silent:
                     del members[vid]
             staying = volunteer_id in members
             members[volunteer_id] = now
@@ -585,5 +594,7 @@ class CoordinatorService:
             "jobs": jobs,
             "running_jobs": running,
             "pending_heartbeats": len(self.heartbeats),
+            "heartbeat_interval_s": self.pacer.seconds(),
+            "load": round(self.pacer.load, 3),
             "time": time.time(),
         }

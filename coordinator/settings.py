@@ -63,12 +63,24 @@ class CoordinatorSettings(BaseSettings):
     heartbeat flushes falling behind under many volunteers: use postgresql+psycopg://..."""
 
     heartbeat_interval_s: float = Field(default=30.0, gt=0)
-    """How often volunteers are told to heartbeat. /metrics shows heartbeat latency climbing
-    with more volunteers: raise it."""
+    """How often volunteers are told to heartbeat while the coordinator is not loaded; under load
+    it tells them to wait longer, up to heartbeat_interval_max_s (essaim_heartbeat_interval_seconds
+    on /metrics). Heartbeat latency climbing with more volunteers even so: raise it."""
+
+    heartbeat_interval_max_s: float = Field(default=300.0, gt=0)
+    """The longest interval the coordinator tells volunteers under load. A volunteer's online
+    state and its job's stop orders are that late at worst: lower it for fresher state, raise
+    it (or add API processes) when heartbeats still time out at the longest."""
+
+    heartbeat_busy_target: float = Field(default=0.75, gt=0)
+    """The share of one core the API process may spend before volunteers are told a longer
+    heartbeat interval (essaim_load on /metrics is the load against it). Heartbeat p99 high while
+    essaim_load stays under 1: lower it."""
 
     heartbeat_timeout_s: float = Field(default=90.0, gt=0)
-    """A volunteer silent this long is marked offline. Volunteers flapping online/offline on
-    slow networks: raise it (keep it a few intervals long)."""
+    """A volunteer silent this long is marked offline (as many times longer while volunteers are
+    told a longer interval). Volunteers flapping online/offline on slow networks: raise it (keep
+    it a few intervals long)."""
 
     require_approval: bool = False
     """New jobs wait in awaiting_approval until an admin approves them. Unknown researchers

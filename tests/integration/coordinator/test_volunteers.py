@@ -147,3 +147,35 @@ def test_banned_volunteer_cannot_heartbeat_or_register_again(coord, kit) -> None
     assert again.volunteer_id == reg.volunteer_id and again.token != reg.token
     with coord.client(again.token) as client:
         assert not client.heartbeat(volunteer_id=reg.volunteer_id, state="idle").banned
+
+
+def test_a_loaded_coordinator_tells_volunteers_to_wait_longer_and_does_not_call_them_offline_for_it(
+    launch_coordinator, tmp_path, kit
+) -> None:
+    """A coordinator whose event loop is over its busy target (here: any work at all) lengthens
+    the interval its replies hand out, up to the longest, says so on /metrics, and marks a
+    volunteer offline only after the timeout grown as much (1 s for 1 s, 4 s for 4 s)."""
+    import urllib.request
+
+    coord = launch_coordinator(
+        tmp_path / "c", "--heartbeat-interval", "1", "--heartbeat-interval-max", "4", "--heartbeat-timeout", "1",
+        "--no-swarm", env={"ESSAIM_COORDINATOR_HEARTBEAT_BUSY_TARGET": "1e-9"})
+    me = kit.Identity()
+    with coord.client() as anon:
+        reg = me.register(anon, "patient")
+    with coord.client(reg.token) as client:
+        deadline = time.monotonic() + 30
+        while (reply := client.heartbeat(volunteer_id=reg.volunteer_id, state="idle")).heartbeat_interval_seconds < 4:
+            assert time.monotonic() < deadline, f"the interval stayed at {reply.heartbeat_interval_seconds} s"
+            time.sleep(0.5)
+        silent_from = time.monotonic()
+    with urllib.request.urlopen(f"{coord.http_url}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    assert "essaim_heartbeat_interval_seconds 4" in text
+    load = next(float(line.split()[1]) for line in text.splitlines() if line.startswith("essaim_load "))
+    assert load > 1.0, text
+    # told 4 s: still online after twice the configured 1 s timeout, offline once the grown one passed
+    time.sleep(2.5)
+    assert _status(coord, reg.volunteer_id) == VolunteerStatus.ONLINE
+    _wait_status(coord, reg.volunteer_id, VolunteerStatus.OFFLINE, within=15)
+    assert time.monotonic() - silent_from >= 4.0
