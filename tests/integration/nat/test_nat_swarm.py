@@ -10,7 +10,9 @@ connections), the job completes, and its held-out exact match rises as on loopba
 ``ESSAIM_TEST_NAT_UPNP=carol`` (names, comma-separated) puts those volunteers behind routers that map
 ports on request (miniupnpd, on a lab internet of public addresses): they learn that they can be
 dialed through the mapping and join as full peers among the NAT-ed ones, and the same rounds and
-learning are asked of that mixed swarm.
+learning are asked of that mixed swarm. ``ESSAIM_TEST_NAT_AVERAGING_PEERS=2`` runs the job with two
+averaging peers on the coordinator's host (``training.averaging_peers``): every round is reduced by
+both, and the same rounds and learning are asked.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ EPOCHS = 12  # the demo's job: 12 epochs of 4,800 samples, about 100 local steps
 TARGET_BATCH = 4800
 NAMES = ("alice", "bob", "carol")
 UPNP = {name for name in os.environ.get("ESSAIM_TEST_NAT_UPNP", "").split(",") if name}
+AVERAGING_PEERS = int(os.environ.get("ESSAIM_TEST_NAT_AVERAGING_PEERS", "0"))  # 0: the recipe's default
 # held-out exact match after the demo's 12 epochs, three one-thread volunteers on this 2-core
 # machine: 0.73 on loopback as full peers, 0.71-0.80 on loopback in client mode; here 0.795 and
 # 0.81, and 0.89 beside two busy processes, since rounds are tagged with their epoch (before: 0.445-
@@ -59,7 +62,8 @@ def nat_swarm(netlab_module: ModuleType, harness: ModuleType, module_launcher: A
         homes = {name: lab.add_home(name, upnp=name in UPNP) for name in NAMES}
         recipe = harness.make_job(root / "job", epochs=EPOCHS, target_batch_size=TARGET_BATCH, adapter="full",
                                   averaging="local", checkpoint_every_epochs=EPOCHS // 2, eval_size=200,
-                                  matchmaking_time=2.5)
+                                  matchmaking_time=2.5,
+                                  **({"averaging_peers": AVERAGING_PEERS} if AVERAGING_PEERS else {}))
 
         def launcher(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> Any:
             return module_launcher(data_dir, "--host", "0.0.0.0", "--insecure", *args, env=env, prefix=coord.prefix(),
@@ -112,6 +116,12 @@ def test_every_round_averages_all_the_nated_volunteers(nat_swarm: Any) -> None:
     # loaded) and, on a loaded machine, a rare round a late volunteer missed
     full = [r for r in rounds[1:] if set(r["volunteers"]) == everyone]
     assert len(full) >= ALL_THREE * (len(rounds) - 1), rounds
+    for index in range(1, AVERAGING_PEERS):  # a further averaging peer reduced its share of those rounds
+        path = nat_swarm.job_dir / "averagers" / str(index) / "rounds.jsonl"
+        book = {r["epoch"]: r for r in map(json.loads, path.read_text().splitlines())} if path.exists() else {}
+        shared = [r for r in full if r["epoch"] in book and not book[r["epoch"]]["error"]
+                  and set(book[r["epoch"]]["volunteers"]) == everyone]
+        assert len(shared) >= ALL_THREE * (len(rounds) - 1), (index, rounds, book)
     for v in nat_swarm.volunteers:  # what each volunteer's app is told of its rounds
         last = v.wait_for(lambda e: e["event"] == "stopped", 60, "stopped")
         assert last["reason"] == "completed", last
