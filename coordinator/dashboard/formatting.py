@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from functools import cache
+from typing import Any
 
 from essaim.protocol.types import Hardware
+from markupsafe import Markup
 
 GIB = 1024**3
 
@@ -155,6 +158,39 @@ def label(value: str) -> str:
     return value.replace("_", " ")
 
 
+@cache
+def _markdown_parser() -> Any:
+    from markdown_it import MarkdownIt  # only the pages that show a document need it
+
+    md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable(
+        ["table", "strikethrough"])
+
+    def link_open(renderer: Any, tokens: Any, idx: int, options: Any, env: Any) -> str:
+        tokens[idx].attrSet("rel", "nofollow noopener noreferrer")
+        return str(renderer.renderToken(tokens, idx, options, env))
+
+    md.add_render_rule("link_open", link_open)
+    return md
+
+
+def markdown(text: str | None) -> Markup:
+    """A Markdown document (a model card: its recipe's words are a researcher's, its pseudonyms
+    volunteers') as HTML a page can show: raw HTML in it is shown as text, not parsed; links and
+    images only with a safe scheme (markdown-it's own check: no ``javascript:``, ``vbscript:``,
+    ``file:``, nor ``data:`` but for images); links ``rel="nofollow noopener noreferrer"``; a
+    table column's alignment as a class (``align-right``), not an inline style the pages'
+    Content-Security-Policy refuses."""
+    md = _markdown_parser()
+    tokens = md.parse(text or "")
+    for token in tokens:
+        if token.type in ("th_open", "td_open") and token.attrGet("style"):
+            align = str(token.attrGet("style")).removeprefix("text-align:").strip()
+            token.attrs.pop("style", None)
+            if align in ("left", "center", "right"):
+                token.attrSet("class", f"align-{align}")
+    return Markup(md.renderer.render(tokens, md.options, {}))
+
+
 FILTERS = {
     "number": number,
     "compact": compact,
@@ -167,4 +203,5 @@ FILTERS = {
     "when": when,
     "short_hash": short_hash,
     "label": label,
+    "markdown": markdown,
 }

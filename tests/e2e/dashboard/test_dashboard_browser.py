@@ -142,6 +142,36 @@ def test_unsafe_names_and_descriptions_never_run(swarm, watch, demo):
     assert watch.errors == []
 
 
+def test_the_model_card_reads_as_a_document_and_its_words_stay_text(swarm, watch, demo, screenshot):
+    """A model card as write_artifact makes it, carrying a researcher's description and volunteers'
+    pseudonyms (here hostile ones), is shown rendered: headings, a table, lists; no markup of
+    theirs runs or loads, no link of theirs goes anywhere but http(s)."""
+    card = swarm.coord.data_dir / "artifacts" / swarm.running.id / "artifact" / "README.md"
+    card.parent.mkdir(parents=True, exist_ok=True)
+    card.write_text(
+        f"# demo-llama\n\n{demo.XSS_DESCRIPTION}\n\n## Evaluation\n\n| metric | before | after |\n|---|---:|---:|\n"
+        f"| exact_match | 0.000 | 0.915 |\n\n## Volunteers\n\n- {demo.XSS_NAME} ({demo.XSS_TEAM})\n"
+        "- [grace](javascript:alert(5)) ![x](javascript:alert(6))\n\n```\nepoch,loss\n0,2.31\n```\n")
+    page = watch.page
+    page.goto(f"{swarm.url}/jobs/{swarm.running.id}/transparency")
+    box = page.locator("#model-card")
+    assert box.locator("h1").inner_text() == "demo-llama"
+    assert [h.inner_text() for h in box.locator("h2").all()] == ["Evaluation", "Volunteers"]
+    assert box.locator("table td.align-right").count() == 2
+    assert box.locator("pre code").inner_text().startswith("epoch,loss")
+    assert demo.XSS_NAME in box.inner_text() and "<b>bold</b>" in box.inner_text()  # shown as written
+    assert box.locator("script, img, iframe, b, i").count() == 0
+    assert box.locator("a[href^='javascript']").count() == 0
+    screenshot(page, "dashboard-model-card")
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(f"{swarm.url}/jobs/{swarm.running.id}/transparency")
+    wide = page.evaluate("""[...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right >
+        window.innerWidth + 1).map(e => e.tagName + '#' + e.id + '.' + e.className).slice(0, 12)""")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), wide
+    screenshot(page, "dashboard-model-card-phone")
+    assert watch.dialogs == [] and watch.errors == []
+
+
 def test_a_tampered_ledger_row_shows_in_red(swarm, watch, screenshot):
     page = watch.page
     db = swarm.coord.data_dir / "coordinator.db"
