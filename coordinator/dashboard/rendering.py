@@ -17,6 +17,7 @@ from essaim.coordinator.dashboard import formatting
 from essaim.coordinator.dashboard.access import Viewer
 from essaim.coordinator.dashboard.schemas import ProgressOut
 from essaim.coordinator.dashboard.sessions import CSRF_FIELD
+from essaim.protocol.types import FINAL_JOB_STATUSES
 from essaim.protocol.version import __version__
 from fastapi import Request
 from fastapi.responses import HTMLResponse
@@ -36,7 +37,8 @@ def make_environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters.update(formatting.FILTERS)
-    env.globals.update(nav=NAV, version=__version__, csrf_field=CSRF_FIELD, query=lambda **kw: urlencode(kw))
+    env.globals.update(nav=NAV, version=__version__, csrf_field=CSRF_FIELD, query=lambda **kw: urlencode(kw),
+                       ended=frozenset(s.value for s in FINAL_JOB_STATUSES))
     return env
 
 

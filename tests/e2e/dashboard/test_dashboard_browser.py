@@ -196,3 +196,22 @@ def test_a_tampered_ledger_row_shows_in_red(swarm, watch, screenshot):
             )
     page.goto(f"{swarm.url}/ledger")
     assert page.get_attribute("#ledger-verification", "data-ok") == "true"
+
+
+def test_an_ended_job_shows_no_live_figures(swarm, watch):
+    """Once a job has ended, its page and the jobs list show no throughput or ETA (the last ones
+    seen are not the present), and the volunteers that took part instead of those online. Runs
+    last: it cancels the module's running job."""
+    page = watch.page
+    page.goto(f"{swarm.url}/jobs/{swarm.running.id}")
+    assert "samples/s" in page.inner_text("#stat-throughput")
+    with swarm.coord.client(swarm.coord.admin_token) as client:
+        client.cancel_job(swarm.running.id, reason="the figures of an ended job")
+    page.goto(f"{swarm.url}/jobs/{swarm.running.id}")
+    assert page.inner_text("#stat-throughput .value").startswith("—")
+    assert "cancelled" in page.inner_text("#stat-throughput")
+    assert page.inner_text("#stat-volunteers .value") == "3 took part"
+    page.goto(f"{swarm.url}/jobs?show=finished")
+    row = page.locator(f"tr[data-job-id='{swarm.running.id}']")
+    assert [c.inner_text() for c in row.locator("td.num").all()[:2]] == ["—", "—"]  # throughput, ETA
+    assert watch.errors == [] and watch.dialogs == []
