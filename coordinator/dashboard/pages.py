@@ -125,7 +125,10 @@ def build_pages_router(ctx: PageContext, *, sampler: SwarmSampler) -> APIRouter:
             peers = None
             if viewer.may_see_swarm_of(v.id):
                 peers = q.swarm_peers(volunteer_id=v.id, with_observed=viewer.is_admin)
-            return {"v": v, "jobs": q.volunteer_jobs(volunteer_id), "current_job": current, "swarm_peers": peers}
+            credit = time_chart("samples given", q.volunteer_history(volunteer_id), y_label="samples given, in all",
+                                empty="Nothing in the ledger yet: contributions appear once an epoch is accepted")
+            return {"v": v, "jobs": q.volunteer_jobs(volunteer_id), "current_job": current, "swarm_peers": peers,
+                    "credit_chart": credit}
 
         return ctx.render(request, "volunteer.html", build, active="swarm")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 PROVENANCE_FILE = "provenance.json"
 MODEL_CARD = Path("artifact") / "README.md"
+HISTORY_POINTS = 240  # a volunteer's credit curve: at most this many points
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
 ALL_VOLUNTEERS = 100_000
 
@@ -190,6 +192,19 @@ class DashboardQueries:
 
     def volunteer(self, volunteer_id: str) -> VolunteerOut:
         return volunteer_out(self.store.get_volunteer(volunteer_id))
+
+    def volunteer_history(self, volunteer_id: str, *, points: int = HISTORY_POINTS) -> list[tuple[float, float]]:
+        """The samples a volunteer was granted, summed over time from its ledger rows: (time,
+        total so far), at most ``points`` of them (the last of each span of rows when there are
+        more, so the curve ends at its total)."""
+        total, out = 0, []
+        rows = self.store.list_ledger(volunteer_id=volunteer_id)
+        step = max(1, math.ceil(len(rows) / points))
+        for i, row in enumerate(rows):
+            total += row.samples
+            if (i + 1) % step == 0 or i == len(rows) - 1:
+                out.append((row.created_at, float(total)))
+        return out
 
     def volunteer_jobs(self, volunteer_id: str) -> list[tuple[JobOut, ContributionOut]]:
         """(job, this volunteer's contribution to it) for every job it gave samples to."""

@@ -136,12 +136,15 @@ class LedgerMixin(StoreBase):
         return entries
 
     def list_ledger(
-        self, *, job_id: str | None = None, after_seq: int = 0, limit: int | None = None
+        self, *, job_id: str | None = None, volunteer_id: str | None = None, after_seq: int = 0,
+        limit: int | None = None,
     ) -> list[LedgerEntry]:
-        """Rows with ``seq > after_seq`` in order, optionally only one job's."""
+        """Rows with ``seq > after_seq`` in order, optionally only one job's or one volunteer's."""
         query = sa.select(ledger).where(ledger.c.seq > after_seq).order_by(ledger.c.seq)
         if job_id is not None:
             query = query.where(ledger.c.job_id == job_id)
+        if volunteer_id is not None:
+            query = query.where(ledger.c.volunteer_id == volunteer_id)
         if limit is not None:
             query = query.limit(limit)
         with self._read() as conn:

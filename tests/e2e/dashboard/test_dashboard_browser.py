@@ -58,6 +58,18 @@ def test_pages_render_the_live_swarm_with_charts(swarm, watch, screenshot):
     page.goto(f"{swarm.url}/jobs/{swarm.files_job.id}/transparency")
     assert swarm.data_file_sha256 in page.inner_text("#files-table")
 
+    ada = swarm.member("ada")  # a volunteer's credit over time: one point per ledger row of hers
+    page.goto(f"{swarm.url}/volunteers/{ada.volunteer_id}")
+    store = swarm.open_store()
+    try:
+        hers = store.list_ledger(volunteer_id=ada.volunteer_id)
+    finally:
+        store.close()
+    assert hers and chart_points(page, "chart-credit") == (len(hers), len(hers))
+    last = page.locator("#chart-credit circle.pt[data-x]").last
+    assert float(last.get_attribute("data-y")) == sum(e.samples for e in hers)
+    shots.append(screenshot(page, "dashboard-volunteer"))
+
     page.goto(swarm.url + "/contributions")
     assert page.locator("#leaderboard tbody tr").count() == 3
     assert "lyon" in page.inner_text("#teams")
