@@ -3,6 +3,10 @@
  * - <time data-relative datetime="..."> shows "3 min ago" (the exact time stays in its title)
  * - tables with <th data-sort="num|text"> sort on click
  * - forms with data-disable-on-submit disable their button while the request runs
+ * - elements with data-live and an id (cards, tables) follow the swarm without a reload: every
+ *   data-refresh seconds of <body> (15) the page's own HTML is fetched again, parsed (DOMParser
+ *   runs no script) and each live element's content swapped for its fresh copy, the table's sort
+ *   kept; not while the tab is hidden
  */
 (function () {
   "use strict";
@@ -40,14 +44,17 @@
     return raw.toLowerCase();
   }
 
+  var sorted = {};  // table id -> [column index, ascending]: kept when a live table is refreshed
+
   function makeSortable(table) {
     var heads = table.querySelectorAll("th[data-sort]");
     Array.prototype.forEach.call(heads, function (th) {
       th.setAttribute("tabindex", "0");
-      var sort = function () {
+      var sort = function (ascending) {
         var index = Array.prototype.indexOf.call(th.parentNode.children, th);
         var kind = th.getAttribute("data-sort");
-        var asc = th.getAttribute("aria-sort") !== "ascending";
+        var asc = typeof ascending === "boolean" ? ascending : th.getAttribute("aria-sort") !== "ascending";
+        if (table.id) sorted[table.id] = [index, asc];
         Array.prototype.forEach.call(heads, function (h) { h.removeAttribute("aria-sort"); });
         th.setAttribute("aria-sort", asc ? "ascending" : "descending");
         var body = table.tBodies[0];
@@ -61,15 +68,49 @@
       };
       th.addEventListener("click", sort);
       th.addEventListener("keydown", function (ev) { if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); sort(); } });
+      th._sort = sort;
     });
+    var was = table.id && sorted[table.id];
+    if (was && heads.length) {
+      var th = table.querySelector("thead tr").children[was[0]];
+      if (th && th._sort) th._sort(was[1]);
+    }
+  }
+
+  function enhance(root) {
+    Array.prototype.forEach.call(root.querySelectorAll("table"), function (t) {
+      if (t.querySelector("th[data-sort]")) makeSortable(t);
+    });
+  }
+
+  function refreshLive(regions) {
+    if (document.hidden) return;
+    fetch(location.href, { credentials: "same-origin", headers: { Accept: "text/html" } })
+      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (html) {
+        if (!html) return;
+        var fresh = new DOMParser().parseFromString(html, "text/html");
+        Array.prototype.forEach.call(regions, function (el) {
+          var copy = fresh.getElementById(el.id);
+          if (!copy) return;
+          el.innerHTML = copy.innerHTML;
+          enhance(el);
+        });
+        updateTimes();
+        document.body.setAttribute("data-refreshed", String(Date.now()));
+      })
+      .catch(function () { /* offline a moment: the next round tries again */ });
   }
 
   function init() {
     updateTimes();
     setInterval(updateTimes, 15000);
-    Array.prototype.forEach.call(document.querySelectorAll("table"), function (t) {
-      if (t.querySelector("th[data-sort]")) makeSortable(t);
-    });
+    enhance(document);
+    var regions = document.querySelectorAll("[data-live][id]");
+    if (regions.length) {
+      var every = Math.max(2, Number(document.body.getAttribute("data-refresh") || 15)) * 1000;
+      setInterval(function () { refreshLive(regions); }, every);
+    }
     Array.prototype.forEach.call(document.querySelectorAll("form[data-disable-on-submit]"), function (f) {
       f.addEventListener("submit", function () {
         Array.prototype.forEach.call(f.querySelectorAll("button"), function (b) {

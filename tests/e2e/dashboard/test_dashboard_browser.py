@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import time
 
 import pytest
 from essaim.protocol.errors import EssaimError
@@ -208,6 +209,34 @@ def test_a_tampered_ledger_row_shows_in_red(swarm, watch, screenshot):
             )
     page.goto(f"{swarm.url}/ledger")
     assert page.get_attribute("#ledger-verification", "data-ok") == "true"
+
+
+def test_cards_and_tables_follow_the_swarm_without_a_reload(swarm, watch, demo):
+    """A volunteer coming online shows in the swarm page's totals and table within a refresh
+    (15 s) with no reload, and the table keeps the order its reader sorted it in."""
+    page = watch.page
+    page.goto(swarm.url + "/")
+    online = int(page.inner_text("#stat-online"))
+    rows = page.locator("#volunteers-table tbody tr").count()
+    page.click("#volunteers-table th[data-sort]:has-text('Pseudonym')")
+    order = page.get_attribute("#volunteers-table th[data-sort]:has-text('Pseudonym')", "aria-sort")
+    page.evaluate("window.notReloaded = true")
+    with swarm.coord.client() as anonymous:
+        reg = demo.Identity().register(anonymous, name="zoe-live", team="", hardware=demo.VOLUNTEERS[0][2])
+    with swarm.coord.client(reg.token) as client:
+        client.heartbeat(volunteer_id=reg.volunteer_id, state="idle")
+    deadline = time.monotonic() + 40  # the page's polling, watched from here (the pages' CSP forbids eval)
+    while (int(page.inner_text("#stat-online")), page.locator("#volunteers-table tbody tr").count()) != \
+            (online + 1, rows + 1):
+        assert time.monotonic() < deadline, (page.inner_text("#stat-online"), online)
+        page.wait_for_timeout(500)
+    assert page.evaluate("window.notReloaded === true")
+    header = "#volunteers-table th[data-sort]:has-text('Pseudonym')"
+    assert page.get_attribute(header, "aria-sort") == order
+    names = [n.strip() for n in page.locator("#volunteers-table tbody tr td:first-child").all_inner_texts()]
+    keys = [n.lower() for n in names]
+    assert keys == sorted(keys, reverse=order == "descending"), names
+    assert watch.errors == [] and watch.dialogs == []
 
 
 def test_an_ended_job_shows_no_live_figures(swarm, watch):
