@@ -6,9 +6,9 @@ are retried, anything else propagates at once.
 
     policy = RetryPolicy(attempts=4, base=0.2, cap=5.0, retry_on=(Unavailable,))
     reply = policy.call(lambda: stub.GetJob(request, timeout=10))
-    reply = await policy.acall(lambda: astub.GetJob(request, timeout=10))
+    for delay in policy.delays(): ...   # the sleeps alone, for a loop of one's own (the app's link)
 
-Used by the coordinator client, the volunteer app and the benchmarks. If calls fail with
+Used by the coordinator client and the volunteer app. If calls fail with
 "cannot reach the coordinator" during a coordinator restart, raise ``attempts`` or ``deadline``.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -54,19 +54,6 @@ class RetryPolicy:
                 delay = self._next_delay(delays, start, exc)
                 sleep(delay)
 
-    async def acall(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """The asyncio twin of :meth:`call`."""
-        import asyncio  # here: the volunteer app, which never awaits, is spared its import (~7 MB)
-
-        start = time.monotonic()
-        delays = self.delays()
-        while True:
-            try:
-                return await fn()
-            except self.retry_on as exc:
-                delay = self._next_delay(delays, start, exc)
-                await asyncio.sleep(delay)
-
     def _next_delay(self, delays: Iterator[float], start: float, exc: BaseException) -> float:
         delay = next(delays, None)
         if delay is None:
@@ -76,15 +63,3 @@ class RetryPolicy:
         logger.debug("retrying in %.2fs after %s", delay, exc)
         return delay
 
-
-def retry_call(
-    fn: Callable[[], T],
-    *,
-    attempts: int = 3,
-    base: float = 0.2,
-    cap: float = 5.0,
-    deadline: float | None = None,
-    retry_on: tuple[type[BaseException], ...] = (Unavailable,),
-) -> T:
-    """Shorthand for ``RetryPolicy(...).call(fn)``."""
-    return RetryPolicy(attempts=attempts, base=base, cap=cap, deadline=deadline, retry_on=retry_on).call(fn)
