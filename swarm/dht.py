@@ -10,6 +10,9 @@ Used by the trainer (one DHT per job) and the coordinator (the job's bootstrap p
 checkpoint keeper). Every DHT made here stops with the process that made it: its child process and
 libp2p daemon watch their parent and exit when it dies, even by SIGKILL, so a restarted peer can
 reuse its identity at once.
+
+Importing this module also keeps every incoming libp2p stream's handler alive while it runs
+(:func:`hold_stream_handlers`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,48 @@ from hivemind.utils.auth import AuthorizerBase
 from hivemind.utils.multiaddr import Multiaddr
 
 logger = logging.getLogger(__name__)
+
+_HELD: set[asyncio.Task[Any]] = set()  # stream handlers running now (see hold_stream_handlers)
+
+
+def held(handler: Any) -> Any:
+    """``handler`` (an asyncio stream server's client callback) made to hold a strong reference to
+    its own task while it runs.
+
+    asyncio keeps only weak references to tasks. The task that runs a stream server's callback is
+    held by the connection's protocol, which the event loop holds only while it reads from that
+    connection: when the callback is slower than its peer sends, the reader's buffer fills, reading
+    is paused, and task, stream and protocol are a cycle that nothing else holds. Python's garbage
+    collector then destroys the task, pending ("Task was destroyed but it is pending!"), and the
+    call it served is lost. Measured on Python 3.11.7 (tests/unit/swarm/test_dht_streams.py), and
+    seen beside busy processes: a peer's handler of another's all-reduce stream was destroyed
+    mid-round, and both ended with half of the average."""
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        task = asyncio.current_task()
+        if task is not None:
+            _HELD.add(task)
+        try:
+            return await handler(*args, **kwargs)
+        finally:
+            if task is not None:
+                _HELD.discard(task)
+
+    run.essaim_held = True  # type: ignore[attr-defined]
+    return run
+
+
+def hold_stream_handlers() -> None:
+    """Make hivemind's libp2p daemon client hold each incoming stream's handler task while it runs
+    (:func:`held`): every call another peer makes to this one (join a group, send its parts, download
+    the state) comes in through ``ControlClient._handler``. Idempotent; applies to the daemon
+    clients started after it (the DHT's, forked later, and the averagers' replicas)."""
+    from hivemind.p2p.p2p_daemon_bindings.control import ControlClient
+
+    if not getattr(ControlClient._handler, "essaim_held", False):
+        ControlClient._handler = held(ControlClient._handler)  # type: ignore[method-assign]
+
+
+hold_stream_handlers()
 
 LOOPBACK_MADDRS = ("/ip4/127.0.0.1/tcp/0",)
 PUBLIC_MADDRS = ("/ip4/0.0.0.0/tcp/0",)

@@ -58,6 +58,9 @@ def describe_failure(exc: BaseException | None) -> str:
     if exc is None:
         return TIMED_OUT
     text = f"{type(exc).__name__}: {exc}".lower()
+    if "unable to run all-reduce" in text:  # a group formed (hivemind wraps it as a matchmaking error)
+        detail = str(exc).split("Unable to run All-Reduce:", 1)[-1].strip()
+        return f"the group formed, but its all-reduce failed partway: {detail}"[:300]
     if "could not find a group" in text or "matchmaking" in text:
         return NO_GROUP
     if isinstance(exc, TimeoutError) or "timeout" in text or "timed out" in text:

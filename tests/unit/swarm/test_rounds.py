@@ -23,6 +23,13 @@ def test_failures_read_as_sentences_a_volunteer_can_act_on() -> None:
         pass
 
     assert describe_failure(AllreduceException("Averaging step failed: could not find a group")) == NO_GROUP
+    # a group that formed and then lost a reducer's part is not "no group" (hivemind raises it as a
+    # MatchmakingException, "Unable to run All-Reduce: ...")
+    class MatchmakingException(Exception):
+        pass
+
+    partway = describe_failure(MatchmakingException("Unable to run All-Reduce: the reducer returned 50% of the average"))
+    assert partway == "the group formed, but its all-reduce failed partway: the reducer returned 50% of the average"
     assert describe_failure(TimeoutError()) == TIMED_OUT
     assert describe_failure(None) == TIMED_OUT
     assert "cancelled" in describe_failure(RuntimeError("cancelled"))
