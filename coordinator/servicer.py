@@ -3,9 +3,9 @@
 Every call goes through the same steps: a request that is not a valid protobuf message gets
 INVALID_ARGUMENT; a missing or foreign protocol version gets FAILED_PRECONDITION; the bearer token
 is resolved (:mod:`essaim.coordinator.auth`) and checked against the RPC; the service runs (in a
-worker thread when it touches the store). ``STATUS_CODES`` is the one table from domain errors to
-gRPC status codes; any other exception is logged with its traceback and answered INTERNAL with an
-id to find it in the log, never with its details. Built by :func:`build_handler` for the server.
+worker thread when it touches the store). Each domain error carries its own gRPC status code
+(``grpc_code_name``, :mod:`essaim.protocol.errors`); any other exception is logged with its
+traceback and answered INTERNAL with an id to find it in the log, never with its details. Built by :func:`build_handler` for the server.
 """
 
 from __future__ import annotations
@@ -21,15 +21,11 @@ import grpc
 from essaim.coordinator.auth import Principal, check_access
 from essaim.coordinator.blobs import check_sha256, file_chunks
 from essaim.coordinator.errors import (
-    AlreadyExists,
     EssaimError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    PermissionDenied,
     ResourceExhausted,
-    Unauthenticated,
-    Unavailable,
 )
 from essaim.coordinator.http import Metrics
 from essaim.coordinator.service import CoordinatorService
@@ -42,25 +38,11 @@ from essaim.protocol.version import PROTOCOL_VERSION
 
 logger = logging.getLogger(__name__)
 
-STATUS_CODES: dict[type[EssaimError], grpc.StatusCode] = {
-    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    NotFound: grpc.StatusCode.NOT_FOUND,
-    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Unavailable: grpc.StatusCode.UNAVAILABLE,
-}
-
-
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """The gRPC status code and public message for an exception raised while serving."""
+    """The gRPC status code and public message for an exception raised while serving: an essaim
+    error's own ``grpc_code_name``; anything else is INTERNAL, logged with an id to find it."""
     if isinstance(exc, EssaimError):
-        for cls in type(exc).__mro__:
-            if cls in STATUS_CODES:
-                return STATUS_CODES[cls], exc.message
-        return grpc.StatusCode.UNKNOWN, exc.message
+        return getattr(grpc.StatusCode, exc.grpc_code_name, grpc.StatusCode.UNKNOWN), exc.message
     error_id = uuid.uuid4().hex[:12]
     logger.error("internal error id=%s", error_id, exc_info=exc)
     return grpc.StatusCode.INTERNAL, f"internal error (see the coordinator log, id={error_id})"
