@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -123,7 +124,9 @@ class HeartbeatPacer:
     ``GROW_AT_MOST`` times a step); under half of both, it shrinks by ``SHRINK``. Either way it
     then holds for one old interval: volunteers take up a new interval at their next heartbeat, so
     the load only shows the change after that. :meth:`timeout` scales the offline timeout with the
-    longest interval a volunteer may still be heeding."""
+    longest interval a volunteer may still be heeding. :meth:`update` runs on the event loop,
+    :meth:`timeout` also in the worker threads that hand out assignments: both hold a lock over
+    the intervals still heeded."""
 
     def __init__(self, base: float, *, longest: float, busy_target: float = BUSY_TARGET,
                  lag_target: float = LAG_TARGET, clock: Callable[[], float] = time.monotonic) -> None:
@@ -137,6 +140,7 @@ class HeartbeatPacer:
         self._hold_until = -math.inf
         # (when it stopped being handed out, interval): intervals volunteers may still heed
         self._recent: deque[tuple[float, float]] = deque()
+        self._lock = threading.Lock()
 
     def seconds(self) -> int:
         """The interval to hand out, in whole seconds (the protocol's unit)."""
@@ -156,9 +160,10 @@ class HeartbeatPacer:
         else:
             return self.interval
         logger.info("heartbeat interval %.0f s -> %.0f s (load %.2f of its target)", self.interval, new, self.load)
-        self._recent.append((now, self.interval))
-        self._hold_until = now + self.interval
-        self.interval = new
+        with self._lock:
+            self._recent.append((now, self.interval))
+            self._hold_until = now + self.interval
+            self.interval = new
         return new
 
     def timeout(self, base_timeout: float) -> float:
@@ -167,9 +172,10 @@ class HeartbeatPacer:
         of those intervals ago)."""
         now = self._clock()
         ratio = base_timeout / self.base
-        while self._recent and now - self._recent[0][0] > ratio * self._recent[0][1]:
-            self._recent.popleft()
-        heeded = max([self.interval, *(interval for _, interval in self._recent)])
+        with self._lock:
+            while self._recent and now - self._recent[0][0] > ratio * self._recent[0][1]:
+                self._recent.popleft()
+            heeded = max([self.interval, *(interval for _, interval in self._recent)])
         return max(base_timeout, ratio * heeded)
 
 
