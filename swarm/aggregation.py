@@ -473,11 +473,15 @@ class Gathered(dict):  # type: ignore[type-arg]
         self.offset = offset
 
 
-def far_against(verdict: Verdict) -> bool:
+def _far_and_against(kept: float, cosine: float) -> bool:
     """Clipped to under ``SUSPECT_KEPT`` of its pull (but not gross) while pulling against the
-    group (cosine with its median under ``AGAINST_COSINE``), in a group that tells a direction."""
-    return (not verdict.refused and not verdict.in_pair and NAMED_AT_ONCE_KEPT <= verdict.kept < SUSPECT_KEPT
-            and verdict.cosine < AGAINST_COSINE)
+    group (cosine with its median under ``AGAINST_COSINE``)."""
+    return NAMED_AT_ONCE_KEPT <= kept < SUSPECT_KEPT and cosine < AGAINST_COSINE
+
+
+def far_against(verdict: Verdict) -> bool:
+    """:func:`_far_and_against`, unrefused, in a group that tells a direction (not a pair)."""
+    return not verdict.refused and not verdict.in_pair and _far_and_against(verdict.kept, verdict.cosine)
 
 
 def mark_repeats(verdicts: dict[str, Verdict], against: set[str]) -> None:
@@ -510,7 +514,7 @@ def suspects(verdicts: dict[str, Verdict] | dict[str, dict[str, Any]]) -> dict[s
             out[peer] = f"refused: {v['refused']}"
         elif kept < NAMED_AT_ONCE_KEPT:
             out[peer] = f"clipped to {kept * 100:.2g}% of its pull"
-        elif kept < SUSPECT_KEPT and cosine < AGAINST_COSINE and v.get("again"):
+        elif v.get("again") and _far_and_against(kept, cosine):
             out[peer] = (f"clipped to {kept:.0%} of its pull, against the group (cosine {cosine:.2f}),"
                          " in two rounds running")
     return out
