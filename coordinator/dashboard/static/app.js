@@ -4,7 +4,7 @@
  * - tables with <th data-sort="num|text"> sort on click
  * - forms with data-disable-on-submit disable their button while the request runs
  * - elements with data-live and an id (cards, tables) follow the swarm without a reload: every
- *   data-refresh seconds of <body> (15) the page's own HTML is fetched again, parsed (DOMParser
+ *   LIVE_EVERY_MS the page's own HTML is fetched again, parsed (DOMParser
  *   runs no script) and each live element's content swapped for its fresh copy, the table's sort
  *   kept; not while the tab is hidden
  */
@@ -44,6 +44,7 @@
     return raw.toLowerCase();
   }
 
+  var LIVE_EVERY_MS = 15000;
   var sorted = {};  // table id -> [column index, ascending]: kept when a live table is refreshed
 
   function makeSortable(table) {
@@ -108,8 +109,7 @@
     enhance(document);
     var regions = document.querySelectorAll("[data-live][id]");
     if (regions.length) {
-      var every = Math.max(2, Number(document.body.getAttribute("data-refresh") || 15)) * 1000;
-      setInterval(function () { refreshLive(regions); }, every);
+      setInterval(function () { refreshLive(regions); }, LIVE_EVERY_MS);
     }
     Array.prototype.forEach.call(document.querySelectorAll("form[data-disable-on-submit]"), function (f) {
       f.addEventListener("submit", function () {
